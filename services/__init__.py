@@ -1,0 +1,1 @@
+"""The five barstream services: downloader, transformer, aggregator, resampler, gateway."""

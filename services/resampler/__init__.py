@@ -1,0 +1,1 @@
+"""barstream resampler service."""

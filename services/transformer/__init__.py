@@ -1,0 +1,1 @@
+"""barstream transformer service."""

@@ -1,0 +1,1 @@
+"""barstream's shared vocabulary: records, stores, checkpoints, feeds, services."""

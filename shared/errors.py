@@ -1,0 +1,121 @@
+"""Typed errors. Each names where it happened (file, symbol, day, offset, key) in its
+message *and* keeps those facts as attributes, so callers and metrics need not parse text.
+
+    BarstreamError
+    ├── StoreError
+    │   ├── StoreCorrupt          a header or record that cannot be valid (file, offset)
+    │   ├── StoreMismatch         a store holds something other than what was asked (file, key)
+    │   └── StoreClosed
+    ├── CheckpointCorrupt         a checkpoint file that cannot be parsed (file)
+    ├── ConfigError               a configuration value is invalid (key path, value)
+    ├── ProtocolError             a malformed or unexpected message on a socket (peer, reason)
+    ├── SourceError               the upstream HTTP source failed (symbol, side, day, url)
+    │   ├── NotFound              HTTP 404 / before the instrument's history start
+    │   └── TransientSourceError  429 / 5xx / timeout / connection error (retry)
+    └── PayloadInvalid            a response that failed decoding or validation
+                                  (symbol, side, day, field, index)
+
+Every error says what happened, where, and (via ``hint``) what to do.
+"""
+
+from __future__ import annotations
+
+
+class BarstreamError(Exception):
+    """Base of every barstream error."""
+
+    hint: str = ""
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} ({self.hint})" if self.hint else base
+
+
+class StoreError(BarstreamError):
+    """A store could not be used."""
+
+    def __init__(self, path: str, message: str, *, offset: int | None = None) -> None:
+        self.path = path
+        self.offset = offset
+        where = f"{path}: record {offset}" if offset is not None else path
+        super().__init__(f"{where}: {message}")
+
+
+class StoreCorrupt(StoreError):
+    hint = "run `barstream verify`; rebuild this service's stores with `barstream rebuild`"
+
+
+class StoreMismatch(StoreError):
+    hint = "the file belongs to another store; check data paths in the configuration"
+
+
+class StoreClosed(StoreError):
+    pass
+
+
+class CheckpointCorrupt(BarstreamError):
+    hint = "restore it from a backup or delete it to rebuild the service's stores from upstream"
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class ConfigError(BarstreamError):
+    hint = "fix the configuration file and start again"
+
+    def __init__(self, key: str, value: object, message: str, *, path: str = "") -> None:
+        self.key = key
+        self.value = value
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}{key} = {value!r}: {message}")
+
+
+class ProtocolError(BarstreamError):
+    def __init__(self, message: str, *, peer: str = "") -> None:
+        self.peer = peer
+        super().__init__(f"{peer}: {message}" if peer else message)
+
+
+class SourceError(BarstreamError):
+    def __init__(
+        self, message: str, *, symbol: str = "", side: str = "", day: str = "", url: str = ""
+    ) -> None:
+        self.symbol = symbol
+        self.side = side
+        self.day = day
+        self.url = url
+        where = "/".join(p for p in (symbol, side, day) if p)
+        super().__init__(f"{where}: {message}" + (f" [{url}]" if url else ""))
+
+
+class NotFound(SourceError):
+    hint = "check the symbol name and the configured start date against the instrument's history"
+
+
+class TransientSourceError(SourceError):
+    hint = "will retry with backoff; a day still failing becomes a gap retried later"
+
+
+class PayloadInvalid(BarstreamError):
+    hint = "nothing from this payload was stored; the symbol is held until a good payload arrives"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        symbol: str = "",
+        side: str = "",
+        day: str = "",
+        field: str = "",
+        index: int | None = None,
+    ) -> None:
+        self.symbol = symbol
+        self.side = side
+        self.day = day
+        self.field = field
+        self.index = index
+        where = "/".join(p for p in (symbol, side, day) if p)
+        at = field + (f"[{index}]" if index is not None else "")
+        super().__init__(f"{where}: {at}: {message}" if at else f"{where}: {message}")
