@@ -1,0 +1,48 @@
+# barstream — every target installs what it needs by itself (a .venv from PyPI).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run demo test test-all check fmt lint type bench clean help
+
+help:            ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)   ## create/refresh .venv
+
+run: $(STAMP)    ## offline demo under supervisord (LIVE=1 for the real Dukascopy feed)
+	@$(PY) -m barstream demo $(if $(LIVE),--live,)
+
+test: $(STAMP)   ## the default test suite (no slow tests)
+	@bash scripts/pytest-nonempty.sh $(PY) -m 'not slow' $(PYTEST_ARGS)
+
+test-all: $(STAMP) ## every test, slow ones included
+	@bash scripts/pytest-nonempty.sh $(PY) $(PYTEST_ARGS)
+
+fmt: $(STAMP)
+	@$(PY) -m ruff format .
+	@$(PY) -m ruff check --fix .
+
+lint: $(STAMP)
+	@$(PY) -m ruff format --check .
+	@$(PY) -m ruff check .
+
+type: $(STAMP)
+	@$(PY) -m mypy
+
+check: lint type test  ## ruff, mypy --strict, pytest
+
+bench: $(STAMP)  ## every benchmark, one table
+	@$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""barstream command line."""
