@@ -37,6 +37,8 @@ FLAG_PROVISIONAL: Final = 0x0001
 FLAG_REVISED: Final = 0x0002
 #: The record was built from a live (current-day) response rather than a final day file.
 FLAG_LIVE: Final = 0x0004
+#: Last record of a final (past) day response: the upstream is complete through that day's end.
+FLAG_DAY_END: Final = 0x0008
 
 RECORD_DTYPE: Final = np.dtype(
     [
