@@ -83,7 +83,7 @@ JOURNAL_DTYPE: Final = np.dtype(
 assert RECORD_DTYPE.itemsize == RECORD_SIZE
 assert JOURNAL_DTYPE.itemsize == RECORD_SIZE
 assert RECORD_DTYPE.fields is not None and JOURNAL_DTYPE.fields is not None
-assert {n: RECORD_DTYPE.fields[n][1] for n in RECORD_DTYPE.names} == {
+assert {n: RECORD_DTYPE.fields[n][1] for n in RECORD_DTYPE.names or ()} == {
     "ts_ms": 0,
     "open": 8,
     "high": 16,
@@ -121,4 +121,5 @@ def from_bytes(data: bytes | memoryview | bytearray, dtype: np.dtype = RECORD_DT
 
 def is_provisional(records: np.ndarray) -> np.ndarray:
     """Boolean mask of the provisional records."""
-    return (records["flags"] & FLAG_PROVISIONAL) != 0
+    mask: np.ndarray = (records["flags"] & FLAG_PROVISIONAL) != 0
+    return mask

@@ -1,0 +1,105 @@
+"""Crash-safe checkpoints: the named offsets a service has made durable.
+
+One checkpoint file per service directory holds, atomically together:
+
+- every store's committed length, generation and rewind log (``StoreMark``);
+- every upstream stream's consumed position (``UpstreamMark``: store id, offset, generation);
+- small service state (e.g. the downloader's gaps), as plain JSON values.
+
+``save`` writes ``<file>.tmp``, fsyncs it, renames it over ``<file>`` and fsyncs the
+directory, so a reader sees the old checkpoint or the new one, never a mix. The caller
+flushes the data the checkpoint points at *before* saving (``StoreSet.commit``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from shared.errors import CheckpointCorrupt
+
+CHECKPOINT_VERSION: Final = 1
+
+
+class StoreMark(msgspec.Struct, frozen=True):
+    store_id: str  # hex of the store's 16-byte id
+    length: int  # committed records
+    generation: int  # bumped by every commit that rewrote committed records
+    rewinds: list[tuple[int, int]] = []  # (generation, lowest offset rewritten in it)
+
+
+class UpstreamMark(msgspec.Struct, frozen=True):
+    store_id: str  # hex id of the upstream store this offset belongs to
+    offset: int  # upstream records consumed: [0, offset)
+    generation: int  # upstream generation those records belong to
+
+
+class CheckpointState(msgspec.Struct):
+    service: str
+    commits: int
+    wall_ms: int
+    stores: dict[str, StoreMark] = {}
+    upstream: dict[str, UpstreamMark] = {}
+    state: dict[str, Any] = {}
+    version: int = CHECKPOINT_VERSION
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(CheckpointState)
+
+
+class Checkpoint:
+    """The checkpoint file at ``path``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> CheckpointState | None:
+        """The last saved state, or None when there is none yet. Raises CheckpointCorrupt."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            state = _decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise CheckpointCorrupt(str(self.path), f"cannot parse checkpoint: {e}") from None
+        if state.version != CHECKPOINT_VERSION:
+            raise CheckpointCorrupt(
+                str(self.path),
+                f"checkpoint version {state.version}, this build reads {CHECKPOINT_VERSION}",
+            )
+        for key, mark in state.stores.items():
+            if mark.length < 0 or mark.generation < 0:
+                raise CheckpointCorrupt(
+                    str(self.path), f"store {key}: negative length or generation"
+                )
+        for key, up in state.upstream.items():
+            if up.offset < 0:
+                raise CheckpointCorrupt(
+                    str(self.path), f"upstream {key}: negative offset {up.offset}"
+                )
+        return state
+
+    def save(self, state: CheckpointState) -> None:
+        """Atomically replace the checkpoint: tmp → fsync → rename → fsync(dir)."""
+        data = _encoder.encode(state)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

@@ -1,0 +1,275 @@
+"""One configuration file for the whole pipeline (TOML), validated once at start.
+
+Every error names the key path and the bad value::
+
+    ConfigError: barstream.toml: downloader.requests_per_second = -1: must be > 0
+
+Nothing below ``__main__`` reads the environment: settings are built here, at the edge,
+and passed down as typed objects. See README "Configuration" for every key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+
+from shared.errors import ConfigError
+
+SERVICES: Final = ("downloader", "transformer", "aggregator", "resampler", "gateway")
+SIDES: Final = ("BID", "ASK")
+DEFAULT_TIMEFRAMES: Final = ("5m", "15m", "30m", "1h", "4h", "1d", "1W", "1M", "1Y")
+_SYMBOL = re.compile(r"^[A-Z0-9]+(\.[A-Z0-9]+)?-[A-Z0-9]+$")
+
+
+class Endpoints(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where one service binds its feed and metrics, and where it finds its upstream."""
+
+    feed: str = ""  # bind address of this service's feed (ROUTER)
+    upstream: str = ""  # connect address of the upstream's feed (DEALER); "" = derived
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+
+
+class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    data_dir: str = "var/data"
+    symbols: list[str] = msgspec.field(default_factory=lambda: ["EUR-USD"])
+    sides: list[str] = msgspec.field(default_factory=lambda: ["BID"])
+    start_date: dt.date = dt.date(2026, 1, 5)
+    #: Host services bind to (127.0.0.1 unless you need another host to connect).
+    host: str = "127.0.0.1"
+    #: Commit at most this often while data flows (a burst's end always commits).
+    commit_interval_s: float = 0.05
+
+
+class DownloaderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    base_url: str = "https://jetta.dukascopy.com"
+    requests_per_second: float = 4.0
+    burst: int = 4
+    timeout_s: float = 20.0
+    max_retries: int = 6
+    live_poll_interval_s: float = 10.0
+    refetch_days: int = 3
+    refetch_interval_s: float = 3600.0
+    gap_retry_interval_s: float = 600.0
+    cache_only: bool = False
+    end_date: dt.date | None = None  # stop at this day (inclusive) instead of following today
+    history_start: dict[str, dt.date] = {}
+    endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
+
+
+class TransformerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
+
+
+class AggregatorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
+
+
+class SessionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    timezone: str
+    start: str  # "HH:MM" local
+    end: str  # "HH:MM" local; may be earlier than start (wraps midnight)
+    weekdays: list[int] = msgspec.field(default_factory=lambda: [0, 1, 2, 3, 4])  # Monday = 0
+    valid_from: dt.date | None = None
+    valid_to: dt.date | None = None
+
+
+class ResamplerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    alignment: Literal["utc", "mt4"] = "utc"
+    timeframes: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
+    sessions: dict[str, list[SessionConfig]] = {}
+    endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
+
+
+class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    publish: str = ""  # PUB endpoint for live bar updates
+    requests: str = ""  # ROUTER endpoint for history/snapshot/list/status requests
+    max_request_records: int = 1_000_000
+    endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
+
+
+class FakeUpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    port: int = 8787
+    speed: float = 60.0
+    seed: int = 1
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
+    downloader: DownloaderConfig = msgspec.field(default_factory=DownloaderConfig)
+    transformer: TransformerConfig = msgspec.field(default_factory=TransformerConfig)
+    aggregator: AggregatorConfig = msgspec.field(default_factory=AggregatorConfig)
+    resampler: ResamplerConfig = msgspec.field(default_factory=ResamplerConfig)
+    gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    fake_upstream: FakeUpstreamConfig = msgspec.field(default_factory=FakeUpstreamConfig)
+    #: Where the file was read from ("" when built in code); set by ``load``.
+    source: str = ""
+
+    def endpoints(self, service: str) -> Endpoints:
+        ep: Endpoints = getattr(self, service).endpoints
+        return ep
+
+    def data_dir(self, service: str) -> Path:
+        return Path(self.pipeline.data_dir) / service
+
+    def streams(self) -> list[tuple[str, str]]:
+        return [(s, side) for s in self.pipeline.symbols for side in self.pipeline.sides]
+
+
+#: Default ports: feed 7101.., metrics 9101.. in pipeline order; gateway consumers 7110/7111.
+BASE_FEED_PORT: Final = 7101
+BASE_METRICS_PORT: Final = 9101
+
+
+def _fill_defaults(cfg: Config) -> None:
+    host = cfg.pipeline.host
+    prev = ""
+    for i, name in enumerate(SERVICES):
+        ep = cfg.endpoints(name)
+        if not ep.feed:
+            ep.feed = f"tcp://{host}:{BASE_FEED_PORT + i}"
+        if not ep.upstream and prev:
+            ep.upstream = _connect_form(cfg.endpoints(prev).feed)
+        if not ep.metrics_port:
+            ep.metrics_port = BASE_METRICS_PORT + i
+        prev = name
+    if not cfg.gateway.publish:
+        cfg.gateway.publish = f"tcp://{host}:7110"
+    if not cfg.gateway.requests:
+        cfg.gateway.requests = f"tcp://{host}:7111"
+
+
+def _connect_form(bind: str) -> str:
+    """A bind address as a peer connects to it (0.0.0.0 / * → 127.0.0.1)."""
+    return bind.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
+
+
+def _check(cfg: Config) -> None:
+    def bad(key: str, value: object, why: str) -> ConfigError:
+        return ConfigError(key, value, why, path=cfg.source)
+
+    p = cfg.pipeline
+    if not p.symbols:
+        raise bad("pipeline.symbols", p.symbols, "list at least one symbol")
+    for i, s in enumerate(p.symbols):
+        if not _SYMBOL.match(s):
+            raise bad(
+                f"pipeline.symbols[{i}]", s, "symbols look like EUR-USD, XAU-USD, DEU.IDX-EUR"
+            )
+    for i, side in enumerate(p.sides):
+        if side not in SIDES:
+            raise bad(f"pipeline.sides[{i}]", side, "must be BID or ASK")
+    if len(set(p.symbols)) != len(p.symbols):
+        raise bad("pipeline.symbols", p.symbols, "symbols repeat")
+    if p.commit_interval_s <= 0:
+        raise bad("pipeline.commit_interval_s", p.commit_interval_s, "must be > 0")
+    d = cfg.downloader
+    for key in (
+        "requests_per_second",
+        "timeout_s",
+        "live_poll_interval_s",
+        "refetch_interval_s",
+        "gap_retry_interval_s",
+    ):
+        if getattr(d, key) <= 0:
+            raise bad(f"downloader.{key}", getattr(d, key), "must be > 0")
+    if d.burst < 1:
+        raise bad("downloader.burst", d.burst, "must be >= 1")
+    if d.max_retries < 0:
+        raise bad("downloader.max_retries", d.max_retries, "must be >= 0")
+    if d.refetch_days < 0:
+        raise bad("downloader.refetch_days", d.refetch_days, "must be >= 0")
+    if not d.base_url.startswith(("http://", "https://")):
+        raise bad("downloader.base_url", d.base_url, "must start with http:// or https://")
+    if d.end_date is not None and d.end_date < p.start_date:
+        raise bad("downloader.end_date", str(d.end_date), "is before pipeline.start_date")
+    import shared.timeframe as timeframe  # local: avoids an import cycle at module load
+
+    for i, tf in enumerate(cfg.resampler.timeframes):
+        try:
+            timeframe.Timeframe.parse(tf)
+        except ValueError as e:
+            raise bad(f"resampler.timeframes[{i}]", tf, str(e)) from None
+    for sym, sessions in cfg.resampler.sessions.items():
+        for i, sess in enumerate(sessions):
+            key = f"resampler.sessions.{sym}[{i}]"
+            for part in ("start", "end"):
+                value = getattr(sess, part)
+                if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+                    raise bad(f"{key}.{part}", value, "must be HH:MM (24h)")
+            try:
+                import zoneinfo
+
+                zoneinfo.ZoneInfo(sess.timezone)
+            except Exception:
+                raise bad(f"{key}.timezone", sess.timezone, "not an IANA timezone") from None
+            for j, wd in enumerate(sess.weekdays):
+                if not 0 <= wd <= 6:
+                    raise bad(f"{key}.weekdays[{j}]", wd, "weekdays are 0 (Monday) … 6 (Sunday)")
+    if cfg.gateway.max_request_records < 1:
+        raise bad("gateway.max_request_records", cfg.gateway.max_request_records, "must be >= 1")
+    for name in SERVICES:
+        port = cfg.endpoints(name).metrics_port
+        if not 0 <= port <= 65535:
+            raise bad(f"{name}.endpoints.metrics_port", port, "must be a TCP port")
+
+
+def _lookup(data: Any, path: str) -> object:
+    """The value at a msgspec error path like ``$.downloader.timeout_s`` or ``$.a[3]``."""
+    cur = data
+    for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        name, idx = part
+        try:
+            cur = cur[int(idx)] if idx else cur[name]
+        except (KeyError, IndexError, TypeError):
+            return "<missing>"
+    return cur
+
+
+def from_dict(data: dict[str, Any], *, source: str = "") -> Config:
+    """Build and validate a Config from parsed TOML / a dict."""
+    try:
+        cfg = msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        m = re.search(r" - at `\$(.*)`$", text)
+        path = m.group(1) if m else ""
+        key = path.lstrip(".") or "<root>"
+        why = text[: m.start()] if m else text
+        if why.startswith("Object contains unknown field"):
+            field = re.search(r"`(.*?)`", why)
+            key = (
+                f"{key}.{field.group(1)}"
+                if field and key != "<root>"
+                else (field.group(1) if field else key)
+            )
+            raise ConfigError(
+                key, "<unknown key>", "not a configuration key (typo?)", path=source
+            ) from None
+        raise ConfigError(key, _lookup(data, "$" + path), why, path=source) from None
+    cfg.source = source
+    _fill_defaults(cfg)
+    _check(cfg)
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML configuration file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("<file>", str(path), "configuration file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("<file>", str(path), f"not valid TOML: {e}") from None
+    return from_dict(data, source=str(path))
+
+
+def default() -> Config:
+    return from_dict({})

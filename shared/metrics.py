@@ -1,0 +1,131 @@
+"""Every Prometheus metric barstream exports, in one place (base units, ``_total`` counters,
+``barstream_`` prefix). Each service process owns one ``Metrics`` (its own registry) and
+serves it on its own port at ``/metrics``.
+
+Labels: ``service`` is set once per registry via a constant label-free naming scheme —
+each process serves only its own metrics, and Prometheus' ``job``/``instance`` tell them
+apart; ``stream`` is a store key ``SYMBOL/SIDE/TIMEFRAME``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Final
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("barstream.metrics")
+
+PREFIX: Final = "barstream_"
+
+
+class Metrics:
+    """The metrics of one service process."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.info = Gauge(
+            PREFIX + "service_info",
+            "Constant 1, labelled with the service name.",
+            ["service"],
+            registry=r,
+        )
+        self.info.labels(service).set(1)
+        self.up_since = Gauge(
+            PREFIX + "start_time_seconds", "Unix time the process started.", registry=r
+        )
+        self.up_since.set_to_current_time()
+        # -- feed, downstream side (records we consume) --
+        self.records_in = Counter(
+            PREFIX + "records_in", "Records received from the upstream feed.", registry=r
+        )
+        self.batches_in = Counter(
+            PREFIX + "batches_in", "Batches received from the upstream feed.", registry=r
+        )
+        self.rewinds_in = Counter(
+            PREFIX + "rewinds_in",
+            "Batches that rewound an upstream stream (start < position).",
+            registry=r,
+        )
+        self.feed_lag_records = Gauge(
+            PREFIX + "feed_lag_records",
+            "Upstream committed end minus our position.",
+            ["stream"],
+            registry=r,
+        )
+        self.feed_lag_seconds = Gauge(
+            PREFIX + "feed_lag_seconds",
+            "Seconds since the upstream last had nothing for us.",
+            registry=r,
+        )
+        self.upstream_heartbeat_age = Gauge(
+            PREFIX + "upstream_heartbeat_age_seconds",
+            "Seconds since the last upstream message.",
+            registry=r,
+        )
+        self.reconnects = Counter(
+            PREFIX + "feed_reconnects", "Reconnections to the upstream feed.", registry=r
+        )
+        self.malformed = Counter(
+            PREFIX + "malformed_messages",
+            "Messages dropped because they were malformed.",
+            ["socket"],
+            registry=r,
+        )
+        # -- feed, upstream side (records we serve) --
+        self.records_out = Counter(
+            PREFIX + "records_out", "Records sent to downstream peers.", registry=r
+        )
+        self.batches_out = Counter(
+            PREFIX + "batches_out", "Batches sent to downstream peers.", registry=r
+        )
+        self.peers = Gauge(
+            PREFIX + "feed_peers", "Downstream peers following this service.", registry=r
+        )
+        # -- stores --
+        self.store_length = Gauge(
+            PREFIX + "store_length_records", "Records in each store.", ["stream"], registry=r
+        )
+        self.committed_offset = Gauge(
+            PREFIX + "committed_offset_records",
+            "Committed length of each store.",
+            ["stream"],
+            registry=r,
+        )
+        self.last_bar_time = Gauge(
+            PREFIX + "last_bar_time_seconds",
+            "Open time of the last record of each store (UTC).",
+            ["stream"],
+            registry=r,
+        )
+        self.commits = Counter(PREFIX + "commits", "Checkpoint commits.", registry=r)
+        self.commit_seconds = Histogram(
+            PREFIX + "commit_duration_seconds",
+            "Time to flush stores and write the checkpoint.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.records_written = Counter(
+            PREFIX + "records_written", "Records appended to own stores.", registry=r
+        )
+        self.errors = Counter(PREFIX + "errors", "Errors by kind.", ["kind"], registry=r)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve /metrics on ``host:port`` (0 = ephemeral) in a daemon thread; returns the port."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server, self._thread = server, thread
+        bound = int(server.server_port)
+        log.info("%s: metrics on http://%s:%d/metrics", self.service, host, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,239 @@
+"""The Service base: a class with a short life.
+
+``run()`` installs uvloop and SIGTERM/SIGINT handlers, awaits ``main()`` and always awaits
+``close()``, which commits and closes sockets (linger 0). A service owns its StoreSet, its
+FeedServer (what it serves downstream) and usually a FeedClient (its upstream). Drain mode
+(``--drain``): ``main()`` returns once the upstream is exhausted and every downstream peer
+has what it needs — tests use it to run a stage to completion without sleeps.
+
+Logs are one line per event, prefixed with the service name.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import zmq
+
+from shared import config as config_mod
+from shared.config import Config
+from shared.errors import BarstreamError
+from shared.feed import Attachments, FeedClient, FeedServer
+from shared.metrics import Metrics
+from shared.store import StoreSet
+
+LOG_FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
+
+#: Exit codes: 0 clean stop, 1 error (supervisord restarts), 2 usage/configuration error.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _ServiceFilter(logging.Filter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = self.service
+        return True
+
+
+def setup_logging(service: str, level: str = "INFO") -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(_ServiceFilter(service))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+class Service(abc.ABC):
+    """Base of the five services. Subclasses set ``name`` and implement ``main()``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: Config, *, drain: bool = False, serve_metrics: bool = True) -> None:
+        self.config = config
+        self.drain = drain
+        self.log = logging.getLogger(f"barstream.{self.name}")
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.metrics = Metrics(self.name)
+        self.endpoints = config.endpoints(self.name)
+        self.stores = StoreSet.open(config.data_dir(self.name), self.name)
+        self.server: FeedServer | None = None
+        self.upstream: FeedClient | None = None
+        self.stopping = asyncio.Event() if _has_loop() else None
+        self._last_commit = time.monotonic()
+        self._serve_metrics = serve_metrics
+        self.metrics_port = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def main(self) -> None:
+        """The service's work; returns on stop (or, in drain mode, when done)."""
+
+    def serve_feed(self, attachments: Attachments | None = None) -> FeedServer:
+        """Create this service's feed server (bound now; ``server.run()`` serves)."""
+        self.server = FeedServer(
+            self.ctx,
+            self.endpoints.feed,
+            self.stores,
+            metrics=self.metrics,
+            attachments=attachments,
+        )
+        return self.server
+
+    async def serve_until_stopped(self, *tasks: asyncio.Task[None]) -> None:
+        """Run background tasks (feed server, upstream client, …) until stop or one fails."""
+        assert self.stopping is not None
+        stop = asyncio.create_task(self.stopping.wait())
+        try:
+            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stop and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            stop.cancel()
+
+    def stop(self) -> None:
+        if self.stopping is not None:
+            self.stopping.set()
+        if self.upstream is not None:
+            self.upstream.close()
+
+    async def close(self) -> None:
+        """Commit what is written, then close sockets and stores."""
+        try:
+            if self.stores.pending():
+                self.commit()
+        finally:
+            if self.upstream is not None:
+                self.upstream.close()
+            if self.server is not None:
+                self.server.close()
+            self.stores.close()
+            self.ctx.destroy(linger=0)
+            self.metrics.close()
+
+    async def _run(self) -> int:
+        self.stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        if self._serve_metrics:
+            self.metrics_port = self.metrics.serve(
+                self.endpoints.metrics_port, self.endpoints.metrics_host
+            )
+        self.update_store_gauges()
+        self.log.info("starting: %r", self)
+        try:
+            await self.main()
+        finally:
+            await self.close()
+            self.log.info("stopped: %r", self)
+        return EXIT_OK
+
+    def run(self) -> int:
+        """Run the service to completion in a fresh event loop (uvloop when available)."""
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a hard dependency on Linux
+            return asyncio.run(self._run())
+        return int(uvloop.run(self._run()))
+
+    # -- commits ------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Flush stores and write the checkpoint; update gauges; the feed server is told."""
+        t0 = time.perf_counter()
+        self.stores.commit()
+        self.metrics.commit_seconds.observe(time.perf_counter() - t0)
+        self.metrics.commits.inc()
+        self._last_commit = time.monotonic()
+        self.update_store_gauges()
+
+    def maybe_commit(self, *, idle: bool = False) -> bool:
+        """Commit at a burst's end (``idle``) or every ``commit_interval_s`` while data flows."""
+        if not self.stores.pending():
+            return False
+        if idle or time.monotonic() - self._last_commit >= self.config.pipeline.commit_interval_s:
+            self.commit()
+            return True
+        return False
+
+    def update_store_gauges(self) -> None:
+        for key, store in self.stores.stores.items():
+            self.metrics.store_length.labels(key).set(store.length)
+            self.metrics.committed_offset.labels(key).set(store.committed_length)
+            if store.committed_length:
+                self.metrics.last_bar_time.labels(key).set(
+                    int(store.view(store.committed_length - 1, store.committed_length)["ts_ms"][0])
+                    / 1000
+                )
+
+    def __repr__(self) -> str:
+        records = sum(s.length for s in self.stores)
+        up = self.upstream
+        inn = up.records_in if up is not None else 0
+        out = self.server.records_out if self.server is not None else 0
+        return f"<{type(self).__name__} in={inn} out={out} records={records} stores={len(self.stores.stores)}>"
+
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def main(service_cls: type[Service], argv: Sequence[str] | None = None) -> int:
+    """Command-line entry of a service: ``python -m services.NAME --config FILE``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m services.{service_cls.name}",
+        description=f"barstream {service_cls.name} service (see README, 'Operations').",
+    )
+    parser.add_argument("--config", "-c", type=Path, help="pipeline configuration file (TOML)")
+    parser.add_argument(
+        "--drain", action="store_true", help="exit once the upstream is exhausted (tests, rebuilds)"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)"
+    )
+    args = parser.parse_args(argv)
+    setup_logging(service_cls.name, args.log_level)
+    log = logging.getLogger(f"barstream.{service_cls.name}")
+    try:
+        cfg = config_mod.load(args.config) if args.config else config_mod.default()
+        service = service_cls(cfg, drain=args.drain)
+    except BarstreamError as e:
+        log.error("cannot start: %s", e)
+        return EXIT_USAGE
+    try:
+        return service.run()
+    except BarstreamError as e:
+        log.error("stopped on error: %s", e)
+        return EXIT_ERROR
+    except OSError as e:
+        # Disk full, fsync failure, …: never retried in place. supervisord restarts us and
+        # we resume from the last checkpoint.
+        log.error("stopped on I/O error: %s (resuming from the last checkpoint on restart)", e)
+        return EXIT_ERROR
+    finally:
+        with contextlib.suppress(Exception):
+            logging.shutdown()
