@@ -107,6 +107,9 @@ def start_offset(store: Store, pos: p.Position | None) -> int:
 # ---------------------------------------------------------------------------------------
 
 Attachments = Callable[[str, int, np.ndarray], list[bytes]]
+#: ``cut(key, records)`` → how many of ``records`` (a window starting at a batch start) to
+#: send so that a batch never splits a group the downstream must see whole (>= 1).
+Cut = Callable[[str, np.ndarray], int]
 
 
 @dataclass
@@ -143,11 +146,13 @@ class FeedServer:
         *,
         metrics: Metrics | None = None,
         attachments: Attachments | None = None,
+        cut: Cut | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.stores = stores
         self.metrics = metrics
         self.attachments = attachments
+        self.cut = cut
         self.instance = secrets.token_hex(8)
         self.done = False  # drain mode: this service has no more input
         self.peers: dict[bytes, _Peer] = {}
@@ -320,6 +325,8 @@ class FeedServer:
                 if st.sent == stable and not st.force:
                     continue
                 stop = min(stable, st.sent + BATCH_MAX_RECORDS)
+                if self.cut is not None and stop < stable and stop > st.sent:
+                    stop = st.sent + max(1, self.cut(key, store.view(st.sent, stop)))
                 self._send_batch(peer, key, store, st.sent, stop)
                 st.sent = stop
                 st.force = False
@@ -436,6 +443,8 @@ class FeedClient:
         self._last_rx = 0.0
         self._last_tx = 0.0
         self._caught_up = asyncio.Event()
+        self._resend = False
+        self._resend_to: dict[str, int] = {}
 
     # -- public -------------------------------------------------------------------------
 
@@ -461,6 +470,8 @@ class FeedClient:
                 self._disconnect()
             if reason == "done" or self._closed:
                 return
+            if reason == "resend requested":
+                continue
             self.reconnects += 1
             if self.metrics is not None:
                 self.metrics.reconnects.inc()
@@ -477,6 +488,19 @@ class FeedClient:
 
     def close(self) -> None:
         self._closed = True
+        if self._wake is not None:
+            self._wake.notify()
+
+    def request_resend(self, stream: str, offset: int) -> None:
+        """Ask the upstream to send ``stream`` again from ``offset`` (below our position):
+        the position is lowered and the session restarts with a new hello. Used by a
+        stage that skipped records while a stream was held and must now process them."""
+        pos = self.positions.get(stream)
+        if pos is None or offset >= pos.offset:
+            return
+        self.positions[stream] = UpstreamMark(store_id=pos.store_id, offset=offset, generation=pos.generation)
+        self._resend_to[stream] = offset
+        self._resend = True
         if self._wake is not None:
             self._wake.notify()
 
@@ -521,8 +545,12 @@ class FeedClient:
         sock, wake = self._sock, self._wake
         assert sock is not None and wake is not None
         while not self._closed:
+            if self._resend:
+                self._resend = False
+        self._resend_to: dict[str, int] = {}
+                return "resend requested"
             handled = 0
-            while handled < DRAIN_MAX:
+            while handled < DRAIN_MAX and not self._resend:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
@@ -607,8 +635,11 @@ class FeedClient:
         if batch.start < have and self.metrics is not None:
             self.metrics.rewinds_in.inc()
         await self.handler(batch, records, attachments)
+        lowered = self._resend_to.pop(batch.stream, None)
         self.positions[batch.stream] = UpstreamMark(
-            store_id=batch.store_id, offset=batch.start + batch.count, generation=batch.generation
+            store_id=batch.store_id,
+            offset=batch.start + batch.count if lowered is None else lowered,
+            generation=batch.generation,
         )
         self.batches_in += 1
         self.records_in += batch.count

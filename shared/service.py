@@ -28,7 +28,7 @@ import zmq
 from shared import config as config_mod
 from shared.config import Config
 from shared.errors import BarstreamError
-from shared.feed import Attachments, FeedClient, FeedServer
+from shared.feed import Attachments, Cut, FeedClient, FeedServer
 from shared.metrics import Metrics
 from shared.store import StoreSet
 
@@ -87,7 +87,9 @@ class Service(abc.ABC):
     async def main(self) -> None:
         """The service's work; returns on stop (or, in drain mode, when done)."""
 
-    def serve_feed(self, attachments: Attachments | None = None) -> FeedServer:
+    def serve_feed(
+        self, attachments: Attachments | None = None, cut: Cut | None = None
+    ) -> FeedServer:
         """Create this service's feed server (bound now; ``server.run()`` serves)."""
         self.server = FeedServer(
             self.ctx,
@@ -95,6 +97,7 @@ class Service(abc.ABC):
             self.stores,
             metrics=self.metrics,
             attachments=attachments,
+            cut=cut,
         )
         return self.server
 
