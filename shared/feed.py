@@ -445,6 +445,7 @@ class FeedClient:
         self._caught_up = asyncio.Event()
         self._resend = False
         self._resend_to: dict[str, int] = {}
+        self._resend_to: dict[str, int] = {}
 
     # -- public -------------------------------------------------------------------------
 
@@ -498,7 +499,9 @@ class FeedClient:
         pos = self.positions.get(stream)
         if pos is None or offset >= pos.offset:
             return
-        self.positions[stream] = UpstreamMark(store_id=pos.store_id, offset=offset, generation=pos.generation)
+        self.positions[stream] = UpstreamMark(
+            store_id=pos.store_id, offset=offset, generation=pos.generation
+        )
         self._resend_to[stream] = offset
         self._resend = True
         if self._wake is not None:
@@ -547,7 +550,6 @@ class FeedClient:
         while not self._closed:
             if self._resend:
                 self._resend = False
-        self._resend_to: dict[str, int] = {}
                 return "resend requested"
             handled = 0
             while handled < DRAIN_MAX and not self._resend:
