@@ -445,7 +445,6 @@ class FeedClient:
         self._caught_up = asyncio.Event()
         self._resend = False
         self._resend_to: dict[str, int] = {}
-        self._resend_to: dict[str, int] = {}
 
     # -- public -------------------------------------------------------------------------
 
