@@ -1,0 +1,184 @@
+"""Transformer service: the downloader's fetch journal → decoded 1-minute records.
+
+Wiring: follow the downloader's feed (streams ``SYMBOL/SIDE/fetch``, one journal record per
+fetched day, its raw body attached) → ``transform.decode_candles`` → one store per
+(symbol, side), ``SYMBOL/SIDE/days``: the decoded day versions in journal order → serve it.
+
+The store is a pure function of the journal: the decoded records of every valid journal
+record, in journal order. A record's ``src_offset`` is its journal offset, so a rewind of
+the journal at X truncates this store at the first record with ``src_offset >= X``.
+
+A payload that fails validation stores nothing and *holds* its (symbol, side): later days
+of that stream are not stored until a good version of the bad day arrives (the downloader
+re-fetches it) or the journal rewinds over it; then the stream resumes from the record
+after the bad one (the upstream resends it), so the final store is the same as if the bad
+payload had never been published. Other streams keep flowing. Held streams show in logs,
+in ``barstream_held_streams`` and in ``status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import numpy as np
+from prometheus_client import Gauge
+
+from services.transformer.transform import decode_candles
+from shared import protocol as p
+from shared.config import Config
+from shared.errors import PayloadInvalid
+from shared.feed import FeedClient
+from shared.record import (
+    JOURNAL_DAY,
+    JOURNAL_LIVE,
+    KIND_JOURNAL,
+    RECORD_DTYPE,
+)
+from shared.service import Service
+from shared.store import Store, StoreMeta
+
+DAY_MS = 86_400_000
+
+
+def _day(ts_ms: int) -> str:
+    return dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).date().isoformat()
+
+
+def version_cut(_key: str, records: np.ndarray) -> int:
+    """Never split one day version (records sharing a ``src_offset``) across batches."""
+    src = records["src_offset"]
+    last = src[-1]
+    i = int(np.searchsorted(src, last, side="left"))  # src_offset is non-decreasing
+    return i if i > 0 else len(records)
+
+
+class Transformer(Service):
+    name = "transformer"
+
+    def __init__(self, config: Config, *, drain: bool = False, serve_metrics: bool = True) -> None:
+        super().__init__(config, drain=drain, serve_metrics=serve_metrics)
+        held = self.stores.state.get("held", {})
+        #: stream → {"day_ms", "offset", "error"}: a bad payload holds its stream.
+        self.held: dict[str, dict[str, object]] = dict(held) if isinstance(held, dict) else {}
+        self.payloads_ok = 0
+        self.payloads_bad = 0
+        self.held_gauge = Gauge(
+            "barstream_held_streams",
+            "Streams held by a payload that failed validation (1 = held).",
+            ["stream"],
+            registry=self.metrics.registry,
+        )
+        self.payload_errors = self.metrics.errors.labels("payload_invalid")
+
+    async def main(self) -> None:
+        server = self.serve_feed(cut=version_cut)
+        self.upstream = FeedClient(
+            self.ctx,
+            self.endpoints.upstream,
+            self.stores.upstream,
+            self.apply,
+            name=self.name,
+            metrics=self.metrics,
+            on_idle=self.idle,
+        )
+        serving = asyncio.create_task(server.run())
+        following = asyncio.create_task(self.upstream.run(until_caught_up=self.drain))
+        if self.drain:
+            await following
+            self.commit()
+            server.done = True
+            await server.wait_drained()
+            server.close()
+            await serving
+            return
+        await self.serve_until_stopped(serving, following)
+
+    async def idle(self) -> None:
+        self.maybe_commit(idle=True)
+
+    async def apply(self, batch: p.Batch, journal: np.ndarray, bodies: list[bytes]) -> None:
+        """From journal offset ``batch.start`` on, the journal now reads ``journal``."""
+        symbol, side, kind = batch.stream.split("/")
+        if batch.kind != KIND_JOURNAL or kind != "fetch":
+            self.log.warning("ignoring stream %s: not a fetch journal", batch.stream)
+            return
+        store = self.stores.ensure(StoreMeta(symbol, side, "days"))
+        src = store.records["src_offset"]
+        cut = int(np.searchsorted(src, batch.start, side="left"))
+        hold = self.held.get(batch.stream)
+        if hold is not None and batch.start <= int(str(hold["offset"])):
+            self._unhold(batch.stream, "journal rewound over the bad day")
+            hold = None
+        parts: list[np.ndarray] = []
+        for i, rec in enumerate(journal):
+            offset = batch.start + i
+            kind_i = int(rec["kind"])
+            if kind_i not in (JOURNAL_DAY, JOURNAL_LIVE):
+                continue  # a gap or empty day carries no records
+            body = bodies[i] if i < len(bodies) else b""
+            day_ms = int(rec["ts_ms"])
+            try:
+                decoded = decode_candles(
+                    body,
+                    symbol=symbol,
+                    side=side,
+                    day_ms=day_ms,
+                    live=kind_i == JOURNAL_LIVE,
+                    src_offset=offset,
+                )
+            except PayloadInvalid as e:
+                self.payloads_bad += 1
+                self.payload_errors.inc()
+                self.log.error("rejected journal record %d: %s", offset, e)
+                if hold is None:
+                    self._hold(batch.stream, day_ms, offset, str(e))
+                    hold = self.held[batch.stream]
+                continue
+            self.payloads_ok += 1
+            if hold is not None:
+                if day_ms == int(str(hold["day_ms"])):
+                    # A good version of the held day: resume after the bad record.
+                    resume = int(str(hold["offset"])) + 1
+                    self._unhold(
+                        batch.stream, f"good version of {_day(day_ms)} at journal offset {offset}"
+                    )
+                    if resume < offset:
+                        assert self.upstream is not None
+                        self._store_parts(store, cut, parts)
+                        self.upstream.request_resend(batch.stream, resume)
+                        return
+                    hold = None
+                else:
+                    continue  # held: later days wait for the bad day
+            parts.append(decoded)
+        self._store_parts(store, cut, parts)
+
+    def _store_parts(self, store: Store, cut: int, parts: list[np.ndarray]) -> None:
+        new = np.concatenate(parts) if parts else np.zeros(0, dtype=RECORD_DTYPE)
+        if cut < store.length or len(new):
+            store.write(cut, new)
+            self.stores.touch(store.meta.key)
+            self.metrics.records_written.inc(len(new))
+        self.maybe_commit()
+
+    def _hold(self, stream: str, day_ms: int, offset: int, error: str) -> None:
+        self.held[stream] = {"day_ms": day_ms, "offset": offset, "error": error}
+        self.stores.state["held"] = dict(self.held)
+        self.held_gauge.labels(stream).set(1)
+        self.log.error(
+            "holding %s at journal offset %d (%s) until a good payload arrives",
+            stream,
+            offset,
+            _day(day_ms),
+        )
+
+    def _unhold(self, stream: str, why: str) -> None:
+        self.held.pop(stream, None)
+        self.stores.state["held"] = dict(self.held)
+        self.held_gauge.labels(stream).set(0)
+        self.log.info("released %s: %s", stream, why)
+
+    def __repr__(self) -> str:
+        base = super().__repr__()[:-1]
+        return f"{base} ok={self.payloads_ok} bad={self.payloads_bad} held={len(self.held)}>"
