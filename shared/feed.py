@@ -399,7 +399,7 @@ class FeedServer:
 
 class BatchHandler(Protocol):
     async def __call__(
-        self, batch: p.Batch, records: np.ndarray, attachments: list[bytes]
+        self, batch: p.Batch, records: np.ndarray, attachments: list[bytes], /
     ) -> None: ...
 
 
