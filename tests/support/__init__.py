@@ -1,0 +1,1 @@
+"""Helpers shared by tests (readers of reference formats, not product code)."""
