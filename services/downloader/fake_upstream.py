@@ -538,6 +538,9 @@ class Fault:
     status: int = 200  # of the html/invalid_json/empty/truncate bodies
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"fault kind = {self.kind!r}: must be one of {', '.join(FAULT_KINDS)}")
         if not 0.0 <= self.probability <= 1.0:
@@ -564,6 +567,7 @@ class Fault:
                 fault.status = int(value)
             else:
                 raise ValueError(f"fault option {key!r} in {spec!r}: unknown")
+        fault.validate()
         return fault
 
 
