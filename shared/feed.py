@@ -169,6 +169,7 @@ class FeedServer:
         self._wake: Wakeup | None = None
         self._closed = False
         self._ever_peered = False
+        self._hb_due = False
         stores.on_commit(self.notify)
 
     def notify(self) -> None:
@@ -185,7 +186,8 @@ class FeedServer:
                 self._drain_incoming()
                 self._pump()
                 now = time.monotonic()
-                if now >= next_hb:
+                if now >= next_hb or self._hb_due:
+                    self._hb_due = False
                     self._heartbeat(now)
                     next_hb = now + HEARTBEAT_INTERVAL_S
                 if _readable(self._sock):
@@ -208,14 +210,19 @@ class FeedServer:
         return True
 
     async def wait_drained(self, idle_s: float = 2.0, timeout_s: float = 60.0) -> bool:
-        """Wait until every peer has everything; with no peer at all, wait ``idle_s``."""
+        """Drain mode (set ``done`` first): wait until every peer has everything and has
+        left (a caught-up follower says bye once it saw ``done``); with no peer at all,
+        wait ``idle_s`` for one to come."""
         deadline = time.monotonic() + timeout_s
         idle_until = time.monotonic() + idle_s
+        self._hb_due = True  # tell peers `done` now, not at the next heartbeat
+        self.notify()
         while time.monotonic() < deadline:
-            if self.peers and self.drained():
-                return True
             if not self.peers and (self._ever_peered or time.monotonic() > idle_until):
                 return True
+            if self.peers and self.drained():
+                self._hb_due = True
+                self.notify()
             await asyncio.sleep(0.01)
         return False
 
