@@ -78,6 +78,8 @@ class SessionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     weekdays: list[int] = msgspec.field(default_factory=lambda: [0, 1, 2, 3, 4])  # Monday = 0
     valid_from: dt.date | None = None
     valid_to: dt.date | None = None
+    #: timeframe → local "HH:MM" its bars are anchored at in this session (default: start)
+    origins: dict[str, str] = {}
 
 
 class ResamplerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -194,7 +196,7 @@ def _check(cfg: Config) -> None:
     for i, tf in enumerate(cfg.resampler.timeframes):
         try:
             timeframe.Timeframe.parse(tf)
-        except ValueError as e:
+        except (ValueError, ConfigError) as e:
             raise bad(f"resampler.timeframes[{i}]", tf, str(e)) from None
     for sym, sessions in cfg.resampler.sessions.items():
         for i, sess in enumerate(sessions):

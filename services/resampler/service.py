@@ -1,0 +1,161 @@
+"""Resampler service: the canonical 1m series → every configured timeframe.
+
+Wiring: follow the aggregator's feed (``SYMBOL/SIDE/1m``) → keep a replica of it (the
+cascade needs the minutes of a rewound bar, and the gateway is served 1m from here too) →
+``resample.Cascade.update`` per (symbol, side) → one store per (symbol, side, timeframe),
+``SYMBOL/SIDE/5m`` … ``SYMBOL/SIDE/1Y`` → serve all of them.
+
+Each timeframe's store equals ``resample.resample_all`` over the 1m store (tested byte for
+byte): a pure function of the upstream. A new minute costs O(number of timeframes); an
+upstream rewind at X recomputes, per timeframe, from the first bar whose minutes reach X.
+The open bar of every timeframe is flagged provisional until its window has closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import numpy as np
+from prometheus_client import Counter, Gauge
+
+from services.resampler.resample import Cascade
+from shared import protocol as p
+from shared.config import Config, SessionConfig
+from shared.feed import FeedClient
+from shared.record import FLAG_PROVISIONAL
+from shared.service import Service
+from shared.store import Store, StoreMeta
+from shared.timeframe import PRESETS, Session, Timeframe
+
+
+def sessions_of(configs: list[SessionConfig]) -> list[Session]:
+    """Config sessions → timeframe Sessions (validated by both)."""
+
+    def hhmm(text: str) -> dt.time:
+        h, m = text.split(":")
+        return dt.time(int(h), int(m))
+
+    return [
+        Session(
+            name=c.name,
+            tz=c.timezone,
+            start=hhmm(c.start),
+            end=hhmm(c.end),
+            weekdays=frozenset(c.weekdays),
+            first_day=c.valid_from,
+            last_day=c.valid_to,
+            origins=tuple((tf, hhmm(at)) for tf, at in sorted(c.origins.items())),
+        )
+        for c in configs
+    ]
+
+
+class Resampler(Service):
+    name = "resampler"
+
+    def __init__(self, config: Config, *, drain: bool = False, serve_metrics: bool = True) -> None:
+        super().__init__(config, drain=drain, serve_metrics=serve_metrics)
+        rc = config.resampler
+        self.alignment = PRESETS[rc.alignment]
+        self.timeframes = [Timeframe.parse(t) for t in rc.timeframes]
+        self.cascades: dict[str, Cascade] = {}
+        r = self.metrics.registry
+        self.bars_out = Counter(
+            "barstream_bars_out", "Bars written, by timeframe.", ["timeframe"], registry=r
+        )
+        self.rewinds_out = Counter(
+            "barstream_rewinds",
+            "Rewrites of committed bars (provisional updates, revisions).",
+            ["stream"],
+            registry=r,
+        )
+        self.last_closed = Gauge(
+            "barstream_last_closed_bar_time_seconds",
+            "Open time of the last closed (non-provisional) bar per store.",
+            ["stream"],
+            registry=r,
+        )
+
+    async def main(self) -> None:
+        server = self.serve_feed()
+        self.upstream = FeedClient(
+            self.ctx,
+            self.endpoints.upstream,
+            self.stores.upstream,
+            self.apply,
+            name=self.name,
+            metrics=self.metrics,
+            on_idle=self.idle,
+        )
+        serving = asyncio.create_task(server.run())
+        following = asyncio.create_task(self.upstream.run(until_caught_up=self.drain))
+        if self.drain:
+            await following
+            self.commit()
+            server.done = True
+            await server.wait_drained()
+            server.close()
+            await serving
+            return
+        await self.serve_until_stopped(serving, following)
+
+    async def idle(self) -> None:
+        self.maybe_commit(idle=True)
+
+    def cascade(self, symbol: str, side: str) -> Cascade:
+        key = f"{symbol}/{side}"
+        c = self.cascades.get(key)
+        if c is None:
+            m1 = self.stores.ensure(StoreMeta(symbol, side, "1m", self.alignment.name))
+            sessions = sessions_of(self.config.resampler.sessions.get(symbol, []))
+
+            def bars(tf: Timeframe) -> np.ndarray:
+                return self._store(symbol, side, tf).records
+
+            c = Cascade(
+                self.timeframes, self.alignment, sessions or None, m1=lambda: m1.records, bars=bars
+            )
+            for tf in c.timeframes:
+                self._store(symbol, side, tf)
+            self.cascades[key] = c
+        return c
+
+    def _store(self, symbol: str, side: str, tf: Timeframe) -> Store:
+        return self.stores.ensure(StoreMeta(symbol, side, str(tf), self.alignment.name))
+
+    async def apply(self, batch: p.Batch, records: np.ndarray, _bodies: list[bytes]) -> None:
+        """From 1m offset ``batch.start`` on, the aggregator's store now reads ``records``."""
+        symbol, side, tf = batch.stream.split("/")
+        if tf != "1m":
+            self.log.warning("ignoring stream %s: not a 1m series", batch.stream)
+            return
+        cascade = self.cascade(symbol, side)
+        changes = cascade.update(batch.start, records)  # reads the stores *before* the update
+        m1 = self.stores.ensure(StoreMeta(symbol, side, "1m", self.alignment.name))
+        self._write(m1, batch.start, records)
+        for tf_i, (x, new) in changes.items():
+            store = self._store(symbol, side, tf_i)
+            self._write(store, x, new)
+            self.bars_out.labels(str(tf_i)).inc(len(new))
+        self.maybe_commit()
+
+    def _write(self, store: Store, x: int, new: np.ndarray) -> None:
+        if x >= store.length and not len(new):
+            return
+        if x < store.committed_length:
+            self.rewinds_out.labels(store.meta.key).inc()
+        store.write(x, new)
+        self.stores.touch(store.meta.key)
+        self.metrics.records_written.inc(len(new))
+
+    def update_store_gauges(self) -> None:
+        super().update_store_gauges()
+        for key, store in self.stores.stores.items():
+            n = store.committed_length
+            if not n:
+                continue
+            tail = store.view(max(0, n - 2), n)
+            closed = tail[(tail["flags"] & FLAG_PROVISIONAL) == 0]
+            if len(closed):
+                self.last_closed.labels(key).set(int(closed["ts_ms"][-1]) / 1000)
