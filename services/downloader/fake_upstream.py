@@ -654,6 +654,7 @@ class FakeUpstream:
         self.by_status: Counter[int] = Counter()
         self.by_route: Counter[str] = Counter()
         self.faults_fired: Counter[str] = Counter()
+        self.user_agents: Counter[str] = Counter()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -702,6 +703,7 @@ class FakeUpstream:
                 "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
                 "by_route": dict(self.by_route),
                 "faults_fired": dict(self.faults_fired),
+                "user_agents": dict(self.user_agents),
                 "sim_now_ms": self.clock.now_ms(),
             }
 
@@ -710,14 +712,18 @@ class FakeUpstream:
             self.by_status.clear()
             self.by_route.clear()
             self.faults_fired.clear()
+            self.user_agents.clear()
 
-    def count(self, route: str, status: int | None = None, fault: str | None = None) -> None:
+    def count(self, route: str, status: int | None = None) -> None:
+        """One request served on ``route`` with ``status`` (0 = connection reset, no status)."""
         with self._stats_lock:
             self.by_route[route] += 1
             if status is not None:
                 self.by_status[status] += 1
-            if fault is not None:
-                self.faults_fired[fault] += 1
+
+    def fired(self, kind: str) -> None:
+        with self._stats_lock:
+            self.faults_fired[kind] += 1
 
     # data
     def day_bars(self, symbol: str, side: str, day: dt.date) -> DayBars:
@@ -851,17 +857,21 @@ def _make_handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 self._control("GET")
                 return
             route = "live" if "?" in self.path else "day"
+            with upstream._stats_lock:
+                upstream.user_agents[self.headers.get("User-Agent", "")] += 1
             fault = upstream.faults.pick(self.path)
-            if fault is not None and fault.kind == "slow":
-                time.sleep(fault.delay_s)
-            elif fault is not None:
-                upstream.count(route, self._fault(fault), fault.kind)
-                return
+            if fault is not None:
+                upstream.fired(fault.kind)
+                if fault.kind == "slow":
+                    time.sleep(fault.delay_s)
+                else:
+                    upstream.count(route, self._fault(fault))
+                    return
             try:
                 reply = upstream.reply(self.path)
             except Exception as exc:  # a bug in the fake must not kill the thread silently
                 reply = _Reply(500, json.dumps({"error": repr(exc)}).encode())
-            upstream.count(route, reply.status, fault.kind if fault else None)
+            upstream.count(route, reply.status)
             self._send(reply)
 
         def do_POST(self) -> None:
@@ -921,8 +931,11 @@ def _make_handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             if truncate:
                 self.send_header("Connection", "close")
                 self.close_connection = True
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2] if truncate else body)
+            try:
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if truncate else body)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (a timeout); nothing to do
 
         def finish(self) -> None:
             with contextlib.suppress(OSError, ValueError):
