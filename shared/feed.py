@@ -50,6 +50,8 @@ BATCH_MAX_RECORDS: Final = 16384
 CREDIT_WINDOW: Final = 32
 RETRY_MIN_S: Final = 0.05
 RETRY_MAX_S: Final = 5.0
+#: Record frames at least this big go to zmq without a copy (below, copying is cheaper).
+ZERO_COPY_MIN_BYTES: Final = 64 << 10
 #: Messages handled per wake-up before yielding to other tasks.
 DRAIN_MAX: Final = 256
 
@@ -94,7 +96,7 @@ def start_offset(store: Store, pos: p.Position | None) -> int:
     """Where to resume a downstream that holds ``pos`` of this store."""
     if pos is None or pos.store_id != store.store_id.hex() or pos.generation > store.generation:
         return 0
-    x = min(pos.offset, store.stable_length)
+    x = max(0, min(pos.offset, store.stable_length))
     if pos.generation < store.generation:
         floor = store.rewind_floor(pos.generation)
         if floor is not None:
@@ -322,7 +324,8 @@ class FeedServer:
                     peer.streams[key] = st
                 elif st.generation != store.generation:
                     floor = store.rewind_floor(st.generation)
-                    if floor is not None and floor < st.sent:
+                    # floor == sent too: an empty batch tells the peer the new generation.
+                    if floor is not None and floor <= st.sent:
                         st.sent = floor
                         st.force = True
                     st.generation = store.generation
@@ -341,9 +344,13 @@ class FeedServer:
                 progress = True
 
     def _send_batch(self, peer: _Peer, key: str, store: Store, start: int, stop: int) -> None:
-        records = store.view(start, stop)
+        # A private copy read with pread (no page faults on the mapping), handed to zmq
+        # without a second copy: a later rewind of the store cannot change bytes in flight.
+        body = store.read_into(start, stop)
         extra: list[bytes] = []
         if self.attachments is not None and stop > start:
+            records = np.frombuffer(body, dtype=store.dtype)
+            records.flags.writeable = False
             extra = self.attachments(key, start, records)
         header = p.Batch(
             session=peer.session,
@@ -357,9 +364,10 @@ class FeedServer:
             attachments=len(extra),
             wall_ms=int(time.time() * 1000),
         )
-        # copy=True: zmq owns a copy, so a later rewind of the mmap cannot change bytes in flight.
         self._sock.send_multipart(
-            [peer.ident, p.encode(header), records.data, *extra], zmq.NOBLOCK, copy=True
+            [peer.ident, p.encode(header), body, *extra],
+            zmq.NOBLOCK,
+            copy=len(body) < ZERO_COPY_MIN_BYTES,
         )
         self.batches_out += 1
         self.records_out += stop - start
@@ -629,6 +637,9 @@ class FeedClient:
         if batch.session != self.session:
             return ""  # stale: answers an older hello
         self._owed += 1
+        if not any(batch.stream.startswith(prefix) for prefix in self.prefixes):
+            self._bad(f"batch for stream {batch.stream!r}, not one we follow")
+            return ""
         try:
             records = self._validate(batch, frames)
         except ProtocolError as e:

@@ -1,0 +1,37 @@
+"""Child process of the crash test: follow the plan of ``tests.support.plan`` forever,
+committing after every commit's operations and acknowledging each commit on stdout.
+
+    python -m tests.support.crash_writer ROOT SEED
+
+Prints ``ready <commits>`` once the StoreSet is open, then ``ack <c>`` after commit ``c``
+returned. The parent kills it with SIGKILL at random moments.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from shared.store import StoreMeta, StoreSet
+from tests.support.plan import apply, ops_for
+
+META = StoreMeta("EUR-USD", "BID", "1m")
+
+
+def main() -> None:
+    root, seed = sys.argv[1], int(sys.argv[2])
+    stores = StoreSet.open(root, "crash")
+    store = stores.ensure(META)
+    out = sys.stdout
+    out.write(f"ready {stores.commits}\n")
+    out.flush()
+    while True:
+        c = stores.commits + 1
+        apply(store, ops_for(seed, c, store.length, store.records))
+        stores.touch(META.key)
+        stores.commit()
+        out.write(f"ack {c}\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
