@@ -31,6 +31,7 @@ from typing import Final, Protocol
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from shared import protocol as p
 from shared.checkpoint import UpstreamMark
@@ -66,6 +67,14 @@ class Wakeup:
         assert isinstance(fd, int)
         self._fd = fd
         self._loop.add_reader(self._fd, self._event.set)
+        self._extra: list[int] = []
+
+    def watch(self, sock: zmq.Socket[bytes]) -> None:
+        """Also wake on this socket (e.g. a socket monitor)."""
+        fd = sock.getsockopt(zmq.FD)
+        assert isinstance(fd, int)
+        self._loop.add_reader(fd, self._event.set)
+        self._extra.append(fd)
 
     def notify(self) -> None:
         self._event.set()
@@ -82,8 +91,9 @@ class Wakeup:
             self._event.clear()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(self._fd)
+        for fd in (self._fd, *self._extra):
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(fd)
 
 
 def _readable(sock: zmq.Socket[bytes]) -> bool:
@@ -458,6 +468,8 @@ class FeedClient:
         self._last_rx = 0.0
         self._last_tx = 0.0
         self._caught_up = asyncio.Event()
+        self._monitor: zmq.Socket[bytes] | None = None
+        self._session_rx = 0  # messages received in the current session
         self._resend = False
         self._resend_to: dict[str, int] = {}
 
@@ -477,6 +489,8 @@ class FeedClient:
         """Follow the upstream until ``close()`` (or, in drain mode, until caught up)."""
         backoff = RETRY_MIN_S
         while not self._closed:
+            if self._session_rx:
+                backoff = RETRY_MIN_S  # the last session worked: retry fast again
             self._connect()
             assert self._sock is not None and self._wake is not None
             try:
@@ -533,6 +547,11 @@ class FeedClient:
         sock.connect(self.endpoint)
         self._sock = sock
         self._wake = Wakeup(sock)
+        # The monitor tells us at once when the upstream goes away (killed, restarted):
+        # zmq would reconnect by itself, but a new upstream needs our hello again.
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._wake.watch(self._monitor)
+        self._session_rx = 0
         self.session += 1
         self._owed = 0
         streams = {
@@ -555,6 +574,11 @@ class FeedClient:
         if self._sock is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self._sock.send(p.encode(p.Bye(session=self.session)), zmq.NOBLOCK)
+            if self._monitor is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sock.disable_monitor()
+                self._monitor.close(linger=0)
+                self._monitor = None
             self._sock.close(linger=0)
             self._sock = None
 
@@ -565,6 +589,8 @@ class FeedClient:
             if self._resend:
                 self._resend = False
                 return "resend requested"
+            if self._upstream_gone():
+                return "upstream disconnected"
             handled = 0
             while handled < DRAIN_MAX and not self._resend:
                 try:
@@ -572,6 +598,7 @@ class FeedClient:
                 except zmq.Again:
                     break
                 handled += 1
+                self._session_rx += 1
                 self._last_rx = time.monotonic()
                 reason = await self._on_message(frames)
                 if reason:
@@ -598,6 +625,17 @@ class FeedClient:
                 continue
             await wake.wait(HEARTBEAT_INTERVAL_S / 2)
         return "closed"
+
+    def _upstream_gone(self) -> bool:
+        mon = self._monitor
+        gone = False
+        while mon is not None and _readable(mon):
+            try:
+                event = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            gone = gone or event["event"] == zmq.EVENT_DISCONNECTED
+        return gone
 
     def _send_credit(self) -> None:
         assert self._sock is not None
