@@ -30,7 +30,7 @@ from services.downloader.source import (
     day_start_ms,
 )
 from services.transformer.transform import decode_candles
-from shared.errors import NotFound, SourceError, TransientSourceError
+from shared.errors import NotFound, PayloadInvalid, SourceError, TransientSourceError
 from shared.record import FLAG_PROVISIONAL
 from tests.conftest import REPO
 
@@ -422,3 +422,51 @@ def test_cli_help_and_generate_cache(tmp_path: Path) -> None:
         decode_candles(
             body, symbol="USD-JPY", side="ASK", day_ms=day_start_ms(day), live=False, src_offset=0
         )
+
+
+def test_two_servers_with_one_seed_serve_identical_bytes() -> None:
+    clock_ms = day_start_ms(TODAY) + 10 * 3_600_000
+    bodies = []
+    for _ in range(2):
+        with FakeUpstream(clock=SimClock(clock_ms, speed=0.0), seed=9, real_dir=None) as up:
+            src = client(up)
+            bodies.append(
+                [
+                    run(src.fetch_day(symbol, side, PAST)).body
+                    for symbol in ("EUR-USD", "XAU-USD")
+                    for side in ("BID", "ASK")
+                ]
+                + [run(src.fetch_live("EUR-USD", "BID", TODAY)).body]
+            )
+    assert bodies[0] == bodies[1]
+    assert len(set(bodies[0])) == 5
+
+
+def test_revision_switched_on_over_the_control_plane_changes_the_digest(fake: FakeUpstream) -> None:
+    src = client(fake)
+    before = run(src.fetch_day("EUR-USD", "BID", PAST))
+    _post(f"{fake.url}/_control/faults", {"kind": "revise", "pattern": "*/EUR-USD/BID/2026/3/3"})
+    after = run(src.fetch_day("EUR-USD", "BID", PAST))
+    again = run(src.fetch_day("EUR-USD", "BID", PAST))
+    assert before.digest != after.digest == again.digest  # the revision is persistent
+    check_day(after)
+    other = run(src.fetch_day("EUR-USD", "BID", PAST - dt.timedelta(days=1)))
+    assert other.body == fake.day_body("EUR-USD", "BID", PAST - dt.timedelta(days=1))
+
+
+@pytest.mark.parametrize("spec", ["invalid_json:*:count=1", "html:*:count=1"])
+def test_garbage_bodies_reach_the_transformer_and_are_rejected(
+    fake: FakeUpstream, spec: str
+) -> None:
+    fake.add_fault(spec)
+    result = run(client(fake).fetch_day("EUR-USD", "BID", PAST))
+    with pytest.raises(PayloadInvalid) as info:
+        decode_candles(
+            result.body,
+            symbol="EUR-USD",
+            side="BID",
+            day_ms=day_start_ms(PAST),
+            live=False,
+            src_offset=3,
+        )
+    assert info.value.day == "2026-03-03" and info.value.field

@@ -273,7 +273,7 @@ def test_histdata_summer_day_uses_daylight_time(real_data: Path) -> None:
     series = fu._load_histdata(str(real_data / "histdata-m1"), "EUR-USD")
     assert series is not None
     sunday = dt.date(2019, 6, 30)
-    a, b = series.day_index[(sunday - dt.date(1970, 1, 1)).days]
+    a, _ = series.day_index[(sunday - dt.date(1970, 1, 1)).days]
     first = (int(series.ts_ms[a]) - day_start_ms(sunday)) // 60_000
     assert 21 * 60 <= first < 21 * 60 + 10  # Sunday open 17:00 New York = 21:00 UTC
 

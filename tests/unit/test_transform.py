@@ -21,7 +21,7 @@ DAY = dt.date(2024, 1, 2)
 DAY_MS0 = 1704153600000  # 2024-01-02 00:00 UTC
 
 
-def good() -> dict:
+def good() -> dict[str, object]:
     """A valid three-bar day (prices in points: see each row's comment)."""
     return {
         "timestamp": DAY_MS0,
