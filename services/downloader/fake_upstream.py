@@ -52,6 +52,7 @@ import gzip
 import io
 import json
 import math
+import os
 import re
 import socket
 import struct
@@ -959,9 +960,10 @@ def generate_cache(
     durable: bool = True,
 ) -> int:
     """Write generated final days ``start..end`` (inclusive) into a raw cache at ``root`` in
-    the RawCache layout; returns the number of day files written."""
+    the RawCache layout; returns the number of day files written. Each file is written
+    atomically; with ``durable`` one ``os.sync()`` at the end replaces thousands of fsyncs."""
     generator = make_generator(seed, real_dir)
-    cache = RawCache(root, today=lambda: dt.date.max, durable=durable)
+    cache = RawCache(root, today=lambda: dt.date.max, durable=False)
     written = 0
     day = start
     while day <= end:
@@ -971,6 +973,8 @@ def generate_cache(
         cache.put(symbol, side, day, body)
         written += 1
         day += dt.timedelta(days=1)
+    if durable:
+        os.sync()
     return written
 
 
@@ -1047,7 +1051,7 @@ def _main_generate(args: list[str]) -> int:
     parser.add_argument("end", type=dt.date.fromisoformat)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--real-dir", type=Path, default=DEFAULT_REAL_DIR)
-    parser.add_argument("--no-fsync", action="store_true", help="skip fsyncs (benchmark data)")
+    parser.add_argument("--no-fsync", action="store_true", help="skip the final sync")
     opts = parser.parse_args(args)
     began = time.monotonic()
     n = generate_cache(

@@ -137,24 +137,25 @@ def test_multiplier_decimals(value: float, decimals: int | None) -> None:
     assert multiplier_decimals(value) == decimals
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    decimals=st.sampled_from([1, 3, 5]),
-    data=st.data(),
+    decimals=st.sampled_from([0, 1, 3, 5, 8]),
+    n=st.integers(1, 1440),
+    seed=st.integers(0, 2**32 - 1),
+    max_points=st.sampled_from([2, 1000, 10**7, 2**40]),
 )
-def test_encode_decode_round_trip(decimals: int, data: st.DataObject) -> None:
+def test_encode_decode_round_trip(decimals: int, n: int, seed: int, max_points: int) -> None:
     """Any valid day the fake encodes decodes back to exactly its integer points."""
-    n = data.draw(st.integers(1, 300))
-    minutes = sorted(data.draw(st.sets(st.integers(0, 1439), min_size=n, max_size=n)))
-    lows = np.array(data.draw(st.lists(st.integers(1, 10**7), min_size=n, max_size=n)), np.int64)
-    width = np.array(data.draw(st.lists(st.integers(0, 500), min_size=n, max_size=n)), np.int64)
-    fo = np.array(data.draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)))
-    fc = np.array(data.draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)))
+    rng = np.random.default_rng(seed)
+    minutes = np.sort(rng.choice(1440, size=n, replace=False)).astype(np.int64)
+    lows = rng.integers(1, max_points, size=n, endpoint=True)
+    width = rng.integers(0, max(1, max_points // 1000), size=n, endpoint=True)
     highs = lows + width
-    opens = lows + np.round(fo * width).astype(np.int64)
-    closes = lows + np.round(fc * width).astype(np.int64)
-    vols = np.array(data.draw(st.lists(st.floats(0, 1e9), min_size=n, max_size=n)))
-    ts = DAY_MS0 + np.array(minutes, np.int64) * 60000
+    opens = lows + rng.integers(0, width, endpoint=True)
+    closes = lows + rng.integers(0, width, endpoint=True)
+    vols = np.round(rng.lognormal(3, 3, size=n), int(rng.integers(0, 6)))
+    vols[rng.random(n) < 0.1] = 0.0
+    ts = DAY_MS0 + minutes * 60000
     bars = DayBars(decimals, ts, opens, highs, lows, closes, vols)
     out = decode(encode_candles(bars, empty_timestamp_ms=DAY_MS0))
     scale = 10**decimals
@@ -337,3 +338,56 @@ def test_recorded_day_rejected_for_the_wrong_day(real_data: Path) -> None:
     with pytest.raises(PayloadInvalid) as info:
         decode(body, day_ms=_day_ms(dt.date(2026, 7, 9)))
     assert (info.value.field, info.value.day) == ("times", "2026-07-09")
+
+
+# --- fuzz: bad input never crashes, never yields an invalid record ------------------------------
+
+
+def _valid_or_rejected(body: bytes) -> None:
+    try:
+        out = decode(body)
+    except PayloadInvalid as err:
+        assert err.field and err.day == DAY.isoformat()
+        return
+    if len(out):
+        assert np.all(np.diff(out["ts_ms"]) > 0)
+        assert np.all((out["ts_ms"] >= DAY_MS0) & (out["ts_ms"] < DAY_MS0 + DAY_MS))
+        assert np.all(out["low"] > 0) and np.all(out["low"] <= out["high"])
+        assert np.all((out["low"] <= out["open"]) & (out["open"] <= out["high"]))
+        assert np.all((out["low"] <= out["close"]) & (out["close"] <= out["high"]))
+        assert np.all(np.isfinite(out["volume"]) & (out["volume"] >= 0))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash(body: bytes) -> None:
+    _valid_or_rejected(body)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pos=st.integers(0, len(GOOD) - 1),
+    cut=st.integers(0, 8),
+    insert=st.sampled_from(
+        [b"", b"-", b"0", b"9", b",", b"]", b"[", b"1e", b".5", b"null", b'"', b" "]
+    ),
+)
+def test_mutated_payloads_never_crash(pos: int, cut: int, insert: bytes) -> None:
+    _valid_or_rejected(GOOD[:pos] + insert + GOOD[pos + cut :])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.sampled_from(["times", "opens", "highs", "lows", "closes", "volumes"]),
+    values=st.lists(
+        st.one_of(
+            st.integers(-(2**70), 2**70),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.none(),
+            st.booleans(),
+        ),
+        max_size=5,
+    ),
+)
+def test_arbitrary_array_values_never_crash(key: str, values: list[object]) -> None:
+    _valid_or_rejected(mutate(**{key: values}))
