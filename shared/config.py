@@ -32,7 +32,7 @@ class Endpoints(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     feed: str = ""  # bind address of this service's feed (ROUTER)
     upstream: str = ""  # connect address of the upstream's feed (DEALER); "" = derived
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 0
+    metrics_port: int | None = None  # None: the default port; 0: any free port
 
 
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -138,7 +138,7 @@ def _fill_defaults(cfg: Config) -> None:
             ep.feed = f"tcp://{host}:{BASE_FEED_PORT + i}"
         if not ep.upstream and prev:
             ep.upstream = _connect_form(cfg.endpoints(prev).feed)
-        if not ep.metrics_port:
+        if ep.metrics_port is None:
             ep.metrics_port = BASE_METRICS_PORT + i
         prev = name
     if not cfg.gateway.publish:
@@ -218,7 +218,7 @@ def _check(cfg: Config) -> None:
         raise bad("gateway.max_request_records", cfg.gateway.max_request_records, "must be >= 1")
     for name in SERVICES:
         port = cfg.endpoints(name).metrics_port
-        if not 0 <= port <= 65535:
+        if port is None or not 0 <= port <= 65535:
             raise bad(f"{name}.endpoints.metrics_port", port, "must be a TCP port")
 
 

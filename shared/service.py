@@ -140,7 +140,7 @@ class Service(abc.ABC):
             loop.add_signal_handler(sig, self.stop)
         if self._serve_metrics:
             self.metrics_port = self.metrics.serve(
-                self.endpoints.metrics_port, self.endpoints.metrics_host
+                self.endpoints.metrics_port or 0, self.endpoints.metrics_host
             )
         self.update_store_gauges()
         self.log.info("starting: %r", self)
