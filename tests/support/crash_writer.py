@@ -1,7 +1,7 @@
 """Child process of the crash test: follow the plan of ``tests.support.plan`` forever,
 committing after every commit's operations and acknowledging each commit on stdout.
 
-    python -m tests.support.crash_writer ROOT SEED
+    python -m tests.support.crash_writer ROOT SEED [MAX_BATCH]
 
 Prints ``ready <commits>`` once the StoreSet is open, then ``ack <c>`` after commit ``c``
 returned. The parent kills it with SIGKILL at random moments.
@@ -19,6 +19,7 @@ META = StoreMeta("EUR-USD", "BID", "1m")
 
 def main() -> None:
     root, seed = sys.argv[1], int(sys.argv[2])
+    max_batch = int(sys.argv[3]) if len(sys.argv) > 3 else 2000
     stores = StoreSet.open(root, "crash")
     store = stores.ensure(META)
     out = sys.stdout
@@ -26,7 +27,7 @@ def main() -> None:
     out.flush()
     while True:
         c = stores.commits + 1
-        apply(store, ops_for(seed, c, store.length, store.records))
+        apply(store, ops_for(seed, c, store.length, store.records, max_batch=max_batch))
         stores.touch(META.key)
         stores.commit()
         out.write(f"ack {c}\n")
