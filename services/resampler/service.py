@@ -143,11 +143,14 @@ class Resampler(Service):
     def _write(self, store: Store, x: int, new: np.ndarray) -> None:
         if x >= store.length and not len(new):
             return
-        if x < store.committed_length:
+        before = store.length
+        first = store.replace_from(x, new)  # rewrites only from the first changed bar
+        if first == store.length == before:
+            return
+        if first < store.committed_length:
             self.rewinds_out.labels(store.meta.key).inc()
-        store.write(x, new)
         self.stores.touch(store.meta.key)
-        self.metrics.records_written.inc(len(new))
+        self.metrics.records_written.inc(store.length - first)
 
     def update_store_gauges(self) -> None:
         super().update_store_gauges()
