@@ -44,13 +44,17 @@ JOURNAL_LAYOUT = [
 @pytest.mark.parametrize(
     ("dtype", "layout"), [(RECORD_DTYPE, RECORD_LAYOUT), (JOURNAL_DTYPE, JOURNAL_LAYOUT)]
 )
-def test_every_field_at_its_pinned_offset(dtype: np.dtype, layout: list) -> None:
+def test_every_field_at_its_pinned_offset(
+    dtype: np.dtype, layout: list[tuple[str, int, str]]
+) -> None:
     assert dtype.itemsize == RECORD_SIZE == 64
     assert dtype.names == tuple(name for name, _, _ in layout)
     fmt = "<" + "".join(code for _, _, code in layout)
     assert struct.calcsize(fmt) == 64  # no padding anywhere
+    fields = dtype.fields
+    assert fields is not None
     for name, offset, code in layout:
-        field_dtype, field_offset = dtype.fields[name][:2]
+        field_dtype, field_offset = fields[name][:2]
         assert field_offset == offset, name
         assert field_dtype.itemsize == struct.calcsize(code), name
         assert field_dtype.str[0] in "<|", name  # little-endian (or a single byte)
@@ -59,7 +63,7 @@ def test_every_field_at_its_pinned_offset(dtype: np.dtype, layout: list) -> None
 @pytest.mark.parametrize(
     ("dtype", "layout"), [(RECORD_DTYPE, RECORD_LAYOUT), (JOURNAL_DTYPE, JOURNAL_LAYOUT)]
 )
-def test_record_reads_back_with_struct(dtype: np.dtype, layout: list) -> None:
+def test_record_reads_back_with_struct(dtype: np.dtype, layout: list[tuple[str, int, str]]) -> None:
     rec = np.zeros(2, dtype=dtype)
     values = {}
     for i, (name, _, code) in enumerate(layout):

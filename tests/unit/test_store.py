@@ -38,7 +38,7 @@ FAST_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
 @pytest.fixture
 def fast_dirs():
     """Temp dirs on tmpfs when there is one: Hypothesis runs many fsync-heavy examples."""
-    made: list[tempfile.TemporaryDirectory] = []
+    made: list[tempfile.TemporaryDirectory[str]] = []
 
     def make() -> Path:
         made.append(tempfile.TemporaryDirectory(prefix="bs-test-", dir=FAST_DIR))
@@ -418,7 +418,7 @@ def test_torn_tail_is_dropped_and_logged(tmp_path: Path, caplog) -> None:
     assert any("torn tail past committed length 10" in r.getMessage() for r in caplog.records)
     assert str(path) in caplog.text
     assert os.path.getsize(path) == HEADER_SIZE + 10 * 64
-    assert ss.get(KEY).length == 10
+    assert ss.stores[KEY].length == 10
     ss.close()
 
 
@@ -476,7 +476,7 @@ def test_interrupted_rewrite_is_undone_on_open(tmp_path: Path, caplog) -> None:
     ss.close()  # "crash": no commit
     with caplog.at_level(logging.WARNING, logger="barstream.store"):
         ss2 = StoreSet.open(tmp_path, "svc")
-    assert ss2.get(KEY).records.tobytes() == committed
+    assert ss2.stores[KEY].records.tobytes() == committed
     assert "restored 50 committed records" in caplog.text
     assert not s.undo_path.exists()
     ss2.close()
@@ -492,7 +492,7 @@ def test_undo_grows_when_the_rewrite_goes_deeper(tmp_path: Path) -> None:
     s.write(50, recs(50, 10, 3))
     ss.close()
     ss2 = StoreSet.open(tmp_path, "svc")
-    assert ss2.get(KEY).records.tobytes() == committed
+    assert ss2.stores[KEY].records.tobytes() == committed
     ss2.close()
 
 
@@ -508,8 +508,8 @@ def test_stale_or_torn_undo_is_ignored(tmp_path: Path) -> None:
     s.undo_path.write_bytes(undo)  # as if the unlink had not reached the disk
     ss.close()
     ss2 = StoreSet.open(tmp_path, "svc")
-    assert ss2.get(KEY).records.tobytes() == after
-    s2 = ss2.get(KEY)
+    assert ss2.stores[KEY].records.tobytes() == after
+    s2 = ss2.stores[KEY]
     s2.write(10, recs(10, 5, 2))
     ss2.close()
     raw = s2.undo_path.read_bytes()
@@ -517,5 +517,5 @@ def test_stale_or_torn_undo_is_ignored(tmp_path: Path) -> None:
     os.truncate(s2.path, HEADER_SIZE + 100 * 64)
     patch(s2.path, HEADER_SIZE + 10 * 64, after[10 * 64 : 100 * 64])
     ss3 = StoreSet.open(tmp_path, "svc")
-    assert ss3.get(KEY).records.tobytes() == after
+    assert ss3.stores[KEY].records.tobytes() == after
     ss3.close()
