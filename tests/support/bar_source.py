@@ -185,6 +185,7 @@ class Procs:
         self.done_file = root / "done.json"
         self.config = root / "gateway.toml"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.metrics_port = free_port()
         self.config.write_text(
             "[pipeline]\n"
             f'data_dir = "{self.data_root}/data"\n'
@@ -193,7 +194,7 @@ class Procs:
             f'requests = "{self.requests}"\n'
             "[gateway.endpoints]\n"
             f'upstream = "{self.upstream}"\n'
-            f"metrics_port = {free_port()}\n"
+            f"metrics_port = {self.metrics_port}\n"
         )
 
     def start_source(self, topics: list[str], **options: object) -> subprocess.Popen[bytes]:
