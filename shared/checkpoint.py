@@ -65,7 +65,7 @@ class Checkpoint:
             return None
         try:
             state = _decoder.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except (msgspec.DecodeError, ValueError) as e:  # ValueError: invalid UTF-8 in a str
             raise CheckpointCorrupt(str(self.path), f"cannot parse checkpoint: {e}") from None
         if state.version != CHECKPOINT_VERSION:
             raise CheckpointCorrupt(

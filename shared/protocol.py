@@ -141,7 +141,7 @@ def decode_up(frame: bytes | memoryview) -> Hello | Credit | Bye:
         raise Malformed(f"header of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         msg: Hello | Credit | Bye = _up.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except (msgspec.DecodeError, ValueError) as e:  # ValueError: invalid UTF-8 in a str
         raise Malformed(str(e)) from None
     _check(msg)
     return msg
@@ -153,7 +153,7 @@ def decode_down(frame: bytes | memoryview) -> Batch | Heartbeat | Reset | Error:
         raise Malformed(f"header of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         msg: Batch | Heartbeat | Reset | Error = _down.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except (msgspec.DecodeError, ValueError) as e:  # ValueError: invalid UTF-8 in a str
         raise Malformed(str(e)) from None
     _check(msg)
     return msg
