@@ -168,18 +168,26 @@ def decode_candles(
 
     points = np.empty((4, n), dtype=np.int64)
     for row, deltas in enumerate((payload.opens, payload.highs, payload.lows, payload.closes)):
+        deltas[0] += first[row]  # the arrays are ours: fold the first price into the cumsum
         np.cumsum(deltas, out=points[row])
-        points[row] += first[row]
     _check_prices(points, where)
     _check_volumes(payload.volumes, where)
+    return _records(points, decimals, payload, live=live, src_offset=src_offset)
 
-    out = np.zeros(n, dtype=RECORD_DTYPE)
-    out["ts_ms"] = np.cumsum(payload.times) * MINUTE_MS + payload.timestamp
-    scale = float(10**decimals)
-    out["open"] = points[0] / scale
-    out["high"] = points[1] / scale
-    out["low"] = points[2] / scale
-    out["close"] = points[3] / scale
+
+def _records(
+    points: np.ndarray, decimals: int, payload: _Parsed, *, live: bool, src_offset: int
+) -> np.ndarray:
+    out = np.zeros(points.shape[1], dtype=RECORD_DTYPE)
+    ts_ms = np.cumsum(payload.times)
+    ts_ms *= MINUTE_MS
+    ts_ms += payload.timestamp
+    out["ts_ms"] = ts_ms
+    prices = points / float(10**decimals)  # the one conversion: exact decimal floats
+    out["open"] = prices[0]
+    out["high"] = prices[1]
+    out["low"] = prices[2]
+    out["close"] = prices[3]
     out["volume"] = payload.volumes
     out["src_offset"] = src_offset
     out["src_count"] = 1
@@ -352,12 +360,19 @@ def _check_times(times: np.ndarray, timestamp: int, day_ms: int, where: _Where) 
 
 
 def _check_prices(points: np.ndarray, where: _Where) -> None:
+    """One pass per rule over all bars; the failing index is searched only on failure."""
     opens, highs, lows, closes = points
-    for row, key in enumerate(("opens", "highs", "lows", "closes")):
-        _fail_first(points[row] <= 0, where, key, "price is not positive")
-    _fail_first(highs < lows, where, "highs", "high is below low")
-    _fail_first((opens < lows) | (opens > highs), where, "opens", "open is outside [low, high]")
-    _fail_first((closes < lows) | (closes > highs), where, "closes", "close is outside [low, high]")
+    if points.min() <= 0:
+        for row, key in enumerate(("opens", "highs", "lows", "closes")):
+            _fail_first(points[row] <= 0, where, key, "price is not positive")
+    if (highs - lows).min() < 0:
+        _fail_first(highs < lows, where, "highs", "high is below low")
+    if min((opens - lows).min(), (highs - opens).min()) < 0:
+        _fail_first((opens < lows) | (opens > highs), where, "opens", "open is outside [low, high]")
+    if min((closes - lows).min(), (highs - closes).min()) < 0:
+        _fail_first(
+            (closes < lows) | (closes > highs), where, "closes", "close is outside [low, high]"
+        )
 
 
 def _check_volumes(volumes: np.ndarray, where: _Where) -> None:
