@@ -100,6 +100,8 @@ class FakeUpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     port: int = 8787
     speed: float = 60.0
     seed: int = 1
+    #: Simulated UTC time at the fake's start, ISO ("2026-06-24T12:00"); "" = now.
+    start: str = ""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import email.utils
 import functools
 import gzip
 import io
@@ -852,6 +853,11 @@ def _make_handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
+
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            # The Date header tells the simulated time: the downloader follows it.
+            when = upstream.clock.now_ms() / 1000 if timestamp is None else timestamp
+            return email.utils.formatdate(when, usegmt=True)
 
         def do_GET(self) -> None:
             if self.path.startswith("/_control/"):

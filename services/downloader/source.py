@@ -92,6 +92,9 @@ class FetchResult:
     attempts: int
     elapsed_s: float
     live: bool
+    #: The upstream's clock (HTTP ``Date``) when it answered; the downloader follows it so
+    #: that "today" is the upstream's today (the demo's fake runs a simulated clock).
+    server_ms: int | None = None
 
     @property
     def digest(self) -> int:
@@ -274,7 +277,7 @@ class HttpSource:
             await self.budget.acquire()
             self.attempts_total += 1
             try:
-                status, body = await self._attempt(url)
+                status, body, server_ms = await self._attempt(url)
             except _Retry as retry:
                 last, last_status = retry.reason, retry.status
                 self.failures[retry.reason.split(":")[0]] += 1
@@ -288,7 +291,16 @@ class HttpSource:
                     raise NotFound("HTTP 404: no such instrument or day", **where) from None
                 raise SourceError(f"HTTP {exc.status}: {exc.reason}", **where) from None
             return FetchResult(
-                symbol, side, day, url, body, status, attempt, time.monotonic() - began, live
+                symbol,
+                side,
+                day,
+                url,
+                body,
+                status,
+                attempt,
+                time.monotonic() - began,
+                live,
+                server_ms,
             )
         raise TransientSourceError(
             f"gave up after {policy.max_attempts} attempts; last: {last}"
@@ -296,17 +308,17 @@ class HttpSource:
             **where,
         )
 
-    async def _attempt(self, url: str) -> tuple[int, bytes]:
+    async def _attempt(self, url: str) -> tuple[int, bytes, int | None]:
         timeout_s = self.settings.timeout_s
         try:
             async with asyncio.timeout(timeout_s + 1.0):
-                status, body = await asyncio.to_thread(self._get, url, timeout_s)
+                status, body, server_ms = await asyncio.to_thread(self._get, url, timeout_s)
         except TimeoutError:
             raise _Retry(f"timeout: no complete response in {timeout_s:g} s") from None
         self.statuses[status] += 1
-        return status, body
+        return status, body, server_ms
 
-    def _get(self, url: str, timeout_s: float) -> tuple[int, bytes]:
+    def _get(self, url: str, timeout_s: float) -> tuple[int, bytes, int | None]:
         """One blocking GET (runs in a worker thread). Raises _Retry or _Permanent."""
         headers = {"User-Agent": self.settings.user_agent, "Accept": "application/json"}
         if self.settings.gzip:
@@ -317,6 +329,7 @@ class HttpSource:
                 status = int(response.status)
                 raw = response.read()
                 encoding = response.headers.get("Content-Encoding", "")
+                server_ms = _http_date_ms(response.headers.get("Date"))
         except urllib.error.HTTPError as exc:
             self.statuses[exc.code] += 1
             with exc:
@@ -337,7 +350,7 @@ class HttpSource:
                 raise _Retry(f"truncated: gzip body does not decode ({exc})") from None
         if not raw:
             raise _Retry("empty: HTTP 200 with an empty body", status)
-        return status, raw
+        return status, raw, server_ms
 
 
 class _Permanent(Exception):
@@ -345,6 +358,19 @@ class _Permanent(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def _http_date_ms(value: str | None) -> int | None:
+    """An HTTP ``Date`` header as ms since the epoch (None if absent or unparsable)."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
 
 
 def _retry_after_s(value: str | None) -> float | None:
