@@ -1,0 +1,371 @@
+"""Feed server and client in one process over real ipc:// sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from shared import protocol as p
+from shared.feed import BATCH_MAX_RECORDS, FeedClient, FeedServer, start_offset
+from shared.store import StoreMeta, StoreSet
+from tests.support.plan import make_records
+
+META = StoreMeta("EUR-USD", "BID", "1m")
+KEY = META.key
+
+
+def recs(start: int, n: int, salt: int = 0):
+    return make_records(99, salt, 0, start, n)
+
+
+class Replica:
+    """A downstream StoreSet fed by a FeedClient."""
+
+    def __init__(self, ctx, endpoint: str, root: Path, **kw) -> None:
+        self.stores = StoreSet.open(root, "down")
+        self.client = FeedClient(
+            ctx, endpoint, self.stores.upstream, self.handle, name="down", on_idle=self.idle, **kw
+        )
+
+    async def handle(self, batch, records, attachments) -> None:
+        store = self.stores.get(batch.stream) or self.stores.create(
+            StoreMeta.from_key(batch.stream)
+        )
+        store.write(batch.start, records)
+        self.stores.touch(batch.stream)
+
+    async def idle(self) -> None:
+        if self.stores.pending():
+            self.stores.commit()
+
+    def bytes(self, key: str = KEY) -> bytes:
+        store = self.stores.get(key)
+        return store.records.tobytes() if store is not None else b""
+
+
+def run(coro, timeout_s: float = 30.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
+def test_replicates_then_resumes_after_a_rewind(tmp_path: Path, ipc_dir: Path) -> None:
+    async def main() -> None:
+        ctx = zmq.Context()
+        endpoint = f"ipc://{ipc_dir}/f"
+        up = StoreSet.open(tmp_path / "up", "up")
+        s = up.ensure(META)
+        s.append(recs(0, 3 * BATCH_MAX_RECORDS + 5))
+        up.commit()
+        server = FeedServer(ctx, endpoint, up)
+        serving = asyncio.create_task(server.run())
+        server.done = True
+        down = Replica(ctx, endpoint, tmp_path / "down")
+        await down.client.run(until_caught_up=True)
+        assert down.bytes() == s.records.tobytes()
+        assert down.client.batches_in >= 4 and server.records_out == s.length
+        # A revision deep in history and a provisional tail update, committed upstream.
+        s.write(100, recs(100, 50, 1))
+        up.commit()
+        s.replace_from(140, np.concatenate([s.records[140:148].copy(), recs(150, 3, 2)]))
+        up.commit()
+        down2 = Replica(ctx, endpoint, tmp_path / "down")  # a restart: resume from checkpoint
+        down.stores.close()
+        await down2.client.run(until_caught_up=True)
+        assert down2.bytes() == s.records.tobytes()
+        assert down2.client.records_in < 1000  # resumed from the rewind, not from 0
+        down2.stores.close()
+        server.close()
+        await serving
+        up.close()
+        ctx.destroy(linger=0)
+
+    run(main())
+
+
+def test_live_rewinds_reach_a_connected_downstream(tmp_path: Path, ipc_dir: Path) -> None:
+    async def main() -> None:
+        ctx = zmq.Context()
+        endpoint = f"ipc://{ipc_dir}/f"
+        up = StoreSet.open(tmp_path / "up", "up")
+        s = up.ensure(META)
+        server = FeedServer(ctx, endpoint, up)
+        serving = asyncio.create_task(server.run())
+        down = Replica(ctx, endpoint, tmp_path / "down")
+        following = asyncio.create_task(down.client.run())
+        rng = np.random.default_rng(5)
+        for i in range(40):
+            if s.length and rng.random() < 0.4:
+                s.write(int(rng.integers(0, s.length)), recs(0, int(rng.integers(0, 30)), i))
+            s.append(recs(s.length, int(rng.integers(1, 50)), 100 + i))
+            up.commit()
+            await asyncio.sleep(0)
+        s.truncate(s.length - 5)  # ends in a pure truncation
+        up.commit()
+        deadline = time.monotonic() + 10
+        while down.bytes() != s.records.tobytes():
+            assert time.monotonic() < deadline, "downstream never converged"
+            await asyncio.sleep(0.01)
+        down.client.close()
+        await following
+        server.close()
+        await serving
+        up.close()
+        down.stores.close()
+        ctx.destroy(linger=0)
+
+    run(main())
+
+
+def test_start_offset_rules(tmp_path: Path) -> None:
+    up = StoreSet.open(tmp_path, "up")
+    s = up.ensure(META)
+    s.append(recs(0, 100))
+    up.commit()
+    sid = s.store_id.hex()
+    assert start_offset(s, None) == 0
+    assert start_offset(s, p.Position("other", 50, 0)) == 0  # another store: from scratch
+    assert start_offset(s, p.Position(sid, 50, 0)) == 50
+    assert start_offset(s, p.Position(sid, 500, 0)) == 100  # beyond what is committed
+    assert start_offset(s, p.Position(sid, -3, 0)) == 0  # nonsense from the wire
+    assert start_offset(s, p.Position(sid, 50, 9)) == 0  # a generation we never had
+    s.write(30, recs(30, 10, 1))
+    assert start_offset(s, p.Position(sid, 50, 0)) == 30  # uncommitted rewrite: stable prefix
+    up.commit()
+    assert start_offset(s, p.Position(sid, 50, 0)) == 30  # older generation: from the rewind
+    assert start_offset(s, p.Position(sid, 20, 0)) == 20  # below the rewind: nothing lost
+    assert start_offset(s, p.Position(sid, 40, 1)) == 40
+    up.close()
+
+
+def raw_socket(ctx, kind: int, endpoint: str, bind: bool = False):
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    (sock.bind if bind else sock.connect)(endpoint)
+    return sock
+
+
+def test_credit_limits_batches_in_flight(tmp_path: Path, ipc_dir: Path) -> None:
+    async def main() -> None:
+        ctx = zmq.Context()
+        endpoint = f"ipc://{ipc_dir}/f"
+        up = StoreSet.open(tmp_path / "up", "up")
+        up.ensure(META).append(recs(0, 5 * BATCH_MAX_RECORDS))
+        up.commit()
+        server = FeedServer(ctx, endpoint, up)
+        serving = asyncio.create_task(server.run())
+        peer = raw_socket(ctx, zmq.DEALER, endpoint)
+        peer.send(p.encode(p.Hello(name="raw", session=1, credit=1)))
+
+        async def recv_batches(n: int) -> list[p.Batch]:
+            out = []
+            deadline = time.monotonic() + 5
+            while len(out) < n:
+                assert time.monotonic() < deadline, f"got {len(out)} of {n} batches"
+                try:
+                    frames = peer.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    await asyncio.sleep(0.005)
+                    continue
+                msg = p.decode_down(frames[0])
+                if isinstance(msg, p.Batch):
+                    out.append(msg)
+            return out
+
+        async def no_batch_for(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                try:
+                    frames = peer.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    await asyncio.sleep(0.005)
+                    continue
+                assert not isinstance(p.decode_down(frames[0]), p.Batch), "sent without credit"
+
+        first = await recv_batches(1)
+        assert (first[0].start, first[0].count) == (0, BATCH_MAX_RECORDS)
+        await no_batch_for(0.3)
+        peer.send(p.encode(p.Credit(session=1, n=2)))
+        more = await recv_batches(2)
+        assert [b.start for b in more] == [BATCH_MAX_RECORDS, 2 * BATCH_MAX_RECORDS]
+        await no_batch_for(0.2)
+        peer.close(linger=0)
+        server.close()
+        await serving
+        up.close()
+        ctx.destroy(linger=0)
+
+    run(main())
+
+
+def test_malformed_to_server_is_counted_dropped_and_serving_goes_on(
+    tmp_path: Path, ipc_dir: Path
+) -> None:
+    async def main() -> None:
+        ctx = zmq.Context()
+        endpoint = f"ipc://{ipc_dir}/f"
+        up = StoreSet.open(tmp_path / "up", "up")
+        s = up.ensure(META)
+        s.append(recs(0, 1000))
+        up.commit()
+        server = FeedServer(ctx, endpoint, up)
+        serving = asyncio.create_task(server.run())
+        bad = raw_socket(ctx, zmq.DEALER, endpoint)
+        bad.send(b"\xff\x00garbage")
+        bad.send_multipart([b"two", b"frames"])
+        bad.send(msgpack({"t": "credit", "v": 7, "session": 1, "n": 1}))
+        bad.send(p.encode(p.Hello(name="x", session=1, credit=-5)))  # refused, not malformed
+        bad.send(p.encode(p.Hello(name="x", session=1, prefixes=["ZZZ"])))  # valid hello
+        bad.send(p.encode(p.Credit(session=1, n=10**9)))  # absurd credit
+        deadline = time.monotonic() + 5
+        while server.malformed < 4:
+            assert time.monotonic() < deadline, f"malformed={server.malformed}"
+            await asyncio.sleep(0.01)
+        errors = []
+        while len(errors) < 3:
+            msg = p.decode_down(await asyncio.to_thread(bad.recv))
+            if isinstance(msg, p.Error):
+                errors.append(msg.code)
+        assert errors == ["malformed", "malformed", "bad-credit"]
+        server.done = True
+        down = Replica(ctx, endpoint, tmp_path / "down")
+        await down.client.run(until_caught_up=True)
+        assert down.bytes() == s.records.tobytes()
+        bad.close(linger=0)
+        down.stores.close()
+        server.close()
+        await serving
+        up.close()
+        ctx.destroy(linger=0)
+
+    run(main())
+
+
+def msgpack(obj: object) -> bytes:
+    import msgspec
+
+    return msgspec.msgpack.encode(obj)
+
+
+def test_malformed_to_client_is_counted_dropped_and_following_goes_on(
+    tmp_path: Path, ipc_dir: Path
+) -> None:
+    """A hand-driven upstream sends garbage, wrong versions, a batch whose body does not
+    match its header and one for a stream the client does not follow; the client counts
+    each, keeps running, and applies the good batch that follows."""
+
+    async def main() -> None:
+        ctx = zmq.Context()
+        endpoint = f"ipc://{ipc_dir}/f"
+        upstream = raw_socket(ctx, zmq.ROUTER, endpoint, bind=True)
+        down = Replica(ctx, endpoint, tmp_path / "down", prefixes=["EUR-USD/"])
+        following = asyncio.create_task(down.client.run())
+
+        async def hello() -> tuple[bytes, p.Hello]:
+            ident, raw = await asyncio.to_thread(upstream.recv_multipart)
+            msg = p.decode_up(raw)
+            while not isinstance(msg, p.Hello):
+                ident, raw = await asyncio.to_thread(upstream.recv_multipart)
+                msg = p.decode_up(raw)
+            return ident, msg
+
+        ident, h = await hello()
+        good = recs(0, 10)
+
+        def batch(session: int, start: int, count: int, stream: str = KEY) -> bytes:
+            return p.encode(p.Batch(session, stream, "aa" * 16, 0, start, count, count))
+
+        upstream.send_multipart([ident, b"\x93garbage"])
+        upstream.send_multipart(
+            [ident, msgpack({"t": "hb", "v": 5, "instance": "i", "wall_ms": 0})]
+        )
+        upstream.send_multipart(
+            [ident, batch(h.session, 0, 3, "XAU-USD/BID/1m"), good[:3].tobytes()]
+        )
+        upstream.send_multipart([ident, batch(h.session, 0, 10), good.tobytes()])
+        deadline = time.monotonic() + 5
+        while down.bytes() != good.tobytes():
+            assert time.monotonic() < deadline, f"malformed={down.client.malformed}"
+            await asyncio.sleep(0.01)
+        assert down.client.malformed == 3
+        # A body that does not match its header: counted, and the client starts a new session.
+        upstream.send_multipart([ident, batch(h.session, 10, 5), good[:2].tobytes()])
+        _ident2, h2 = await hello()
+        assert h2.session == h.session + 1 and h2.streams[KEY].offset == 10
+        assert down.client.malformed == 4
+        down.client.close()
+        await following
+        upstream.close(linger=0)
+        down.stores.close()
+        ctx.destroy(linger=0)
+
+    run(main())
+
+
+def test_client_reconnects_to_a_restarted_upstream(tmp_path: Path, ipc_dir: Path) -> None:
+    async def main() -> None:
+        ctx = zmq.Context()
+        endpoint = f"ipc://{ipc_dir}/f"
+        up = StoreSet.open(tmp_path / "up", "up")
+        s = up.ensure(META)
+        s.append(recs(0, 100))
+        up.commit()
+        server = FeedServer(ctx, endpoint, up)
+        serving = asyncio.create_task(server.run())
+        down = Replica(ctx, endpoint, tmp_path / "down")
+        following = asyncio.create_task(down.client.run())
+        deadline = time.monotonic() + 5
+        while down.bytes() != s.records.tobytes():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        server.close()
+        await serving
+        s.append(recs(100, 50))
+        up.commit()
+        server = FeedServer(ctx, endpoint, up)  # a new instance, same store
+        serving = asyncio.create_task(server.run())
+        t0 = time.monotonic()
+        while down.bytes() != s.records.tobytes():
+            assert time.monotonic() - t0 < 5, "client did not reconnect"
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - t0 < 2.0  # the monitor noticed; no peer timeout needed
+        assert down.client.reconnects >= 1
+        down.client.close()
+        await following
+        server.close()
+        await serving
+        up.close()
+        down.stores.close()
+        ctx.destroy(linger=0)
+
+    run(main())
+
+
+@pytest.mark.parametrize("prefixes", [["EUR-USD/"], ["XAU-USD/BID/"]])
+def test_prefixes_select_streams(tmp_path: Path, ipc_dir: Path, prefixes: list[str]) -> None:
+    async def main() -> None:
+        ctx = zmq.Context()
+        endpoint = f"ipc://{ipc_dir}/f"
+        up = StoreSet.open(tmp_path / "up", "up")
+        for sym in ("EUR-USD", "XAU-USD"):
+            up.ensure(StoreMeta(sym, "BID", "1m")).append(recs(0, 20))
+        up.commit()
+        server = FeedServer(ctx, endpoint, up)
+        server.done = True
+        serving = asyncio.create_task(server.run())
+        down = Replica(ctx, endpoint, tmp_path / "down", prefixes=prefixes)
+        await down.client.run(until_caught_up=True)
+        assert sorted(down.stores.keys()) == [
+            k for k in sorted(up.keys()) if k.startswith(prefixes[0])
+        ]
+        down.stores.close()
+        server.close()
+        await serving
+        up.close()
+        ctx.destroy(linger=0)
+
+    run(main())
