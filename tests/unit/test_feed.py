@@ -162,7 +162,7 @@ def test_credit_limits_batches_in_flight(tmp_path: Path, ipc_dir: Path) -> None:
         peer.send(p.encode(p.Hello(name="raw", session=1, credit=1)))
 
         async def recv_batches(n: int) -> list[p.Batch]:
-            out = []
+            out: list[p.Batch] = []
             deadline = time.monotonic() + 5
             while len(out) < n:
                 assert time.monotonic() < deadline, f"got {len(out)} of {n} batches"
@@ -225,7 +225,7 @@ def test_malformed_to_server_is_counted_dropped_and_serving_goes_on(
         while server.malformed < 4:
             assert time.monotonic() < deadline, f"malformed={server.malformed}"
             await asyncio.sleep(0.01)
-        errors = []
+        errors: list[str] = []
         while len(errors) < 3:
             msg = p.decode_down(await asyncio.to_thread(bad.recv))
             if isinstance(msg, p.Error):
