@@ -319,3 +319,74 @@ def test_history_pages_join_when_over_max_request_records(ipc_dir: Path) -> None
     finally:
         p.stop_all()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_cli_history_csv_parquet_and_errors(gateway: Procs, tmp_path: Path, capsys) -> None:
+    from services.gateway.cli import history_main
+
+    ends = ["--publish", gateway.publish, "--requests", gateway.requests, "--timeout", "3"]
+    out = tmp_path / "bars.csv"
+    code = history_main(
+        [
+            "EUR-USD",
+            "1m",
+            "--start",
+            "2026-01-01T00:10",
+            "--end",
+            "2026-01-01T00:20",
+            "--output",
+            str(out),
+            *ends,
+        ]
+    )
+    assert code == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("time,open,high,low,close,volume,provisional,flags")
+    assert len(lines) == 11 and lines[1].startswith("2026-01-01T00:10:00Z")
+    pq = tmp_path / "bars.parquet"
+    assert history_main(["EUR-USD", "5m", "--format", "parquet", "--output", str(pq), *ends]) == 0
+    import pandas as pd
+
+    assert len(pd.read_parquet(pq)) == 200
+    assert history_main(["NOPE-USD", "1m", *ends]) == 2
+    assert "unknown-topic" in capsys.readouterr().err
+    assert history_main(["EUR-USD", "1m", "--start", "yesterday-ish", *ends]) == 2
+    assert history_main(["EUR-USD", "1m", "--format", "parquet", *ends]) == 2
+    assert history_main(["--help"]) == 0
+    dead = [
+        "--publish",
+        "ipc:///nonexistent/p",
+        "--requests",
+        "ipc:///nonexistent/r",
+        "--timeout",
+        "0.3",
+    ]
+    assert history_main(["EUR-USD", "1m", *dead]) == 1
+
+
+def test_cli_tail_prints_history_then_stops(gateway: Procs, capsys) -> None:
+    import argparse
+    import io
+
+    from services.gateway import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_tail_parser(parser.add_subparsers())
+    ends = ["--publish", gateway.publish, "--requests", gateway.requests]
+    args = parser.parse_args(["tail", "EUR-USD", "1m", "-n", "3", *ends])
+    lines: list[str] = []
+
+    class Out(io.StringIO):
+        """Stands for a terminal; the user presses ^C after three bars."""
+
+        def write(self, s: str) -> int:
+            lines.append(s)
+            if len(lines) >= 3:
+                raise KeyboardInterrupt
+            return len(s)
+
+    assert cli.run_tail(args, Out()) == cli.EXIT_INTERRUPTED
+    assert len(lines) == 3 and lines[-1].split()[0] == "199"
+    assert cli.tail_main(["EUR-USD", "1m", "-n", "-1"]) == cli.EXIT_USAGE
+    assert cli.tail_main(["--help"]) == 0
+    assert "Provisional" in capsys.readouterr().out

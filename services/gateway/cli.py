@@ -1,0 +1,195 @@
+"""``barstream tail`` and ``barstream history``: the gateway client on the command line.
+
+The main CLI mounts them with ``add_tail_parser(subparsers)`` / ``add_history_parser(subparsers)``
+(each sets ``func`` to a callable taking the parsed namespace and returning an exit code);
+``tail_main(argv)`` / ``history_main(argv)`` run them standalone.
+
+Exit codes: 0 done, 1 the gateway refused or did not answer, 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from services.gateway.client import (
+    DEFAULT_PUBLISH,
+    DEFAULT_REQUESTS,
+    BarUpdate,
+    GatewayClient,
+    GatewayError,
+    to_pandas,
+)
+from shared.errors import BarstreamError
+from shared.record import FLAG_PROVISIONAL, FLAG_REVISED
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _endpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, help="pipeline configuration (gateway endpoints)")
+    p.add_argument("--publish", help=f"gateway publish endpoint (default {DEFAULT_PUBLISH})")
+    p.add_argument("--requests", help=f"gateway request endpoint (default {DEFAULT_REQUESTS})")
+    p.add_argument("--timeout", type=float, default=10.0, help="request timeout, seconds")
+
+
+def add_tail_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "tail",
+        help="print live bars of one symbol/timeframe",
+        description="Print the last bars, then every bar update as it is published. "
+        "Provisional (still open) bars are marked '~', revised bars 'R'.",
+    )
+    p.add_argument("symbol", help="e.g. EUR-USD")
+    p.add_argument("timeframe", help="e.g. 1m, 1h, 1d")
+    p.add_argument("--side", default="BID", choices=("BID", "ASK"))
+    p.add_argument("--history", "-n", type=int, default=10, help="bars to print first")
+    p.add_argument("--closed-only", action="store_true", help="only closed bars, each once")
+    p.add_argument("--count", type=int, default=0, help="stop after this many updates (0: never)")
+    _endpoint_args(p)
+    p.set_defaults(func=run_tail)
+    return p
+
+
+def add_history_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "history",
+        help="export bars of one symbol/timeframe",
+        description="Fetch bars with START <= open time < END (UTC; ISO dates or times, or ms).",
+    )
+    p.add_argument("symbol", help="e.g. EUR-USD")
+    p.add_argument("timeframe", help="e.g. 1m, 1h, 1d")
+    p.add_argument("--side", default="BID", choices=("BID", "ASK"))
+    p.add_argument("--start", help="first bar time, e.g. 2025-01-01 (default: the first bar)")
+    p.add_argument("--end", help="end, exclusive (default: after the last bar)")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    p.add_argument("--output", "-o", type=Path, help="file to write (default: stdout; csv only)")
+    _endpoint_args(p)
+    p.set_defaults(func=run_history)
+    return p
+
+
+def _client(args: argparse.Namespace) -> GatewayClient:
+    publish, requests = DEFAULT_PUBLISH, DEFAULT_REQUESTS
+    if args.config is not None:
+        from shared import config as config_mod
+
+        cfg = config_mod.load(args.config)
+        publish, requests = cfg.gateway.publish, cfg.gateway.requests
+    return GatewayClient(args.publish or publish, args.requests or requests, timeout_s=args.timeout)
+
+
+def _time(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def format_bar(record: np.void | np.ndarray, offset: int) -> str:
+    """One line per bar: offset, UTC time, OHLCV, and a mark (~ provisional, R revised)."""
+    ts = dt.datetime.fromtimestamp(int(record["ts_ms"]) / 1000, dt.UTC)
+    flags = int(record["flags"])
+    mark = ("~" if flags & FLAG_PROVISIONAL else " ") + ("R" if flags & FLAG_REVISED else " ")
+    return (
+        f"{offset:>9} {ts:%Y-%m-%d %H:%M} {mark} "
+        f"o={float(record['open']):.5f} h={float(record['high']):.5f} "
+        f"l={float(record['low']):.5f} c={float(record['close']):.5f} "
+        f"v={float(record['volume']):g}"
+    )
+
+
+def print_update(item: BarUpdate, out: TextIO) -> None:
+    if item.replaces:
+        out.write(
+            f"# {item.topic}: from offset {item.start_offset} ({item.replaces} bars replaced)\n"
+        )
+    for i, record in enumerate(item.records):
+        out.write(format_bar(record, item.start_offset + i) + "\n")
+    out.flush()
+
+
+def run_tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if args.history < 0:
+        print("tail: --history must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with _client(args) as client:
+            updates = 0
+            for item in client.stream(
+                args.symbol, args.timeframe, args.side, args.history, args.closed_only
+            ):
+                print_update(item, out)
+                if item.kind != "history":
+                    updates += 1
+                if args.count and updates >= args.count:
+                    return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except (BarstreamError, TimeoutError) as e:
+        print(f"tail: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def run_history(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if args.format == "parquet" and args.output is None:
+        print("history: --format parquet needs --output FILE", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with _client(args) as client:
+            records = client.history(
+                args.symbol, args.timeframe, _time(args.start), _time(args.end), args.side
+            )
+    except ValueError as e:
+        print(f"history: bad --start/--end: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except GatewayError as e:
+        print(f"history: {e}", file=sys.stderr)
+        return EXIT_USAGE if e.code in ("unknown-topic", "bad-range") else EXIT_ERROR
+    except (BarstreamError, TimeoutError) as e:
+        print(f"history: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    frame = to_pandas(records)
+    frame.index = frame.index.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if args.format == "parquet":
+        try:
+            frame.to_parquet(args.output)
+        except ImportError as e:
+            print(f"history: parquet needs pyarrow: {e}", file=sys.stderr)
+            return EXIT_ERROR
+    elif args.output is not None:
+        frame.to_csv(args.output)
+    else:
+        frame.to_csv(out)
+    print(f"history: {len(records)} bars", file=sys.stderr)
+    return EXIT_OK
+
+
+def _standalone(add: Any, argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="barstream")
+    add(parser.add_subparsers(dest="command", required=True))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    code: int = args.func(args)
+    return code
+
+
+def tail_main(argv: Sequence[str] | None = None) -> int:
+    """``barstream tail SYMBOL TIMEFRAME ...`` standalone (argv excludes the word ``tail``)."""
+    return _standalone(add_tail_parser, ["tail", *(sys.argv[1:] if argv is None else argv)])
+
+
+def history_main(argv: Sequence[str] | None = None) -> int:
+    """``barstream history SYMBOL TIMEFRAME ...`` standalone (argv excludes ``history``)."""
+    return _standalone(add_history_parser, ["history", *(sys.argv[1:] if argv is None else argv)])
