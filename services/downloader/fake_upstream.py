@@ -26,10 +26,11 @@ Behaviour, decided and kept stable:
 - Days are encoded exactly like Dukascopy (same keys and order, delta encoding, multiplier
   1.0E-5, 1e-3 for JPY pairs, metals and indices, 0.1 for crypto). ``timestamp`` is the first
   bar's time and ``times[0]`` is 0; an empty day has ``timestamp`` = day start and nulls.
-- The simulated clock maps the wall time at ``start()`` to ``sim_start_ms`` and runs
-  ``speed`` times faster. A day before the simulated today is final. The simulated today is
-  served only by ``?from=``: bars up to the simulated now, the in-progress minute growing
-  (open, then its extremes, then its close) as simulated time passes. A request by
+- The simulated clock (``SimClock``) maps the wall time at its creation (or last ``set``) to
+  ``sim_start_ms`` and runs ``speed`` times faster; the HTTP ``Date`` header carries it. A day
+  before the simulated today is final. The simulated today is served only by ``?from=``:
+  bars from ``from`` (at most 7 days of them) up to the simulated now, the in-progress minute
+  growing (open, then its extremes, then its close) as simulated time passes. A request by
   ``/{Y}/{M}/{D}`` for the simulated today or a later day answers **404** (the client then
   never caches a partial day as final); ``?from=`` beyond now answers an empty day. Zero-padded
   months/days, unknown symbols and days before ``history_start`` also answer 404.
@@ -362,9 +363,18 @@ class _HistSeries:
     last_day: dt.date
 
 
-@functools.lru_cache(maxsize=8)
+_HISTDATA_LOCK: Final = threading.Lock()
+
+
 def _load_histdata(folder: str, symbol: str) -> _HistSeries | None:
-    """All HistData years of one symbol as UTC bars in points (cached per process)."""
+    """All HistData years of one symbol as UTC bars in points (loaded once per process, even
+    when many server threads ask at the same time)."""
+    with _HISTDATA_LOCK:
+        return _load_histdata_once(folder, symbol)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_histdata_once(folder: str, symbol: str) -> _HistSeries | None:
     code = _HISTDATA.get(symbol)
     if code is None:
         return None

@@ -89,6 +89,8 @@ def test_fetch_day_returns_the_servers_body(fake: FakeUpstream) -> None:
     assert (result.status, result.attempts, result.live) == (200, 1, False)
     assert result.url == f"{fake.url}/v1/candles/minute/EUR-USD/BID/2026/3/3"
     assert result.elapsed_s > 0
+    # the HTTP Date carries the simulated clock (to the second)
+    assert result.server_ms is not None and abs(result.server_ms - fake.clock.now_ms()) <= 1000
     check_day(result)
 
 
