@@ -198,7 +198,9 @@ def _check(cfg: Config) -> None:
     for i, tf in enumerate(cfg.resampler.timeframes):
         try:
             timeframe.Timeframe.parse(tf)
-        except (ValueError, ConfigError) as e:
+        except ConfigError as e:  # its own "key = value: why": keep only the why
+            raise bad(f"resampler.timeframes[{i}]", tf, str(e.args[0]).split(": ", 1)[-1]) from None
+        except ValueError as e:
             raise bad(f"resampler.timeframes[{i}]", tf, str(e)) from None
     for sym, sessions in cfg.resampler.sessions.items():
         for i, sess in enumerate(sessions):

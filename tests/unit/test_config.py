@@ -1,0 +1,158 @@
+"""Configuration: defaults, derived endpoints, and errors that name key path and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared import config
+from shared.errors import ConfigError
+
+
+def test_defaults_are_valid_and_wired() -> None:
+    cfg = config.default()
+    assert cfg.pipeline.symbols == ["EUR-USD"]
+    assert cfg.endpoints("downloader").feed == "tcp://127.0.0.1:7101"
+    assert cfg.endpoints("transformer").upstream == "tcp://127.0.0.1:7101"
+    assert cfg.endpoints("gateway").upstream == "tcp://127.0.0.1:7104"
+    assert cfg.endpoints("downloader").upstream == ""
+    assert [cfg.endpoints(s).metrics_port for s in config.SERVICES] == list(range(9101, 9106))
+    assert cfg.data_dir("aggregator") == Path("var/data/aggregator")
+    assert cfg.streams() == [("EUR-USD", "BID")]
+
+
+def test_bind_any_becomes_localhost_for_peers() -> None:
+    cfg = config.from_dict({"downloader": {"endpoints": {"feed": "tcp://0.0.0.0:9000"}}})
+    assert cfg.endpoints("transformer").upstream == "tcp://127.0.0.1:9000"
+
+
+def test_load_toml(tmp_path: Path) -> None:
+    path = tmp_path / "barstream.toml"
+    path.write_text(
+        '[pipeline]\nsymbols = ["EUR-USD", "DEU.IDX-EUR"]\nsides = ["BID", "ASK"]\n'
+        'start_date = 2024-01-02\n[resampler]\nalignment = "mt4"\ntimeframes = ["5m", "1h"]\n'
+    )
+    cfg = config.load(path)
+    assert cfg.source == str(path)
+    assert cfg.streams()[-1] == ("DEU.IDX-EUR", "ASK")
+    assert cfg.resampler.alignment == "mt4"
+
+
+BAD = [
+    ({"pipelin": {}}, "pipelin", "<unknown key>", "not a configuration key"),
+    ({"pipeline": {"symbolz": []}}, "pipeline.symbolz", "<unknown key>", "not a configuration key"),
+    ({"pipeline": {"symbols": "EUR-USD"}}, "pipeline.symbols", "EUR-USD", "Expected `array`"),
+    (
+        {"pipeline": {"symbols": ["EUR-USD", "eurusd"]}},
+        "pipeline.symbols[1]",
+        "eurusd",
+        "symbols look like",
+    ),
+    ({"pipeline": {"symbols": []}}, "pipeline.symbols", [], "at least one"),
+    (
+        {"pipeline": {"symbols": ["EUR-USD", "EUR-USD"]}},
+        "pipeline.symbols",
+        ["EUR-USD", "EUR-USD"],
+        "repeat",
+    ),
+    ({"pipeline": {"sides": ["MID"]}}, "pipeline.sides[0]", "MID", "BID or ASK"),
+    (
+        {"pipeline": {"commit_interval_s": "fast"}},
+        "pipeline.commit_interval_s",
+        "fast",
+        "Expected `float`",
+    ),
+    ({"pipeline": {"commit_interval_s": 0}}, "pipeline.commit_interval_s", 0.0, "> 0"),
+    ({"pipeline": {"start_date": "yesterday"}}, "pipeline.start_date", "yesterday", "date"),
+    ({"downloader": {"requests_per_second": -1}}, "downloader.requests_per_second", -1.0, "> 0"),
+    ({"downloader": {"burst": 0}}, "downloader.burst", 0, ">= 1"),
+    ({"downloader": {"base_url": "ftp://x"}}, "downloader.base_url", "ftp://x", "http"),
+    ({"downloader": {"end_date": "2020-01-01"}}, "downloader.end_date", "2020-01-01", "before"),
+    ({"resampler": {"timeframes": ["5m", "7q"]}}, "resampler.timeframes[1]", "7q", ""),
+    ({"resampler": {"alignment": "nyc"}}, "resampler.alignment", "nyc", "Invalid enum value"),
+    (
+        {
+            "resampler": {
+                "sessions": {
+                    "DEU.IDX-EUR": [
+                        {"name": "x", "timezone": "Mars/Base", "start": "08:00", "end": "17:30"}
+                    ]
+                }
+            }
+        },
+        "resampler.sessions.DEU.IDX-EUR[0].timezone",
+        "Mars/Base",
+        "IANA",
+    ),
+    (
+        {
+            "resampler": {
+                "sessions": {
+                    "DEU.IDX-EUR": [
+                        {"name": "x", "timezone": "Europe/Berlin", "start": "8:00", "end": "17:30"}
+                    ]
+                }
+            }
+        },
+        "resampler.sessions.DEU.IDX-EUR[0].start",
+        "8:00",
+        "HH:MM",
+    ),
+    (
+        {
+            "resampler": {
+                "sessions": {
+                    "DEU.IDX-EUR": [
+                        {
+                            "name": "x",
+                            "timezone": "Europe/Berlin",
+                            "start": "08:00",
+                            "end": "17:30",
+                            "weekdays": [7],
+                        }
+                    ]
+                }
+            }
+        },
+        "resampler.sessions.DEU.IDX-EUR[0].weekdays[0]",
+        7,
+        "weekdays",
+    ),
+    ({"gateway": {"max_request_records": 0}}, "gateway.max_request_records", 0, ">= 1"),
+    (
+        {"aggregator": {"endpoints": {"metrics_port": 70000}}},
+        "aggregator.endpoints.metrics_port",
+        70000,
+        "TCP port",
+    ),
+    (
+        {"aggregator": {"endpoints": {"metrics_port": "x"}}},
+        "aggregator.endpoints.metrics_port",
+        "x",
+        "Expected `int",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "key", "value", "why"), BAD, ids=[b[1] for b in BAD])
+def test_errors_name_key_path_and_value(data, key, value, why) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(data, source="barstream.toml")
+    err = e.value
+    assert err.key == key
+    assert err.value == value
+    text = str(err)
+    assert text.startswith(f"barstream.toml: {key} = {value!r}: "), text
+    assert why in text
+    assert text.count("fix the configuration file") == 1
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pipeline\nsymbols = 1")
+    with pytest.raises(ConfigError, match="not valid TOML") as e:
+        config.load(bad)
+    assert e.value.value == str(bad)
