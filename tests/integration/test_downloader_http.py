@@ -472,3 +472,28 @@ def test_garbage_bodies_reach_the_transformer_and_are_rejected(
             src_offset=3,
         )
     assert info.value.day == "2026-03-03" and info.value.field
+
+
+def test_injected_404_is_not_found_and_not_retried(fake: FakeUpstream) -> None:
+    fake.add_fault("404:*/2026/3/3:count=1")
+    src = client(fake)
+    with pytest.raises(NotFound):
+        run(src.fetch_day("EUR-USD", "BID", PAST))
+    assert src.attempts_total == 1
+    assert run(src.fetch_day("EUR-USD", "BID", PAST)).attempts == 1  # the fault was used up
+
+
+def test_random_faults_at_a_seeded_rate_are_all_absorbed(fake: FakeUpstream) -> None:
+    for kind in ("503", "reset", "truncate"):
+        fake.add_fault(Fault(kind, "*", count=None, probability=0.15))
+    src = client(fake, retry=RetryPolicy(max_attempts=10, base_delay_s=0.005, max_delay_s=0.02))
+
+    async def fetch_all() -> list[FetchResult]:
+        days = [PAST - dt.timedelta(days=i) for i in range(20)]
+        return await asyncio.gather(*(src.fetch_day("EUR-USD", "BID", d) for d in days))
+
+    results = run(fetch_all(), timeout_s=60)
+    for result in results:
+        assert result.body == fake.day_body("EUR-USD", "BID", result.day)
+    fired = sum(fake.stats()["faults_fired"].values())
+    assert fired > 0 and src.attempts_total == 20 + fired
