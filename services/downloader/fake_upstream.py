@@ -56,6 +56,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import struct
 import sys
@@ -1001,6 +1002,11 @@ def _parse_when(text: str) -> int:
     return int(when.timestamp() * 1000)
 
 
+def _env_real_dir() -> Path:
+    """The CLI edge is the one place that reads the environment (same variable as the tests)."""
+    return Path(os.environ.get("BARSTREAM_REAL_DATA", DEFAULT_REAL_DIR))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "generate-cache":
@@ -1022,7 +1028,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of generated data and fault odds")
     parser.add_argument(
-        "--real-dir", type=Path, default=DEFAULT_REAL_DIR, help="../shared/data/real"
+        "--real-dir",
+        type=Path,
+        default=_env_real_dir(),
+        help="recorded responses and HistData (default $BARSTREAM_REAL_DATA or ../shared/data/real)",
     )
     parser.add_argument(
         "--fault",
@@ -1043,15 +1052,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for spec in opts.fault:
         upstream.add_fault(spec)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     upstream.start()
     print(f"fake upstream listening on {upstream.url}", flush=True)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(1.0):
+            pass
     finally:
         upstream.stop()
+    print(f"fake upstream stopped: {json.dumps(upstream.stats())}", flush=True)
     return 0
 
 
@@ -1066,7 +1077,7 @@ def _main_generate(args: list[str]) -> int:
     parser.add_argument("start", type=dt.date.fromisoformat)
     parser.add_argument("end", type=dt.date.fromisoformat)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--real-dir", type=Path, default=DEFAULT_REAL_DIR)
+    parser.add_argument("--real-dir", type=Path, default=_env_real_dir())
     parser.add_argument("--no-fsync", action="store_true", help="skip the final sync")
     opts = parser.parse_args(args)
     began = time.monotonic()

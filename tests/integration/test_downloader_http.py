@@ -347,8 +347,9 @@ def fake_process() -> Iterator[str]:
         yield line.rsplit(" ", 1)[1].strip()
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        code = proc.wait(timeout=10)
         stdout.close()
+    assert code == 0  # SIGTERM stops the server cleanly
 
 
 def test_cli_server_is_driven_from_another_process(fake_process: str) -> None:
