@@ -114,8 +114,11 @@ class Timeframe:
 
     @property
     def sort_key(self) -> tuple[int, int]:
-        """Orders timeframes from shortest to longest."""
-        return (UNITS.index(self.unit), self.count)
+        """Orders timeframes from shortest to longest ("90m" before "2h")."""
+        if self.is_intraday:
+            assert self.interval_ms is not None
+            return (0, self.interval_ms)
+        return (UNITS.index(self.unit) - 1, self.count)
 
 
 def parse_timeframe(tf: Timeframe | str) -> Timeframe:
@@ -238,13 +241,13 @@ def bucket_start_ms(
 ) -> np.ndarray:
     """UTC ms of the open of the bar containing each time (alignment clock, no sessions)."""
     tf = parse_timeframe(tf)
-    return _Edges(_clock_of(alignment), _keys_for(tf, alignment)).start(_as_i64(ts_ms))
+    return BucketEdges(_clock_of(alignment), _keys_for(tf, alignment)).start(_as_i64(ts_ms))
 
 
 def bucket_end_ms(ts_ms: np.ndarray, tf: Timeframe | str, alignment: Alignment = UTC) -> np.ndarray:
     """UTC ms at which the bar containing each time ends (the next bar's open)."""
     tf = parse_timeframe(tf)
-    return _Edges(_clock_of(alignment), _keys_for(tf, alignment)).end(_as_i64(ts_ms))
+    return BucketEdges(_clock_of(alignment), _keys_for(tf, alignment)).end(_as_i64(ts_ms))
 
 
 def session_ids(ts_ms: np.ndarray, sessions: Sessions) -> np.ndarray:
@@ -267,7 +270,7 @@ def bucket_edges(
     tf = parse_timeframe(tf)
     ts = _as_i64(ts_ms)
     if not sessions:
-        edges = _Edges(_clock_of(alignment), _keys_for(tf, alignment))
+        edges = BucketEdges(_clock_of(alignment), _keys_for(tf, alignment))
         return edges.start(ts), edges.end(ts), np.zeros(len(ts), np.uint8)
     sid, occ_start, occ_end = _match_sessions(ts, sessions)
     start = np.full(len(ts), -1, _I64)
@@ -275,7 +278,7 @@ def bucket_edges(
     out_sid = np.zeros(len(ts), np.uint8)
     if not is_session_aligned(tf, sessions):
         inside = sid > 0
-        edges = _Edges(_clock_of(alignment), _keys_for(tf, alignment))
+        edges = BucketEdges(_clock_of(alignment), _keys_for(tf, alignment))
         start[inside] = edges.start(ts[inside])
         end[inside] = edges.end(ts[inside])
         return start, end, out_sid
@@ -289,7 +292,9 @@ def bucket_edges(
             end[sel] = occ_end[sel]
             continue
         assert tf.interval_ms is not None
-        edges = _Edges(_Clock(session.tz, 0), _grid_keys(tf.interval_ms, session.origin_ms(tf)))
+        edges = BucketEdges(
+            _Clock(session.tz, 0), _grid_keys(tf.interval_ms, session.origin_ms(tf))
+        )
         sub = ts[sel]
         start[sel] = np.maximum(edges.start(sub), occ_start[sel])
         end[sel] = np.minimum(edges.end(sub), occ_end[sel])
@@ -475,12 +480,17 @@ def _segments(tz: str, lo_ms: int, hi_ms: int) -> tuple[list[int], list[int]]:
     return cuts, offs
 
 
-class _Edges:
-    """Bucket start/end for one clock and one key function, vectorized per offset segment."""
+class BucketEdges:
+    """Bucket start/end for one clock and one key function, vectorized per offset segment.
+    ``BucketEdges.of(tf, alignment)`` gives the alignment's (session-free) edges of ``tf``."""
 
     def __init__(self, clock: _Clock, keys: _Keys) -> None:
         self.clock = clock
         self.keys = keys
+
+    @classmethod
+    def of(cls, tf: Timeframe, alignment: Alignment) -> BucketEdges:
+        return cls(_clock_of(alignment), _keys_for(tf, alignment))
 
     # start --------------------------------------------------------------------------------
     def start(self, ts: np.ndarray) -> np.ndarray:

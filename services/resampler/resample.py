@@ -1,0 +1,462 @@
+"""The resampler's pure core: 1m records → bars of any timeframe (no I/O, no sockets).
+
+Bars (``shared.record.RECORD_DTYPE``)
+-------------------------------------
+* ``ts_ms`` = UTC open of the bar's bucket (``shared.timeframe``); O = first open, H = max,
+  L = min, C = last close, V = sum; buckets without minutes are not emitted (no flat fill).
+* ``src_offset`` = offset in the 1m store of the bar's first minute; ``src_count`` = how many 1m
+  records the bar covers. ``session`` = session id for session-aligned timeframes, else 0.
+* flags: FLAG_REVISED and FLAG_LIVE when any source minute has them; FLAG_PROVISIONAL on the
+  last bar while its window is open.
+
+Closure rule (a pure function of the 1m series, so stores are reproducible): the watermark W is
+the end of the last 1m record's UTC day if it has FLAG_DAY_END, its ``ts_ms`` if it is
+provisional, else ``ts_ms + 60000``. A bar is closed iff its window end ≤ W (any bar followed
+by a later bar is closed). Only the last bar of a timeframe can be provisional.
+
+Cascade
+-------
+:func:`resample_all` builds each timeframe from a **canonical parent** (:func:`parent_of`):
+the largest timeframe of the standard ladder 1m, 5m, 15m, 30m, 1h, 4h, 1d, 1W, 1M, 1Y whose
+buckets nest in the child's (every child boundary is a parent boundary, under that alignment,
+across DST changes and sessions), else 1m. The parent depends only on (timeframe, alignment,
+sessions), never on which other timeframes are configured, so each store is a function of its
+1m store alone. OHLC equal direct resampling from 1m exactly; volumes are sums in cascade order
+(equal to direct sums whenever those are exact, e.g. integer volumes).
+
+:class:`Cascade` is the incremental engine for one (symbol, side). ``update(start, records)``
+means "from 1m offset ``start`` on, the 1m store now reads ``records``" and returns, for every
+timeframe of :attr:`Cascade.timeframes`, ``(X, R)``: "from offset X, that timeframe's store now
+reads R". Applying every returned change gives stores byte-identical to :func:`resample_all`
+over the final 1m series (the key invariant, tested). It reads history only through the
+callables it is given (the stores' zero-copy views, *before* the update is applied). A new
+minute costs O(number of timeframes): each timeframe re-aggregates only its open bar from its
+parent's few bars in that bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from shared.record import (
+    FLAG_DAY_END,
+    FLAG_LIVE,
+    FLAG_PROVISIONAL,
+    FLAG_REVISED,
+    RECORD_DTYPE,
+)
+from shared.timeframe import (
+    DAY_MS,
+    MINUTE_MS,
+    UTC,
+    Alignment,
+    BucketEdges,
+    Sessions,
+    Timeframe,
+    bucket_edges,
+    is_session_aligned,
+    parse_timeframe,
+    session_ids,
+)
+
+M1: Final = Timeframe(1, "m")
+#: The canonical ladder parents are chosen from.
+LADDER: Final = tuple(
+    Timeframe.parse(t) for t in ("1m", "5m", "15m", "30m", "1h", "4h", "1d", "1W", "1M", "1Y")
+)
+#: Flags a bar inherits from its minutes.
+INHERITED_FLAGS: Final = FLAG_REVISED | FLAG_LIVE
+
+TimeframeLike = Timeframe | str
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def watermark_ms(last: np.void | np.ndarray) -> int:
+    """The closure watermark W of a 1m series whose last record is ``last``."""
+    ts = int(last["ts_ms"])
+    flags = int(last["flags"])
+    if flags & FLAG_DAY_END:
+        return (ts // DAY_MS + 1) * DAY_MS
+    if flags & FLAG_PROVISIONAL:
+        return ts
+    return ts + MINUTE_MS
+
+
+def parent_of(
+    tf: TimeframeLike, alignment: Alignment = UTC, sessions: Sessions | None = None
+) -> Timeframe:
+    """The canonical parent of ``tf``: the largest ladder timeframe nesting in it, else 1m."""
+    tf = parse_timeframe(tf)
+    if tf == M1:
+        raise ValueError("1m is the source; it has no parent")
+    for cand in sorted((p for p in LADDER if p.sort_key < tf.sort_key), key=lambda p: p.sort_key)[
+        ::-1
+    ]:
+        if _nests(tf, cand, sessions):
+            return cand
+    return M1
+
+
+def plan(
+    timeframes: Iterable[TimeframeLike],
+    alignment: Alignment = UTC,
+    sessions: Sessions | None = None,
+) -> dict[Timeframe, Timeframe]:
+    """{timeframe: parent} for ``timeframes`` and every parent they need (1m excluded), in an
+    order where parents come first."""
+    out: dict[Timeframe, Timeframe] = {}
+
+    def add(tf: Timeframe) -> None:
+        if tf == M1 or tf in out:
+            return
+        parent = parent_of(tf, alignment, sessions)
+        add(parent)
+        out[tf] = parent
+
+    for tf in sorted({parse_timeframe(t) for t in timeframes}, key=lambda t: t.sort_key):
+        add(tf)
+    return out
+
+
+def resample(
+    m1: np.ndarray,
+    tf: TimeframeLike,
+    alignment: Alignment = UTC,
+    sessions: Sessions | None = None,
+    base_offset: int = 0,
+) -> np.ndarray:
+    """Bars of ``tf`` built directly from the 1m records ``m1`` (``m1[0]`` sits at 1m offset
+    ``base_offset``). The last bar's closure uses the watermark of ``m1[-1]``."""
+    tf = parse_timeframe(tf)
+    if not len(m1):
+        return np.empty(0, RECORD_DTYPE)
+    return _build(m1, True, tf, alignment, sessions, base_offset, watermark_ms(m1[-1])).bars
+
+
+def resample_all(
+    m1: np.ndarray,
+    timeframes: Iterable[TimeframeLike],
+    alignment: Alignment = UTC,
+    sessions: Sessions | None = None,
+    base_offset: int = 0,
+) -> dict[Timeframe, np.ndarray]:
+    """Every timeframe of ``timeframes`` (and the parents they need) through the cascade."""
+    order = plan(timeframes, alignment, sessions)
+    out: dict[Timeframe, np.ndarray] = {}
+    if not len(m1):
+        return {tf: np.empty(0, RECORD_DTYPE) for tf in order}
+    w = watermark_ms(m1[-1])
+    for tf, parent in order.items():
+        src = m1 if parent == M1 else out[parent]
+        out[tf] = _build(src, parent == M1, tf, alignment, sessions, base_offset, w).bars
+    return out
+
+
+def apply_update(store: np.ndarray, start: int, records: np.ndarray) -> np.ndarray:
+    """What a store reads after "from offset ``start`` on, it now reads ``records``"."""
+    if not 0 <= start <= len(store):
+        raise ValueError(f"update from offset {start} beyond the store's end {len(store)}")
+    return np.concatenate([store[:start], records.astype(RECORD_DTYPE, copy=False)])
+
+
+@dataclass
+class _Open:
+    """What a timeframe's open (last) bar needs to absorb a new parent record cheaply."""
+
+    n_bars: int  # store length, the open bar included
+    q: int  # offset in the parent series of the open bar's first parent record
+    start_ms: int
+    end_ms: int
+    session: int
+
+
+class Cascade:
+    """Incremental resampling of one (symbol, side); see the module docstring.
+
+    ``m1()`` returns the 1m store and ``bars(tf)`` each timeframe's store, as they read
+    *before* the update being computed (zero-copy views are fine; they are only sliced near the
+    change). The caller applies every returned change after ``update`` returns.
+    """
+
+    def __init__(
+        self,
+        timeframes: Iterable[TimeframeLike],
+        alignment: Alignment = UTC,
+        sessions: Sessions | None = None,
+        *,
+        m1: Callable[[], np.ndarray],
+        bars: Callable[[Timeframe], np.ndarray],
+    ) -> None:
+        self.alignment = alignment
+        self.sessions = list(sessions) if sessions else None
+        self.plan = plan(timeframes, alignment, self.sessions)
+        #: Every timeframe kept (requested ones and the parents they need), parents first.
+        self.timeframes = list(self.plan)
+        self._m1 = m1
+        self._bars = bars
+        self._open: dict[Timeframe, _Open] = {}
+        self.updates = 0
+        self.fast_updates = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Cascade {self.alignment.name} tfs={len(self.timeframes)} updates={self.updates} "
+            f"fast={self.fast_updates}>"
+        )
+
+    def update(self, start: int, records: np.ndarray) -> dict[Timeframe, tuple[int, np.ndarray]]:
+        """Apply "from 1m offset ``start`` on, the 1m store now reads ``records``"."""
+        m1_old = self._m1()
+        if not 0 <= start <= len(m1_old):
+            raise ValueError(
+                f"1m update from offset {start} beyond the 1m store's end {len(m1_old)}"
+            )
+        self.updates += 1
+        if len(records):
+            w: int | None = watermark_ms(records[-1])
+        elif start:
+            w = watermark_ms(m1_old[start - 1])
+        else:
+            w = None
+        new_sid = (
+            session_ids(records["ts_ms"], self.sessions) if self.sessions and len(records) else None
+        )
+        changes: dict[Timeframe, tuple[int, np.ndarray]] = {}
+        for tf, parent in self.plan.items():
+            if parent == M1:
+                p_old, (p_from, p_new) = m1_old, (start, records)
+            else:
+                p_old, (p_from, p_new) = self._bars(parent), changes[parent]
+            b_old = self._bars(tf)
+            if w is None:
+                changes[tf] = (0, np.empty(0, RECORD_DTYPE))
+                self._open.pop(tf, None)
+                continue
+            fast = self._fast(tf, parent, b_old, p_old, p_from, p_new, new_sid, w)
+            changes[tf] = (
+                fast
+                if fast is not None
+                else self._slow(tf, parent, b_old, p_old, p_from, p_new, start, w)
+            )
+        return changes
+
+    # ------------------------------------------------------------------------------------
+    def _fast(
+        self,
+        tf: Timeframe,
+        parent: Timeframe,
+        b_old: np.ndarray,
+        p_old: np.ndarray,
+        p_from: int,
+        p_new: np.ndarray,
+        new_sid: np.ndarray | None,
+        w: int,
+    ) -> tuple[int, np.ndarray] | None:
+        """The open bar absorbs every changed parent record: re-aggregate it alone."""
+        st = self._open.get(tf)
+        if st is None or st.n_bars != len(b_old) or p_from < st.q or not len(p_new):
+            return None
+        ts = p_new["ts_ms"]
+        if int(ts[0]) < st.start_ms or int(ts[-1]) >= st.end_ms:
+            return None
+        if parent == M1:
+            if new_sid is not None and not bool(np.all(new_sid == st.session)):
+                return None
+            sid_ok = True
+        else:
+            sid_ok = bool(np.all(p_new["session"] == st.session))
+        if not sid_ok:
+            return None
+        src = np.concatenate([p_old[st.q : p_from], p_new]) if p_from > st.q else p_new
+        bar = np.zeros(1, RECORD_DTYPE)
+        r = bar[0]
+        r["ts_ms"] = st.start_ms
+        r["open"] = src["open"][0]
+        r["high"] = src["high"].max()
+        r["low"] = src["low"].min()
+        r["close"] = src["close"][-1]
+        r["volume"] = np.add.reduceat(src["volume"], _ZERO)[0]
+        if parent == M1:
+            r["src_offset"] = st.q
+            r["src_count"] = len(src)
+        else:
+            r["src_offset"] = src["src_offset"][0]
+            r["src_count"] = int(src["src_count"].sum())
+        flags = int(np.bitwise_or.reduce(src["flags"])) & INHERITED_FLAGS
+        if st.end_ms > w:
+            flags |= FLAG_PROVISIONAL
+        r["flags"] = flags
+        r["session"] = st.session
+        self.fast_updates += 1
+        return st.n_bars - 1, bar
+
+    def _slow(
+        self,
+        tf: Timeframe,
+        parent: Timeframe,
+        b_old: np.ndarray,
+        p_old: np.ndarray,
+        p_from: int,
+        p_new: np.ndarray,
+        start: int,
+        w: int,
+    ) -> tuple[int, np.ndarray]:
+        """Recompute from the bar before the first bar reaching past 1m offset ``start``."""
+        nb = len(b_old)
+        j = int(np.searchsorted(b_old["src_offset"], start, side="right"))
+        if j and int(b_old["src_offset"][j - 1]) + int(b_old["src_count"][j - 1]) > start:
+            j -= 1
+        b = max(0, j - 1)
+        if b == 0:
+            q = 0
+        else:
+            m0 = int(b_old["src_offset"][b])
+            if parent == M1:
+                q = m0
+            else:
+                q = int(np.searchsorted(p_old["src_offset"][:p_from], m0, side="left"))
+                if q == p_from:
+                    q = p_from + int(np.searchsorted(p_new["src_offset"], m0, side="left"))
+        src = np.concatenate([p_old[q:p_from], p_new]) if q < p_from else p_new[q - p_from :]
+        if not len(src):
+            self._open.pop(tf, None)
+            return min(b, nb), np.empty(0, RECORD_DTYPE)
+        built = _build(src, parent == M1, tf, self.alignment, self.sessions, q, w)
+        if len(built.bars):
+            last = built.bars[-1]
+            self._open[tf] = _Open(
+                n_bars=b + len(built.bars),
+                q=q + built.last_start,
+                start_ms=int(last["ts_ms"]),
+                end_ms=built.last_end_ms,
+                session=int(last["session"]),
+            )
+        else:
+            self._open.pop(tf, None)
+        return b, built.bars
+
+
+# --------------------------------------------------------------------------------------------
+# Core
+
+
+_ZERO: Final = np.zeros(1, np.intp)
+
+
+@dataclass
+class _Built:
+    bars: np.ndarray
+    last_start: int  # position in the source of the last bar's first record
+    last_end_ms: int  # window end of the last bar
+
+
+def _build(
+    src: np.ndarray,
+    minutes: bool,
+    tf: Timeframe,
+    alignment: Alignment,
+    sessions: Sessions | None,
+    base_offset: int,
+    w: int,
+) -> _Built:
+    """Aggregate ``src`` (1m records when ``minutes``, else parent bars) into bars of ``tf``."""
+    ts = src["ts_ms"]
+    keep: np.ndarray | None = None
+    sid: np.ndarray | None = None
+    aligned = is_session_aligned(tf, sessions)
+    if sessions and minutes:
+        sid_all = session_ids(ts, sessions)
+        if not bool(np.all(sid_all)):
+            keep = np.flatnonzero(sid_all)
+            src = src[keep]
+            ts = src["ts_ms"]
+            sid_all = sid_all[keep]
+        if aligned:
+            sid = sid_all
+    if not len(src):
+        return _Built(np.empty(0, RECORD_DTYPE), 0, 0)
+    if aligned:
+        starts, ends, sid = bucket_edges(ts, tf, alignment, sessions)
+        edges: BucketEdges | None = None
+    else:
+        edges = BucketEdges.of(tf, alignment)
+        starts = edges.start(np.asarray(ts, np.int64))
+        ends = None
+    n = len(src)
+    change = starts[1:] != starts[:-1]
+    if sid is not None:
+        change |= sid[1:] != sid[:-1]
+    idx = np.empty(int(np.count_nonzero(change)) + 1, np.intp)
+    idx[0] = 0
+    idx[1:] = np.flatnonzero(change) + 1
+    out = np.zeros(len(idx), RECORD_DTYPE)
+    out["ts_ms"] = starts[idx]
+    out["open"] = src["open"][idx]
+    last_of = np.empty_like(idx)
+    last_of[:-1] = idx[1:] - 1
+    last_of[-1] = n - 1
+    out["close"] = src["close"][last_of]
+    out["high"] = np.maximum.reduceat(src["high"], idx)
+    out["low"] = np.minimum.reduceat(src["low"], idx)
+    out["volume"] = np.add.reduceat(src["volume"], idx)
+    if minutes:
+        first = idx if keep is None else keep[idx]
+        out["src_offset"] = first + base_offset
+        out["src_count"] = last_of - idx + 1
+    else:
+        out["src_offset"] = src["src_offset"][idx]
+        out["src_count"] = np.add.reduceat(src["src_count"].astype(np.int64), idx)
+    flags = src["flags"] & INHERITED_FLAGS
+    if flags.any():
+        out["flags"] = np.bitwise_or.reduceat(flags, idx)
+    if sid is not None:
+        out["session"] = sid[idx]
+    if ends is not None:
+        last_end = int(ends[-1])
+    else:
+        assert edges is not None
+        last_end = int(edges.end(np.asarray(ts[-1:], np.int64))[0])
+    if last_end > w:
+        out["flags"][-1] |= FLAG_PROVISIONAL
+    last_start = int(idx[-1]) if keep is None else int(keep[idx[-1]])
+    return _Built(out, last_start, last_end)
+
+
+def _nests(child: Timeframe, parent: Timeframe, sessions: Sessions | None) -> bool:
+    """Whether every bucket of ``child`` is a union of whole buckets of ``parent``."""
+    if parent == M1:
+        return True
+    pi = parent.interval_ms
+    if parent.is_intraday:
+        assert pi is not None
+        if DAY_MS % pi:
+            return False  # grids restarting at midnight only nest when they divide the day
+        if child.is_intraday:
+            ci = child.interval_ms
+            assert ci is not None
+            if ci % pi:
+                return False
+            return not sessions or all(
+                (s.origin_ms(child) - s.origin_ms(parent)) % pi == 0 for s in sessions
+            )
+        if sessions:
+            return child == Timeframe(1, "d")  # a session day is a whole occurrence
+        return True  # calendar boundaries are clock midnights, on every dividing grid
+    if sessions and is_session_aligned(parent, sessions):
+        return False  # session days do not nest in calendar weeks/months
+    if parent.unit == "d":
+        return child.unit in ("d", "W", "M", "Y")
+    if parent.unit == "W":
+        return child.unit == "W" and child.count % parent.count == 0
+    if parent.unit == "M":
+        return child.unit in ("M", "Y")
+    if parent.unit == "Y":
+        return child.unit == "Y"
+    return False
