@@ -191,6 +191,8 @@ class FeedServer:
 
     async def run(self) -> None:
         """Serve until ``close()``."""
+        if self._closed:  # closed before it ever ran
+            return
         self._wake = Wakeup(self._sock)
         next_hb = 0.0
         try:

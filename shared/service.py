@@ -147,8 +147,9 @@ class Service(abc.ABC):
         try:
             await self.main()
         finally:
+            summary = repr(self)  # close() empties the StoreSet: take the counters first
             await self.close()
-            self.log.info("stopped: %r", self)
+            self.log.info("stopped: %s", summary)
         return EXIT_OK
 
     def run(self) -> int:
