@@ -1,0 +1,3 @@
+from barstream.cli import main
+
+raise SystemExit(main())

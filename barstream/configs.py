@@ -1,0 +1,52 @@
+"""Configuration handling of the CLI: load (relative paths resolve against the repository,
+where supervisord runs the services), derive (rebuild, tests) and write back as TOML."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from barstream import tomlw
+from barstream.supervise import REPO
+from shared import config as config_mod
+from shared.config import Config
+
+DEMO_CONFIG = REPO / "config" / "demo.toml"
+LIVE_CONFIG = REPO / "config" / "live.toml"
+
+
+def load(path: Path) -> Config:
+    """Load and validate ``path``; a relative ``pipeline.data_dir`` becomes absolute under
+    the repository (the services' working directory under supervisord)."""
+    cfg = config_mod.load(path)
+    cfg.pipeline.data_dir = str(data_root(cfg))
+    return cfg
+
+
+def data_root(cfg: Config) -> Path:
+    root = Path(cfg.pipeline.data_dir)
+    return root if root.is_absolute() else REPO / root
+
+
+def read_dict(path: Path) -> dict[str, Any]:
+    return tomllib.loads(path.read_text())
+
+
+def write(path: Path, data: dict[str, Any]) -> Config:
+    """Write ``data`` as TOML at ``path`` and return it validated (errors name ``path``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomlw.dumps(data))
+    return config_mod.load(path)
+
+
+def metrics_url(cfg: Config, service: str) -> str:
+    ep = cfg.endpoints(service)
+    host = ep.metrics_host
+    if host in ("0.0.0.0", "", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{ep.metrics_port}/metrics"

@@ -1,0 +1,195 @@
+"""Running the pipeline under supervisord: the environment supervisord.conf reads, starting
+and stopping supervisord, and talking to it over its control socket (XML-RPC).
+
+supervisord.conf takes every path from the environment, so one file serves the demo, a
+production run and tests (each with its own config, run directory and ports)::
+
+    BARSTREAM_CONFIG        pipeline configuration (TOML) passed to every service
+    BARSTREAM_VAR           run directory: control socket, pid file, logs under log/
+    BARSTREAM_DEMO          "true": also autostart the fake Dukascopy upstream (demo mode)
+    BARSTREAM_EVENTS_PORT   Prometheus port of the supervisor event listener
+
+Programs live in the group ``barstream`` (``barstream:downloader`` …); the fake upstream is
+``barstream:fake_upstream``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, cast
+
+from shared.config import SERVICES
+
+REPO: Final = Path(__file__).resolve().parents[1]
+CONF: Final = REPO / "supervisord.conf"
+GROUP: Final = "barstream"
+FAKE: Final = "fake_upstream"
+EVENTS: Final = "barstream_events"
+DEFAULT_EVENTS_PORT: Final = 9100
+#: supervisord states of a process that count as "up".
+UP_STATES: Final = frozenset({"RUNNING"})
+
+
+def default_var_dir() -> Path:
+    return Path(os.environ.get("BARSTREAM_VAR") or REPO / "var")
+
+
+def program(name: str) -> str:
+    """The supervisord name of a service or of the fake upstream (``barstream:NAME``)."""
+    return name if ":" in name or name == EVENTS else f"{GROUP}:{name}"
+
+
+class SupervisorError(Exception):
+    """supervisord could not be started, reached or stopped."""
+
+
+@dataclass
+class Supervisor:
+    """One supervisord instance: its config file, environment and control socket."""
+
+    config_path: Path
+    var_dir: Path
+    demo: bool = False
+    events_port: int = DEFAULT_EVENTS_PORT
+    conf: Path = CONF
+
+    @property
+    def socket_path(self) -> Path:
+        return self.var_dir / "supervisor.sock"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            BARSTREAM_CONFIG=str(self.config_path.resolve()),
+            BARSTREAM_VAR=str(self.var_dir.resolve()),
+            BARSTREAM_DEMO="true" if self.demo else "false",
+            BARSTREAM_EVENTS_PORT=str(self.events_port),
+        )
+        return env
+
+    # -- supervisord --------------------------------------------------------------------
+
+    def start(self, *, foreground: bool) -> subprocess.Popen[bytes] | None:
+        """Start supervisord. Foreground: a child process (``-n``) the caller stops with
+        ``shutdown``; else it daemonizes and this returns once its socket answers."""
+        if self.running():
+            raise SupervisorError(
+                f"supervisord already answers on {self.socket_path}; "
+                "stop it first (barstream ctl shutdown)"
+            )
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)]
+        if foreground:
+            proc = subprocess.Popen(
+                [*cmd, "-n"],
+                env=self.env(),
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop it with TERM
+            )
+            self.wait_socket(15.0, proc)
+            return proc
+        done = subprocess.run(cmd, env=self.env(), cwd=REPO, capture_output=True, check=False)
+        if done.returncode != 0:
+            raise SupervisorError(
+                f"supervisord exited {done.returncode}: {done.stderr.decode(errors='replace')}"
+            )
+        self.wait_socket(15.0)
+        return None
+
+    def wait_socket(self, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise SupervisorError(f"supervisord exited {proc.returncode}: {err.strip()}")
+            if self.running():
+                return
+            time.sleep(0.05)
+        raise SupervisorError(f"supervisord did not answer on {self.socket_path} in {timeout_s}s")
+
+    def running(self) -> bool:
+        if not self.socket_path.exists():
+            return False
+        try:
+            return str(self.rpc().supervisor.getState()["statename"]) == "RUNNING"
+        except (OSError, xmlrpc.client.Error):
+            return False
+
+    def shutdown(
+        self, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 90.0
+    ) -> None:
+        """Stop every program (TERM, their stopwaitsecs) and supervisord itself."""
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise SupervisorError(f"supervisord did not stop in {timeout_s}s; killed") from None
+            return
+        with contextlib.suppress(OSError, xmlrpc.client.Error):
+            self.rpc().supervisor.shutdown()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.socket_path.exists() and self.running():
+            time.sleep(0.1)
+        pid_file = self.var_dir / "supervisord.pid"
+        while time.monotonic() < deadline and pid_file.exists():
+            time.sleep(0.1)
+
+    # -- control ------------------------------------------------------------------------
+
+    def rpc(self) -> Any:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, f"unix://{self.socket_path}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def processes(self) -> dict[str, dict[str, Any]]:
+        """``group:name`` → supervisord's process info (statename, pid, description …)."""
+        infos = cast(list[dict[str, Any]], self.rpc().supervisor.getAllProcessInfo())
+        out: dict[str, dict[str, Any]] = {}
+        for info in infos:
+            name = str(info["name"])
+            group = str(info["group"])
+            out[name if group == name else f"{group}:{name}"] = info
+        return out
+
+    def wait_running(self, names: Sequence[str], timeout_s: float) -> dict[str, str]:
+        """Wait until every named program is RUNNING; returns the last states seen."""
+        deadline = time.monotonic() + timeout_s
+        states: dict[str, str] = {}
+        while True:
+            procs = self.processes()
+            states = {n: str(procs.get(program(n), {}).get("statename", "ABSENT")) for n in names}
+            if all(s == "RUNNING" for s in states.values()):
+                return states
+            if any(s == "FATAL" for s in states.values()) or time.monotonic() > deadline:
+                return states
+            time.sleep(0.2)
+
+    def ctl(self, args: Sequence[str]) -> int:
+        """Run supervisorctl with this instance's environment (output to our terminal)."""
+        cmd = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args]
+        return subprocess.call(cmd, env=self.env(), cwd=REPO)
+
+
+def service_programs(*, demo: bool) -> list[str]:
+    return ([FAKE] if demo else []) + list(SERVICES)

@@ -1,0 +1,224 @@
+"""``barstream verify``: check every store under a data directory, read-only.
+
+Per service directory (one with a ``checkpoint.json``) and per store file (``*.bars``):
+
+- the header decodes (magic, version, sizes, CRC, kind);
+- the checkpoint's committed length fits in the file, its store id matches the header's,
+  and the header never publishes more records than the checkpoint commits;
+- bar stores: ``ts_ms`` strictly increasing (the transformer's ``days`` store: within each
+  day version), every price finite and > 0, ``low <= open, close <= high``, volume finite
+  and >= 0;
+- journal stores (``fetch``): day-aligned ``ts_ms``, a known record kind, ``body_len >= 0``.
+
+Each fault names the file, the record offset and what is wrong. Pure checks on arrays
+(``check_bars``, ``check_journal``) are separate from the file walk (``verify_dir``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.checkpoint import Checkpoint, StoreMark
+from shared.errors import CheckpointCorrupt, StoreCorrupt
+from shared.record import (
+    DTYPES,
+    JOURNAL_DAY,
+    JOURNAL_EMPTY,
+    JOURNAL_GAP,
+    JOURNAL_LIVE,
+    KIND_BARS,
+    KIND_JOURNAL,
+    RECORD_SIZE,
+)
+from shared.store import HEADER_SIZE, decode_header
+
+DAY_MS = 86_400_000
+#: Faults reported per check per store (the count says how many more).
+MAX_EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class Fault:
+    path: str
+    offset: int | None
+    what: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: record {self.offset}" if self.offset is not None else self.path
+        return f"{where}: {self.what}"
+
+
+@dataclass
+class StoreReport:
+    path: str
+    key: str
+    records: int
+    faults: list[Fault]
+
+
+def _report(path: str, name: str, bad: np.ndarray, describe: str) -> list[Fault]:
+    """Faults for the first offsets where ``bad`` is set (plus a count of the rest)."""
+    idx = np.flatnonzero(bad)
+    out = [Fault(path, int(i), describe) for i in idx[:MAX_EXAMPLES]]
+    if len(idx) > MAX_EXAMPLES:
+        out.append(Fault(path, None, f"{name}: {len(idx) - MAX_EXAMPLES} more records like these"))
+    return out
+
+
+def check_bars(records: np.ndarray, path: str, *, per_version: bool = False) -> list[Fault]:
+    """Time order and OHLC invariants of bar records (``per_version``: time order only
+    within runs of equal ``src_offset`` — the transformer's day versions)."""
+    faults: list[Fault] = []
+    if not len(records):
+        return faults
+    ts = records["ts_ms"]
+    o, h, lo, c, v = (records[k] for k in ("open", "high", "low", "close", "volume"))
+    step = np.diff(ts) <= 0
+    if per_version:
+        step &= np.diff(records["src_offset"]) == 0
+    bad_order = np.flatnonzero(np.concatenate([[False], step]))
+    for i in bad_order[:MAX_EXAMPLES]:
+        faults.append(
+            Fault(
+                path,
+                int(i),
+                f"ts_ms {int(ts[i])} is not after the previous record's {int(ts[i - 1])}",
+            )
+        )
+    if len(bad_order) > MAX_EXAMPLES:
+        faults.append(Fault(path, None, f"time order: {len(bad_order) - MAX_EXAMPLES} more"))
+    prices = np.stack([o, h, lo, c])
+    bad_price = ~(np.isfinite(prices) & (prices > 0)).all(axis=0)
+    for i in np.flatnonzero(bad_price)[:MAX_EXAMPLES]:
+        faults.append(
+            Fault(
+                path,
+                int(i),
+                f"prices must be finite and > 0: open={o[i]!r} high={h[i]!r} low={lo[i]!r} "
+                f"close={c[i]!r}",
+            )
+        )
+    if bad_price.sum() > MAX_EXAMPLES:
+        faults.append(Fault(path, None, f"prices: {int(bad_price.sum()) - MAX_EXAMPLES} more"))
+    with np.errstate(invalid="ignore"):
+        bad_ohlc = ~bad_price & ~((lo <= np.minimum(o, c)) & (np.maximum(o, c) <= h) & (lo <= h))
+        bad_vol = ~(np.isfinite(v) & (v >= 0))
+    for i in np.flatnonzero(bad_ohlc)[:MAX_EXAMPLES]:
+        faults.append(
+            Fault(
+                path,
+                int(i),
+                f"OHLC invariant low <= open,close <= high broken: open={o[i]!r} high={h[i]!r} "
+                f"low={lo[i]!r} close={c[i]!r}",
+            )
+        )
+    if bad_ohlc.sum() > MAX_EXAMPLES:
+        faults.append(Fault(path, None, f"OHLC: {int(bad_ohlc.sum()) - MAX_EXAMPLES} more"))
+    faults += _report(path, "volume", bad_vol, "volume is negative or not finite")
+    return faults
+
+
+def check_journal(records: np.ndarray, path: str) -> list[Fault]:
+    faults: list[Fault] = []
+    kinds = (JOURNAL_DAY, JOURNAL_LIVE, JOURNAL_GAP, JOURNAL_EMPTY)
+    faults += _report(path, "day", records["ts_ms"] % DAY_MS != 0, "ts_ms is not a UTC midnight")
+    faults += _report(path, "kind", ~np.isin(records["kind"], kinds), "unknown journal kind")
+    faults += _report(path, "body_len", records["body_len"] < 0, "negative body_len")
+    return faults
+
+
+def verify_store(path: Path, mark: StoreMark | None) -> StoreReport:
+    """Every check of one store file (read-only; never opens it for writing)."""
+    p = str(path)
+    with path.open("rb") as f:
+        head = f.read(HEADER_SIZE)
+        size = os.fstat(f.fileno()).st_size
+    try:
+        header = decode_header(head, p)
+    except StoreCorrupt as e:
+        return StoreReport(p, "?", 0, [Fault(p, None, f"header: {e}")])
+    faults: list[Fault] = []
+    available = (size - HEADER_SIZE) // RECORD_SIZE
+    committed = header.length
+    if mark is not None:
+        committed = mark.length
+        if mark.store_id != header.store_id.hex():
+            faults.append(
+                Fault(p, None, f"store id {header.store_id.hex()} != checkpoint's {mark.store_id}")
+            )
+        if header.length > mark.length:
+            faults.append(
+                Fault(
+                    p,
+                    mark.length,
+                    f"header publishes {header.length} records, the checkpoint commits only "
+                    f"{mark.length}",
+                )
+            )
+    if committed > available:
+        faults.append(
+            Fault(
+                p,
+                available,
+                f"committed length {committed} but the file holds only {available} whole records",
+            )
+        )
+        committed = available
+    dtype = DTYPES[header.meta.kind]
+    records = (
+        np.fromfile(path, dtype=dtype, count=committed, offset=HEADER_SIZE)
+        if committed
+        else np.zeros(0, dtype)
+    )
+    if header.meta.kind == KIND_BARS:
+        faults += check_bars(records, p, per_version=header.meta.timeframe == "days")
+    elif header.meta.kind == KIND_JOURNAL:
+        faults += check_journal(records, p)
+    return StoreReport(p, header.meta.key, committed, faults)
+
+
+def service_dirs(data_dir: Path) -> Iterator[Path]:
+    """Directories holding a service's stores: those with a checkpoint, and stray ones."""
+    seen: set[Path] = set()
+    for ck in sorted(data_dir.rglob("checkpoint.json")):
+        seen.add(ck.parent)
+        yield ck.parent
+    for bars in sorted(data_dir.rglob("*.bars")):
+        if not any(parent in seen for parent in bars.parents):
+            seen.add(bars.parent)
+            yield bars.parent
+
+
+def plan(data_dir: Path) -> list[tuple[Path, StoreMark | None, list[Fault]]]:
+    """(store file, its checkpoint mark, faults found before reading it) for every store."""
+    out: list[tuple[Path, StoreMark | None, list[Fault]]] = []
+    for root in service_dirs(data_dir):
+        ck_path = root / "checkpoint.json"
+        marks: dict[Path, StoreMark] = {}
+        pre: list[Fault] = []
+        if ck_path.exists():
+            try:
+                point = Checkpoint(ck_path).load()
+            except CheckpointCorrupt as e:
+                pre.append(Fault(str(ck_path), None, str(e)))
+                point = None
+            if point is not None:
+                for key, mark in point.stores.items():
+                    symbol, side, tf = key.split("/")
+                    store_path = root / symbol / side / f"{tf}.bars"
+                    marks[store_path] = mark
+                    if not store_path.exists():
+                        pre.append(
+                            Fault(str(store_path), None, f"checkpoint names {key}, file missing")
+                        )
+        files = sorted(root.rglob("*.bars")) if ck_path.exists() else sorted(root.glob("*.bars"))
+        for i, f in enumerate(files):
+            out.append((f, marks.get(f), pre if i == 0 else []))
+        if not files and pre:
+            out.append((ck_path, None, pre))
+    return out
