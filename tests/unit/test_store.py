@@ -519,3 +519,26 @@ def test_stale_or_torn_undo_is_ignored(tmp_path: Path) -> None:
     ss3 = StoreSet.open(tmp_path, "svc")
     assert ss3.stores[KEY].records.tobytes() == after
     ss3.close()
+
+
+def test_header_golden_layout(tmp_path: Path) -> None:
+    """Every header field at the byte offset FORMAT.md §1.1 draws."""
+    ss, s = new_set(tmp_path)
+    s.append(recs(0, 3))
+    ss.commit()
+    s.write(1, recs(1, 2, 1))  # a rewrite of committed records: seq odd, then even
+    ss.commit()
+    raw = s.path.read_bytes()[:HEADER_SIZE]
+    assert raw[0:8] == b"BARSTRM\x00"
+    assert struct.unpack_from("<IIII", raw, 8) == (1, 4096, 64, 1)
+    assert abs(struct.unpack_from("<q", raw, 24)[0] - time.time() * 1000) < 60_000
+    assert raw[32:48] == s.store_id
+    assert raw[48:80].rstrip(b"\x00") == b"EUR-USD"
+    assert raw[80:88].rstrip(b"\x00") == b"BID"
+    assert raw[88:104].rstrip(b"\x00") == b"1m"
+    assert raw[104:168].rstrip(b"\x00") == b"utc"
+    assert struct.unpack_from("<I", raw, 168)[0] == zlib.crc32(raw[:168])
+    assert raw[172:192] == bytes(20)
+    assert struct.unpack_from("<qQQ", raw, 192) == (3, 1, 2)  # length, generation, seq (even)
+    assert raw[216:] == bytes(HEADER_SIZE - 216)
+    ss.close()
