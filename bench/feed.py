@@ -47,13 +47,13 @@ def _records(n: int) -> np.ndarray:
 
 
 async def _upstream(root: Path, endpoint: str, n: int, batch: int, per_batch: bool) -> None:
+    records = _records(n)  # before the server exists: a peer must not wait for it
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     stores = StoreSet.open(root, "bench-up")
     store = stores.create(META)
     stores.commit()
     server = FeedServer(ctx, endpoint, stores)
     serving = asyncio.create_task(server.run())
-    records = _records(n)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     t0 = time.monotonic()
