@@ -1,0 +1,222 @@
+"""Run a real barstream pipeline in tests: the fake Dukascopy server and the services as
+child processes talking over ipc:// in a temp dir. Also the *reference* computation the
+stores must equal: decode every raw-cache day directly, merge, resample — no sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = ("downloader", "transformer", "aggregator", "resampler", "gateway")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pipeline:
+    """Paths and endpoints of one test pipeline."""
+
+    root: Path  # data dir
+    ipc: Path  # short dir for ipc sockets
+    fake_port: int
+    symbols: list[str]
+    sides: list[str]
+    start_date: dt.date
+    end_date: dt.date | None
+    timeframes: list[str] = field(
+        default_factory=lambda: ["5m", "15m", "30m", "1h", "4h", "1d", "1W", "1M", "1Y"]
+    )
+    alignment: str = "utc"
+    extra: str = ""
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "barstream.toml"
+
+    def write_config(self, **downloader: object) -> Path:
+        dl = {
+            "base_url": f'"http://127.0.0.1:{self.fake_port}"',
+            "requests_per_second": 500,
+            "burst": 50,
+            "live_poll_interval_s": 0.5,
+            "max_retries": 6,
+        }
+        if self.end_date is not None:
+            dl["end_date"] = self.end_date.isoformat()
+        for k, v in downloader.items():
+            dl[k] = (
+                json.dumps(v)
+                if isinstance(v, str)
+                else ("true" if v is True else "false" if v is False else v)
+            )
+        lines = [
+            "[pipeline]",
+            f'data_dir = "{self.root / "data"}"',
+            f"symbols = {json.dumps(self.symbols)}",
+            f"sides = {json.dumps(self.sides)}",
+            f"start_date = {self.start_date.isoformat()}",
+            "commit_interval_s = 0.02",
+            "",
+            "[downloader]",
+            *(f"{k} = {v}" for k, v in dl.items()),
+            "",
+            "[resampler]",
+            f'alignment = "{self.alignment}"',
+            f"timeframes = {json.dumps(self.timeframes)}",
+            "",
+            "[gateway]",
+            f'publish = "ipc://{self.ipc}/gw-pub"',
+            f'requests = "ipc://{self.ipc}/gw-req"',
+        ]
+        prev = ""
+        for name in SERVICES:
+            lines += [
+                "",
+                f"[{name}.endpoints]",
+                f'feed = "ipc://{self.ipc}/{name}"',
+                "metrics_port = 0",
+            ]
+            if prev:
+                lines.append(f'upstream = "ipc://{self.ipc}/{prev}"')
+            prev = name
+        text = "\n".join(lines) + "\n" + self.extra
+        self.config_path.write_text(text)
+        return self.config_path
+
+    # -- processes ------------------------------------------------------------------------
+
+    def start_fake(self, *args: str) -> subprocess.Popen[bytes]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "services.downloader.fake_upstream",
+            "--port",
+            str(self.fake_port),
+            *args,
+        ]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._log("fake"))
+        self.procs["fake"] = proc
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"fake upstream exited with {proc.returncode}; see {self.root / 'fake.log'}"
+                )
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.fake_port}/_control/stats", timeout=1
+                ).read()
+                return proc
+            time.sleep(0.05)
+        raise TimeoutError("fake upstream did not answer within 30 s")
+
+    def start(self, service: str, *args: str) -> subprocess.Popen[bytes]:
+        cmd = [
+            sys.executable,
+            "-m",
+            f"services.{service}",
+            "--config",
+            str(self.config_path),
+            *args,
+        ]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._log(service))
+        self.procs[service] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait(timeout=30)
+
+    def wait(self, name: str, timeout_s: float) -> int:
+        proc = self.procs[name]
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{name} did not finish within {timeout_s}s; log:\n{self.log_tail(name)}"
+            ) from None
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.root / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGKILL)
+        for proc in self.procs.values():
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+    def _log(self, name: str) -> int:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return os.open(self.root / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    # -- stores ---------------------------------------------------------------------------
+
+    def store_records(self, service: str, key: str) -> np.ndarray:
+        from shared.store import Store
+
+        symbol, side, tf = key.split("/")
+        path = self.root / "data" / service / symbol / side / f"{tf}.bars"
+        with Store.open(path, writable=False) as store:
+            return store.snapshot()
+
+
+@contextlib.contextmanager
+def pipeline(tmp: Path, ipc: Path, **kw: object) -> Iterator[Pipeline]:
+    p = Pipeline(root=tmp, ipc=ipc, fake_port=free_port(), **kw)  # type: ignore[arg-type]
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+def reference_days(
+    data_dir: Path, symbol: str, side: str, start: dt.date, end: dt.date
+) -> np.ndarray:
+    """Decode every cached final day directly: what the transformer's store must read when
+    every day was fetched once, in order."""
+    from services.downloader.source import RawCache
+    from services.transformer.transform import decode_candles
+    from shared.record import RECORD_DTYPE
+
+    cache = RawCache(data_dir / "raw", today=lambda: dt.date(9999, 1, 1))
+    parts = []
+    day = start
+    offset = 0
+    while day <= end:
+        body = cache.get(symbol, side, day)
+        assert body is not None, f"{symbol}/{side}/{day}: not in the raw cache"
+        day_ms = (day - dt.date(1970, 1, 1)).days * 86_400_000
+        parts.append(
+            decode_candles(
+                body, symbol=symbol, side=side, day_ms=day_ms, live=False, src_offset=offset
+            )
+        )
+        offset += 1
+        day += dt.timedelta(days=1)
+    return np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
