@@ -76,8 +76,8 @@ def sim_now(cfg: Config) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def screen(cfg: Config, *, live: bool, elapsed_s: float) -> str:
-    statuses = status.collect(cfg, None)
+def screen(cfg: Config, *, live: bool, elapsed_s: float, sup: Supervisor | None = None) -> str:
+    statuses = status.collect(cfg, sup)
     key, bars = last_bars(cfg, BARS_SHOWN)
     head = (
         f"barstream demo — {'REAL Dukascopy API' if live else 'fake upstream'}"
@@ -142,13 +142,13 @@ def run(
             return 1
         print("demo: every service is running; waiting for 1m bars …", file=sys.stderr)
         if not wait_for_bars(cfg, WAIT_BARS_S):
-            print(screen(cfg, live=live, elapsed_s=time.monotonic() - began), file=out)
+            print(screen(cfg, live=live, elapsed_s=time.monotonic() - began, sup=sup), file=out)
             print(f"demo: no 1m bars after {WAIT_BARS_S:.0f}s; see {sup.log_dir}", file=sys.stderr)
             return 1
         tty = out.isatty()
         next_plain = 0.0
         while duration_s is None or time.monotonic() - began < duration_s:
-            text = screen(cfg, live=live, elapsed_s=time.monotonic() - began)
+            text = screen(cfg, live=live, elapsed_s=time.monotonic() - began, sup=sup)
             if tty:
                 out.write("\x1b[H\x1b[2J" + text + "\n")
                 out.flush()
@@ -160,7 +160,7 @@ def run(
                 print(f"demo: supervisord exited {proc.returncode}", file=sys.stderr)
                 return 1
             time.sleep(1.0)
-        out.write(screen(cfg, live=live, elapsed_s=time.monotonic() - began) + "\n")
+        out.write(screen(cfg, live=live, elapsed_s=time.monotonic() - began, sup=sup) + "\n")
     except _Stop:
         print("\ndemo: stopping …", file=sys.stderr)
     except SupervisorError as e:
