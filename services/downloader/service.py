@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import numpy as np
 from prometheus_client import Counter, Gauge
 
@@ -49,7 +50,7 @@ from services.downloader.source import (
     day_start_ms,
 )
 from shared.config import Config
-from shared.errors import NotFound, SourceError
+from shared.errors import NotFound, SourceError, TransientSourceError
 from shared.record import (
     FLAG_LIVE,
     FLAG_PROVISIONAL,
@@ -68,6 +69,17 @@ DAY_MS = 86_400_000
 BATCH_BODY_BYTES = 8 << 20
 #: Days fetched ahead concurrently per stream during a backfill (published in order).
 PREFETCH_DAYS = 4
+
+
+def _not_candles(body: bytes) -> str | None:
+    """None when ``body`` is a JSON object with candle arrays, else why not."""
+    try:
+        obj = msgspec.json.decode(body)
+    except msgspec.DecodeError as e:
+        return f"invalid JSON: {e}"
+    if not isinstance(obj, dict) or "times" not in obj:
+        return "no 'times' array"
+    return None
 
 
 class Clock:
@@ -258,7 +270,7 @@ class Downloader(Service):
         if self.settings.cache_only:
             return None
         try:
-            result = await self.source.fetch_day(st.symbol, st.side, day)
+            result = await self._fetch_parsable(st, day)
         except NotFound as e:
             self.fetches.labels("not_found").inc()
             self.metrics.errors.labels("not_found").inc()
@@ -278,6 +290,27 @@ class Downloader(Service):
         if day < self.clock.today():
             self.cache.put(st.symbol, st.side, day, result.body)
         return result
+
+    async def _fetch_parsable(self, st: StreamState, day: dt.date) -> FetchResult:
+        """Fetch a final day, refusing bodies that are not a candle JSON object at all (an
+        HTML error page, a cut-off body): those are retried like a 5xx and never cached.
+        Whether the candles inside are valid is the transformer's judgement."""
+        for attempt in range(1, self.settings.max_retries + 2):
+            result = await self.source.fetch_day(st.symbol, st.side, day)
+            why = _not_candles(result.body)
+            if why is None:
+                return result
+            self.metrics.errors.labels("unparsable_body").inc()
+            self.log.warning(
+                "%s: %s: response is not candle JSON (%s); retry %d", st.key, day, why, attempt
+            )
+            await self._sleep(min(30.0, 0.2 * 2**attempt))
+        raise TransientSourceError(
+            f"still not candle JSON after {self.settings.max_retries + 1} fetches",
+            symbol=st.symbol,
+            side=st.side,
+            day=day.isoformat(),
+        )
 
     def _record_final(
         self, st: StreamState, day: dt.date, result: FetchResult | str | None
@@ -314,6 +347,16 @@ class Downloader(Service):
         finally:
             self._budget_gauges()
         self._observe(result)
+        why = _not_candles(result.body)
+        if why is not None:
+            self.metrics.errors.labels("unparsable_body").inc()
+            self.log.warning(
+                "%s: live response is not candle JSON (%s); next poll in %.0fs",
+                st.key,
+                why,
+                self.settings.live_poll_interval_s,
+            )
+            return
         self.fetches.labels("live").inc()
         day_ms = day_start_ms(today)
         digest = body_digest(result.body)
