@@ -310,12 +310,14 @@ def test_history_pages_join_when_over_max_request_records(ipc_dir: Path) -> None
                 c.history("EUR-USD", "1m", last=8)
             assert e.value.code == "too-large"
             # A stream's history is bounded the same way; its resyncs are paged.
-            items = c.stream("EUR-USD", "1m", history=7, timeout_s=5)
+            items = c.stream(  # a generator
+                "EUR-USD", "1m", history=7, timeout_s=5
+            )
             first = next(items)
             assert len(first.records) == 7 and np.array_equal(
                 first.records["ts_ms"], p.gateway_records("EUR-USD/BID/1m")["ts_ms"][-7:]
             )
-            items.close()
+            items.close()  # type: ignore[attr-defined]
     finally:
         p.stop_all()
         shutil.rmtree(data, ignore_errors=True)

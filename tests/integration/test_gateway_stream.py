@@ -186,6 +186,7 @@ def test_async_client_late_join(procs: Procs) -> None:
                     procs.source_records("EUR-USD/BID/5m")
                 ):
                     hist = await c.history("EUR-USD", "5m", last=10)
+                    assert replica.records is not None
                     assert hist.tobytes() == replica.records[-10:].tobytes()
                     return replica
         raise AssertionError("stream ended")
@@ -221,7 +222,7 @@ def test_gateway_kill9_and_restart_mid_stream(procs: Procs) -> None:
     procs.start_source(TOPICS[:2], bars=1500, ticks=2, pace_s=0.002)
     procs.start_gateway()
     replica = Replica()
-    restarted = []
+    restarted: list[float] = []
 
     def maybe_kill(r: Replica) -> None:
         if r.items == 150 and not restarted:

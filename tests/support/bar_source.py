@@ -101,12 +101,12 @@ async def produce(args: argparse.Namespace) -> None:
                     for i, (topic, store) in enumerate(zip(topics, series, strict=True)):
                         tf = topic.split("/")[2]
                         lo = max(0, k - args.revise_depth)
-                        rows = [
+                        revised_rows = [
                             bar(i, tf, j, args.ticks - 1, closed=True, revised=True)
                             for j in range(lo, k)
                         ]
-                        rows.append(bar(i, tf, k, tick, closed=False))
-                        store.write(lo, np.concatenate(rows))
+                        revised_rows.append(bar(i, tf, k, tick, closed=False))
+                        store.write(lo, np.concatenate(revised_rows))
                         stores.touch(topic)
                 stores.commit()
                 if args.pace_s:

@@ -19,21 +19,23 @@ REQUESTS = [
 
 
 @pytest.mark.parametrize("req", REQUESTS, ids=lambda r: type(r).__name__)
-def test_request_round_trip(req: gp.Request) -> None:
+def test_request_round_trip(req) -> None:
     assert gp.decode_request(gp.encode(req)) == req
 
 
 def test_reply_and_publication_round_trip() -> None:
-    for reply in [
+    replies: list[gp.Reply] = [
         gp.Records(id=1, topic="A-B/BID/1m", epoch="e", seq=3, start=0, count=2, end=2, more=True),
         gp.Listing(id=2, topics=[gp.TopicInfo("A-B/BID/1m", "e", 1, 2, 0, 60_000)]),
         gp.Error(id=3, code="bad-range", message="why"),
-    ]:
+    ]
+    for reply in replies:
         assert gp.decode_reply(gp.encode(reply)) == reply
-    for pub in [
+    pubs: list[gp.Publication] = [
         gp.Update(epoch="e", seq=1, start=0, count=1, end=1, closed_end=0, wall_ms=5),
         gp.Heartbeat(instance="i", wall_ms=1, interval_ms=1000, seqs={"A-B/BID/1m": 4}),
-    ]:
+    ]
+    for pub in pubs:
         assert gp.decode_publication(gp.encode(pub)) == pub
 
 
