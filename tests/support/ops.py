@@ -1,0 +1,127 @@
+"""Helpers of the operations tests: a small pipeline configuration on private endpoints and
+free ports, polling /metrics with a timeout, running the CLI as a real process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from barstream import tomlw
+from barstream.status import Samples, parse_metrics
+from shared.config import SERVICES
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pipeline_config(
+    run_dir: Path,
+    data_dir: Path,
+    *,
+    fake_port: int,
+    start_date: str = "2026-06-15",
+    sim_start: str = "2026-06-24T12:00:00",
+    speed: float = 60.0,
+    symbols: tuple[str, ...] = ("EUR-USD",),
+) -> dict[str, Any]:
+    """A pipeline on ipc endpoints in ``run_dir`` and free metrics ports, its downloader
+    pointed at a fake upstream on ``fake_port`` (live polls every 0.5 s)."""
+    import datetime as dt
+
+    data: dict[str, Any] = {
+        "pipeline": {
+            "data_dir": str(data_dir),
+            "symbols": list(symbols),
+            "sides": ["BID"],
+            "start_date": dt.date.fromisoformat(start_date),
+            "commit_interval_s": 0.05,
+        },
+        "downloader": {
+            "base_url": f"http://127.0.0.1:{fake_port}",
+            "requests_per_second": 200.0,
+            "burst": 20,
+            "timeout_s": 5.0,
+            "live_poll_interval_s": 0.5,
+            "gap_retry_interval_s": 5.0,
+        },
+        "resampler": {"timeframes": ["5m", "1h", "1d"]},
+        "gateway": {
+            "publish": f"ipc://{run_dir}/gw.pub",
+            "requests": f"ipc://{run_dir}/gw.req",
+        },
+        "fake_upstream": {"port": fake_port, "speed": speed, "seed": 1, "start": sim_start},
+    }
+    prev = ""
+    for name in SERVICES:
+        ep: dict[str, Any] = {"feed": f"ipc://{run_dir}/{name}.feed", "metrics_port": free_port()}
+        if prev:
+            ep["upstream"] = prev
+        data.setdefault(name, {})["endpoints"] = ep
+        prev = ep["feed"]
+    return data
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(tomlw.dumps(data))
+    return path
+
+
+def scrape(port: int, timeout_s: float = 2.0) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
+        return parse_metrics(r.read().decode())
+
+
+def scrape_text(port: int, timeout_s: float = 2.0) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
+        text: str = r.read().decode()
+        return text
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, every_s: float = 0.2) -> T:
+    """Poll ``probe`` until it returns a truthy value; fail naming ``what`` after timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            got = probe()
+        except (OSError, ValueError) as e:
+            last = e
+            got = None
+        if got:
+            return got
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last})")
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    for lbl, value in samples.get(name, []):
+        if all(lbl.get(k) == v for k, v in labels.items()):
+            return value
+    return None
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """``python -m barstream ARGS`` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "barstream", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
