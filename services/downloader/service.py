@@ -164,7 +164,7 @@ class Downloader(Service):
             registry=self.metrics.registry,
         )
         self.gap_days = Gauge(
-            "barstream_gap_days",
+            "barstream_gaps",
             "Days that could not be fetched (explicit gaps).",
             ["stream"],
             registry=self.metrics.registry,
@@ -382,6 +382,7 @@ class Downloader(Service):
         now = time.monotonic()
         if self.settings.refetch_days and now - st.last_refetch >= self.settings.refetch_interval_s:
             st.last_refetch = now
+            self.log.info("%s: re-fetching the last %d days to detect revisions", st.key, self.settings.refetch_days)
             for back in range(self.settings.refetch_days, 0, -1):
                 day = today - dt.timedelta(days=back)
                 if day < self.config.pipeline.start_date:
@@ -406,6 +407,7 @@ class Downloader(Service):
         prev = st.days.get(day_ms)
         digest = body_digest(result.body)
         if prev is not None and prev.kind == JOURNAL_DAY and prev.digest == digest:
+            self.log.debug("%s: %s unchanged", st.key, day)
             return
         old = self.cache.get(st.symbol, st.side, day)
         if old is not None:
