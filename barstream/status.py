@@ -104,7 +104,12 @@ def service_status(name: str, url: str, samples: Samples) -> ServiceStatus:
         )
     for key, n in lag.items():
         st.streams.setdefault(key, StreamStatus()).lag_records = n
-    st.gaps = {k: int(v) for k, v in by_label(samples, "barstream_gap_days", "stream").items()}
+    # barstream_gaps (days that are explicit gaps, per stream); barstream_gap_days before
+    # promtool's unit lint renamed it
+    gaps = by_label(samples, "barstream_gaps", "stream") or by_label(
+        samples, "barstream_gap_days", "stream"
+    )
+    st.gaps = {k: int(v) for k, v in gaps.items()}
     st.held = sorted(
         k for k, v in by_label(samples, "barstream_held_streams", "stream").items() if v
     )

@@ -114,7 +114,9 @@ def sample(samples: Samples, name: str, **labels: str) -> float | None:
     return None
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 120.0
+) -> subprocess.CompletedProcess[str]:
     """``python -m barstream ARGS`` as a real process."""
     return subprocess.run(
         [sys.executable, "-m", "barstream", *args],
