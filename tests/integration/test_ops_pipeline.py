@@ -31,7 +31,6 @@ from barstream.supervise import CONF, Supervisor, service_programs
 from shared.config import SERVICES
 from shared.store import Store
 from tests.support.ops import (
-    REPO,
     cli,
     free_port,
     pipeline_config,

@@ -1,0 +1,146 @@
+"""docker-compose.yml, supervisord.conf, config/compose*.toml and deploy/prometheus.yml stay in
+step (there is no Docker engine here, so ``docker compose config`` cannot check them)."""
+
+from __future__ import annotations
+
+import configparser
+import datetime as dt
+import shlex
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared import config as config_mod
+from shared.config import SERVICES
+
+yaml = pytest.importorskip("yaml", reason="pyyaml is in the dev extras (pip install -e '.[dev]')")
+
+REPO = Path(__file__).resolve().parents[2]
+PROGRAMS = {**{s: f"services.{s}" for s in SERVICES}, "fake_upstream": "barstream.fake"}
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return data
+
+
+def supervisord() -> configparser.RawConfigParser:
+    cp = configparser.RawConfigParser()
+    cp.read(REPO / "supervisord.conf")
+    return cp
+
+
+def port_of(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def test_same_programs_and_module_command_lines() -> None:
+    cp = supervisord()
+    services = compose()["services"]
+    sup_programs = {s.split(":", 1)[1] for s in cp.sections() if s.startswith("program:")}
+    assert sup_programs == set(PROGRAMS) == set(services)
+    assert set(cp.get("group:barstream", "programs").split(",")) == set(PROGRAMS)
+    for name, module in PROGRAMS.items():
+        sup_cmd = shlex.split(cp.get(f"program:{name}", "command"))
+        assert sup_cmd == [
+            "%(here)s/.venv/bin/python",
+            "-m",
+            module,
+            "--config",
+            "%(ENV_BARSTREAM_CONFIG)s",
+        ]
+        assert cp.get(f"program:{name}", "directory") == "%(here)s"
+        cmd = services[name]["command"]
+        assert cmd[:4] == ["python", "-m", module, "--config"], name
+        default = "config/compose-demo.toml" if name == "fake_upstream" else "config/compose.toml"
+        assert cmd[4] == f"${{BARSTREAM_CONFIG:-{default}}}", name
+
+
+def test_supervisord_program_policy() -> None:
+    cp = supervisord()
+    for name in PROGRAMS:
+        sec = f"program:{name}"
+        assert cp.get(sec, "stopsignal") == "TERM"
+        assert int(cp.get(sec, "stopwaitsecs")) >= 10
+        assert cp.get(sec, "autorestart") == "unexpected"
+        assert cp.get(sec, "stdout_logfile").startswith("%(ENV_BARSTREAM_VAR)s/log/")
+    assert cp.get("program:fake_upstream", "autostart") == "%(ENV_BARSTREAM_DEMO)s"
+    listener = "eventlistener:barstream_events"
+    assert cp.get(listener, "events") == "PROCESS_STATE"
+    assert "-m barstream.supervisor_events" in cp.get(listener, "command")
+    assert cp.get("unix_http_server", "file") == "%(ENV_BARSTREAM_VAR)s/supervisor.sock"
+
+
+def test_compose_ports_match_compose_config() -> None:
+    services = compose()["services"]
+    for path in ("config/compose.toml", "config/compose-demo.toml"):
+        cfg = config_mod.load(REPO / path)
+        assert cfg.pipeline.host == "0.0.0.0"
+        for i, name in enumerate(SERVICES):
+            ep = cfg.endpoints(name)
+            assert ep.feed == f"tcp://0.0.0.0:{port_of(ep.feed)}", (path, name)
+            assert ep.metrics_host == "0.0.0.0", (path, name)
+            exposed = {int(p) for p in services[name]["expose"]}
+            assert exposed == {port_of(ep.feed), ep.metrics_port}, (path, name)
+            published = {int(str(p).split(":")[0]) for p in services[name].get("ports", [])}
+            assert ep.metrics_port in published, (path, name)
+            if i:  # connects to its upstream by service name
+                up = SERVICES[i - 1]
+                assert ep.upstream == f"tcp://{up}:{port_of(cfg.endpoints(up).feed)}", (path, name)
+        assert {port_of(cfg.gateway.publish), port_of(cfg.gateway.requests)} <= {
+            int(str(p).split(":")[0]) for p in services["gateway"]["ports"]
+        }
+    demo = config_mod.load(REPO / "config/compose-demo.toml")
+    url = urllib.parse.urlsplit(demo.downloader.base_url)
+    assert url.hostname == "fake_upstream" and url.port == demo.fake_upstream.port
+    assert [str(demo.fake_upstream.port)] == services["fake_upstream"]["expose"]
+    assert services["fake_upstream"]["profiles"] == ["demo"]
+
+
+def test_one_volume_per_service_no_shared_data() -> None:
+    doc = compose()
+    services = doc["services"]
+    cfg = config_mod.load(REPO / "config/compose.toml")
+    owner: dict[str, str] = {}
+    for name in SERVICES:
+        mounts = {v.split(":")[0]: v.split(":")[1] for v in services[name]["volumes"]}
+        assert str(cfg.data_dir(name)) in mounts.values(), name
+        for volume in mounts:
+            assert volume in doc["volumes"], volume
+            assert owner.setdefault(volume, name) == name, (
+                f"{volume} shared by {owner[volume]}, {name}"
+            )
+    raw = {v.split(":")[1] for v in services["downloader"]["volumes"]}
+    assert f"{cfg.pipeline.data_dir}/raw" in raw  # the raw cache lives beside the service dir
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for name in (*SERVICES, "raw"):
+        assert f"/data/{name}" in dockerfile  # mount points owned by the container's user
+
+
+def test_prometheus_targets_match_configs() -> None:
+    doc = yaml.safe_load((REPO / "deploy/prometheus.yml").read_text())
+    targets = {
+        t for job in doc["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    }
+    for path in ("config/demo.toml", "config/live.toml"):
+        cfg = config_mod.load(REPO / path)
+        for name in SERVICES:
+            assert f"127.0.0.1:{cfg.endpoints(name).metrics_port}" in targets, (path, name)
+    from barstream.supervise import DEFAULT_EVENTS_PORT
+
+    assert f"127.0.0.1:{DEFAULT_EVENTS_PORT}" in targets
+
+
+def test_demo_config_is_consistent_with_the_fake() -> None:
+    from barstream.fake import check, sim_start_ms
+
+    cfg = config_mod.load(REPO / "config/demo.toml")
+    check(cfg)  # base_url points at the fake's port
+    start_ms = sim_start_ms(cfg)
+    sim_day = dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC).date()
+    weeks = (sim_day - cfg.pipeline.start_date).days / 7
+    assert 2 <= weeks <= 5, "history starts a few weeks before the fake's simulated now"
+    assert sim_day.weekday() < 5, "the simulated now is a weekday: live minutes form"
+    assert len(cfg.pipeline.symbols) >= 3 and cfg.pipeline.sides == ["BID", "ASK"]
