@@ -97,7 +97,9 @@ def test_csv_format_exact_with_range(data_dir: Path, capsys: pytest.CaptureFixtu
     )
 
 
-def test_provisional_bar_only_on_request(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_provisional_bar_only_on_request(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert "2026-11-02 01:00:00" not in run(data_dir, capsys)
     assert "2026-11-02 01:00:00,1.2,1.3,1.1,1.2,4\n" in run(data_dir, capsys, "--provisional")
 
@@ -119,7 +121,16 @@ def test_parquet_round_trip(data_dir: Path, capsys: pytest.CaptureFixture[str]) 
     out = data_dir / "bars.parquet"
     run(data_dir, capsys, "--format", "parquet", "--output", str(out))
     table = pq.read_table(out)
-    assert table.column_names == ["ts_ms", "time", "open", "high", "low", "close", "volume", "flags"]
+    assert table.column_names == [
+        "ts_ms",
+        "time",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "flags",
+    ]
     assert table.column("ts_ms").to_pylist() == [ms(t) for t, _ in BARS]
     assert table.column("open").to_pylist()[6] == 0.1 + 0.2
 
