@@ -93,6 +93,9 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     publish: str = ""  # PUB endpoint for live bar updates
     requests: str = ""  # ROUTER endpoint for history/snapshot/list/status requests
     max_request_records: int = 1_000_000
+    #: Live messages queued per consumer before the publish socket drops (the consumer's
+    #: client then sees a sequence gap and resyncs).
+    publish_hwm: int = 10_000
     endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
 
 
@@ -218,6 +221,8 @@ def _check(cfg: Config) -> None:
             for j, wd in enumerate(sess.weekdays):
                 if not 0 <= wd <= 6:
                     raise bad(f"{key}.weekdays[{j}]", wd, "weekdays are 0 (Monday) … 6 (Sunday)")
+    if cfg.gateway.publish_hwm < 1:
+        raise bad("gateway.publish_hwm", cfg.gateway.publish_hwm, "must be >= 1")
     if cfg.gateway.max_request_records < 1:
         raise bad("gateway.max_request_records", cfg.gateway.max_request_records, "must be >= 1")
     for name in SERVICES:

@@ -30,6 +30,7 @@ with "I have offsets [0, N) of generation G" exactly where its copy became stale
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import mmap
 import os
@@ -724,6 +725,8 @@ class StoreSet:
     commits: int = 0
     _listeners: list[Callable[[], None]] = field(default_factory=list)
     _dirty: set[str] = field(default_factory=set)
+    _committed_upstream: dict[str, ckpt.UpstreamMark] = field(default_factory=dict)
+    _committed_state: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def open(cls, root: str | Path, service: str) -> StoreSet:
@@ -741,6 +744,8 @@ class StoreSet:
             self.commits = point.commits
             self.upstream = dict(point.upstream)
             self.state = dict(point.state)
+            self._committed_upstream = dict(self.upstream)
+            self._committed_state = copy.deepcopy(self.state)
             for key, mark in point.stores.items():
                 path = self.path_for(key)
                 store = Store.open(
@@ -825,16 +830,27 @@ class StoreSet:
         for key, store in self.stores.items():
             store.mark_committed(marks[key])
         self._dirty.clear()
+        self._committed_upstream = dict(self.upstream)
+        self._committed_state = copy.deepcopy(self.state)
         for listener in self._listeners:
             listener()
         return self.commits
 
     def pending(self) -> int:
-        """Records written since the last commit (0 when clean)."""
-        return sum(
-            abs(s.length - s.committed_length) + (s.committed_length - s.stable_length)
-            for s in self.stores.values()
-        ) + len(self._dirty)
+        """Records written since the last commit (0 when clean); upstream positions or
+        service state that moved without a record changing count as 1, so they get
+        committed too (a restart then resumes after them)."""
+        moved = int(
+            self.upstream != self._committed_upstream or self.state != self._committed_state
+        )
+        return (
+            sum(
+                abs(s.length - s.committed_length) + (s.committed_length - s.stable_length)
+                for s in self.stores.values()
+            )
+            + len(self._dirty)
+            + moved
+        )
 
     def close(self) -> None:
         for store in self.stores.values():

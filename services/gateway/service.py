@@ -114,6 +114,13 @@ class Gateway(Service):
     def __init__(self, config: Config, *, drain: bool = False, serve_metrics: bool = True) -> None:
         super().__init__(config, drain=drain, serve_metrics=serve_metrics)
         self.gw = config.gateway
+        if config.gateway.publish_hwm != gp.PUBLISH_HWM and type(self).publish_hwm == gp.PUBLISH_HWM:
+            type(self).publish_hwm = config.gateway.publish_hwm
+        # Every configured topic is served from the start (empty until bars arrive), so a
+        # consumer may subscribe before the first bar of a new symbol exists.
+        for symbol, side in config.streams():
+            for tf in ("1m", *config.resampler.timeframes):
+                self.stores.ensure(StoreMeta(symbol, side, tf))
         self.instance = secrets.token_hex(8)
         self.gmetrics = GatewayMetrics(self)
         self.seqlogs: dict[str, query.SeqLog] = self._load_seqlogs()

@@ -55,3 +55,124 @@ def test_drain_run_equals_direct_computation(tmp_path: Path, ipc_dir: Path) -> N
                 for tf, bars in expected.items():
                     got = p.store_records("resampler", f"{where}/{tf}")
                     assert got.tobytes() == bars.tobytes(), f"{where}/{tf}: resampler store differs"
+
+
+def _caught_up(p, service: str, upstream_service: str) -> bool:
+    """The service's checkpoint has consumed every committed record of its upstream."""
+    from shared.checkpoint import Checkpoint
+
+    up = Checkpoint(p.root / "data" / upstream_service / "checkpoint.json").load()
+    down = Checkpoint(p.root / "data" / service / "checkpoint.json").load()
+    if up is None or down is None:
+        return False
+    prefix = {"gateway": ""}.get(service, "")
+    for key, mark in up.stores.items():
+        if not key.startswith(prefix):
+            continue
+        got = down.upstream.get(key)
+        if got is None or got.offset != mark.length:
+            return False
+    return True
+
+
+@pytest.mark.timeout(240)
+def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
+    """Live day under a fast simulated clock through all five services to a consumer that
+    streams 1m and 5m bars: the consumer's series equals the gateway's, and every store is a
+    pure function of its upstream store (checked after everything is stopped)."""
+    import signal
+    import threading
+    import time
+
+    from services.aggregator.aggregate import merge
+    from services.gateway.client import GatewayClient
+    from services.resampler.resample import resample_all
+    from shared.record import FLAG_PROVISIONAL
+    from shared.timeframe import PRESETS, Timeframe
+
+    tfs = ["5m", "15m", "1h", "4h", "1d", "1W"]
+    with pipeline(
+        tmp_path,
+        ipc_dir,
+        symbols=["EUR-USD"],
+        sides=["BID"],
+        start_date=dt.date(2026, 1, 12),
+        end_date=None,
+        timeframes=tfs,
+    ) as p:
+        p.write_config(live_poll_interval_s=0.1, refetch_days=0)
+        # 2026-01-14 20:30 UTC, 5 simulated minutes per second: minutes keep forming.
+        p.start_fake("--start", "2026-01-14T20:30:00", "--speed", "300")
+        for name in ("gateway", "resampler", "aggregator", "transformer", "downloader"):
+            p.start(name)  # reverse order: every service tolerates an absent upstream
+
+        seen: dict[str, list] = {"1m": [], "5m": []}
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def consume(tf: str) -> None:
+            try:
+                with GatewayClient(
+                    f"ipc://{ipc_dir}/gw-pub", f"ipc://{ipc_dir}/gw-req", timeout_s=10
+                ) as gw:
+                    for item in gw.stream("EUR-USD", tf, history=50, timeout_s=10):
+                        seen[tf].append(item)
+            except TimeoutError:
+                if not stop.is_set():  # quiet while bars should flow
+                    errors.append(
+                        AssertionError(f"{tf}: no update for 10 s while the pipeline ran")
+                    )
+            except BaseException as e:  # surfaced below
+                errors.append(e)
+
+        threads = [threading.Thread(target=consume, args=(tf,), daemon=True) for tf in seen]
+        for t in threads:
+            t.start()
+        time.sleep(8)  # history, then live minutes (~40 simulated minutes)
+        p.kill("downloader", signal.SIGTERM)
+        chain = [
+            ("transformer", "downloader"),
+            ("aggregator", "transformer"),
+            ("resampler", "aggregator"),
+            ("gateway", "resampler"),
+        ]
+        deadline = time.monotonic() + 60
+        while not all(_caught_up(p, s, u) for s, u in chain):
+            assert time.monotonic() < deadline, (
+                "pipeline did not catch up after the downloader stopped"
+            )
+            time.sleep(0.1)
+        time.sleep(1.0)  # the last publications reach the consumers
+        stop.set()  # from now on a quiet stream ends the consumer
+        for t in threads:
+            t.join(timeout=40)
+        assert not errors, errors
+        for name in ("transformer", "aggregator", "resampler", "gateway"):
+            p.kill(name, signal.SIGTERM)
+            assert p.procs[name].returncode == 0, f"{name}:\n{p.log_tail(name)}"
+
+        days = p.store_records("transformer", "EUR-USD/BID/days")
+        _, m1 = merge(np.zeros(0, days.dtype), days, 0)
+        assert p.store_records("aggregator", "EUR-USD/BID/1m").tobytes() == m1.tobytes()
+        assert (m1["flags"][-1] & FLAG_PROVISIONAL) != 0, "the live minute should be provisional"
+        assert p.store_records("resampler", "EUR-USD/BID/1m").tobytes() == m1.tobytes()
+        expected = resample_all(m1, [Timeframe.parse(t) for t in tfs], PRESETS["utc"])
+        for tf, bars in expected.items():
+            assert p.store_records("resampler", f"EUR-USD/BID/{tf}").tobytes() == bars.tobytes(), tf
+            assert p.store_records("gateway", f"EUR-USD/BID/{tf}").tobytes() == bars.tobytes(), tf
+
+        for tf, items in seen.items():
+            assert items, f"consumer of {tf} received nothing"
+            gateway_store = p.store_records("gateway", f"EUR-USD/BID/{tf}")
+            series = gateway_store[: items[0].start_offset].copy()
+            for item in items:
+                assert item.start_offset <= len(series), (
+                    f"{tf}: gap before offset {item.start_offset}"
+                )
+                series = np.concatenate([series[: item.start_offset], item.records])
+            assert series.tobytes() == gateway_store.tobytes(), (
+                f"{tf}: consumer series differs from the gateway's"
+            )
+            assert sum(1 for i in items if i.replaces) > 0, (
+                f"{tf}: no provisional update was streamed"
+            )

@@ -1,0 +1,64 @@
+"""A consumer may subscribe before the first bar of a configured topic exists (a fresh
+pipeline, a new symbol): it waits and then receives every bar exactly once."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.gateway.client import BarUpdate, GatewayClient
+from tests.support.bar_source import Procs
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def procs(ipc_dir: Path) -> Iterator[Procs]:
+    shm = Path("/dev/shm")
+    data = Path(tempfile.mkdtemp(prefix="bs-gw-", dir=shm if shm.is_dir() else ipc_dir))
+    p = Procs(ipc_dir, data)
+    try:
+        yield p
+    finally:
+        p.stop_all()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_subscribe_before_first_bar(procs: Procs) -> None:
+    procs.start_gateway()
+    items: list[BarUpdate] = []
+    errors: list[BaseException] = []
+    got_history = threading.Event()
+
+    def consume() -> None:
+        try:
+            with GatewayClient(procs.publish, procs.requests, timeout_s=10) as gw:
+                for item in gw.stream("EUR-USD", "1m", history=10, timeout_s=20):
+                    items.append(item)
+                    got_history.set()
+                    if item.end_offset >= 40 and not item.provisional.any():
+                        return
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            got_history.set()
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    procs.start_source(["EUR-USD/BID/1m"], bars=40, ticks=2, pace_s=0.01)
+    t.join(timeout=90)
+    assert not errors, errors
+    assert procs.wait_done()["EUR-USD/BID/1m"] >= 40
+    final = procs.gateway_records("EUR-USD/BID/1m")
+    series = np.zeros(0, final.dtype)
+    for item in items:
+        assert item.start_offset <= len(series), "gap"
+        series = np.concatenate([series[: item.start_offset], item.records])
+    assert len(series) >= 40
+    assert series.tobytes() == final[: len(series)].tobytes()
