@@ -37,7 +37,8 @@ Behaviour, decided and kept stable:
 - Faults (``Fault``) match the request path and query with a glob and fire ``count`` times or
   with ``probability`` (seeded). Kinds: 429 (with Retry-After), 500, 503, 404, slow (delay),
   truncate (Content-Length says more than is sent), empty, invalid_json, html, reset (TCP RST),
-  revise (from then on the matching days are served revised: every price one point higher).
+  revise (from then on the matching days are served revised: every price one point higher),
+  corrupt (well-formed JSON whose bars are invalid: highs and lows swapped).
 - Control plane (JSON): ``GET /_control/stats``, ``GET|POST /_control/clock`` (``sim_ms``,
   ``iso``, ``advance_ms``, ``speed``), ``GET|POST|DELETE /_control/faults``,
   ``POST /_control/reset``.
@@ -112,6 +113,7 @@ FAULT_KINDS: Final = (
     "html",
     "reset",
     "revise",
+    "corrupt",
 )
 _NEW_YORK: Final = ZoneInfo("America/New_York")
 _BERLIN: Final = ZoneInfo("Europe/Berlin")
@@ -849,6 +851,19 @@ class FakeUpstream:
         return _Reply(404, b'{"error":"unknown control endpoint"}')
 
 
+def corrupt_candles(body: bytes) -> bytes:
+    """Well-formed candle JSON whose bars break an invariant (highs and lows swapped, so
+    high < low): what a broken upstream day looks like to the transformer."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(obj, dict) and obj.get("highs"):
+        obj["high"], obj["low"] = obj.get("low"), obj.get("high")
+        obj["highs"], obj["lows"] = obj.get("lows"), obj.get("highs")
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def _not_found(target: str) -> _Reply:
     return _Reply(404, json.dumps({"error": "not found", "path": target}).encode())
 
@@ -930,6 +945,8 @@ def _make_handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 self._send(_Reply(fault.status, reply.body[: max(1, len(reply.body) // 2)]))
             elif kind == "html":
                 self._send(_Reply(fault.status, _HTML_PAGE, content_type="text/html"))
+            elif kind == "corrupt":
+                self._send(_Reply(fault.status, corrupt_candles(reply.body)))
             elif kind == "truncate":
                 self._send(reply, truncate=True)
             return fault.status

@@ -1,0 +1,123 @@
+"""A bad payload holds its symbol, not the pipeline. Real processes over ipc://.
+
+The fake upstream serves EUR-USD 2026-01-07 once as well-formed JSON with invalid bars
+(highs and lows swapped). The transformer rejects it whole, names symbol/side/day/field,
+stores nothing from it and holds EUR-USD (later days wait); USD-JPY keeps flowing. The
+downloader's re-fetch then finds a good (changed) version of the day, the transformer
+releases the stream and processes the held days in journal order, so the final store is
+the decoding of every valid journal record in order — as if the bad payload never came.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.aggregator.aggregate import merge
+from services.transformer.transform import decode_candles
+from shared.checkpoint import Checkpoint
+from shared.errors import PayloadInvalid
+from shared.record import JOURNAL_DAY, JOURNAL_LIVE, RECORD_DTYPE
+from shared.store import Store
+from tests.integration.test_ingest_live import _body
+from tests.support.pipeline import Pipeline, pipeline
+
+BAD_DAY = dt.date(2026, 1, 7)
+
+
+def _journal(p: Pipeline, symbol: str) -> np.ndarray:
+    path = p.root / "data" / "downloader" / symbol / "BID" / "fetch.bars"
+    with Store.open(path, writable=False) as s:
+        return s.snapshot()
+
+
+def _wait(what: str, predicate, timeout_s: float, p: Pipeline) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{p.log_tail('transformer')}")
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(120)
+def test_bad_payload_holds_one_symbol_until_a_good_version(tmp_path: Path, ipc_dir: Path) -> None:
+    symbols = ["EUR-USD", "USD-JPY"]
+    with pipeline(
+        tmp_path,
+        ipc_dir,
+        symbols=symbols,
+        sides=["BID"],
+        start_date=dt.date(2026, 1, 5),
+        end_date=None,
+    ) as p:
+        p.write_config(live_poll_interval_s=0.2, refetch_days=4, refetch_interval_s=1.5)
+        spec = f"corrupt:*/EUR-USD/BID/{BAD_DAY.year}/{BAD_DAY.month}/{BAD_DAY.day}:count=1"
+        p.start_fake("--start", "2026-01-09T12:00:00", "--speed", "1", "--fault", spec)
+        for name in ("downloader", "transformer", "aggregator"):
+            p.start(name)
+
+        log = p.root / "transformer.log"
+        _wait("the hold", lambda: "holding EUR-USD/BID/fetch" in log.read_text(), 30, p)
+        text = log.read_text()
+        assert "EUR-USD/BID/2026-01-07" in text and "highs" in text, (
+            "the error must name where and which field"
+        )
+        _wait("the release", lambda: "released EUR-USD/BID/fetch" in log.read_text(), 30, p)
+
+        def caught_up() -> bool:
+            point = Checkpoint(p.root / "data" / "transformer" / "checkpoint.json").load()
+            if point is None:
+                return False
+            return all(
+                s + "/BID/fetch" in point.upstream
+                and point.upstream[s + "/BID/fetch"].offset == len(_journal(p, s))
+                for s in symbols
+            )
+
+        p.kill("downloader", signal.SIGTERM)
+        _wait("the transformer to catch up", caught_up, 30, p)
+        time.sleep(0.5)
+        for name in ("transformer", "aggregator"):
+            assert p.procs[name].poll() is None, f"{name} died:\n{p.log_tail(name)}"
+            p.kill(name, signal.SIGTERM)
+            assert p.procs[name].returncode == 0, p.log_tail(name)
+
+        for symbol in symbols:
+            journal = _journal(p, symbol)
+            parts, rejected = [], 0
+            for i, rec in enumerate(journal):
+                if int(rec["kind"]) not in (JOURNAL_DAY, JOURNAL_LIVE):
+                    continue
+                try:
+                    parts.append(
+                        decode_candles(
+                            _body(p, symbol, "BID", rec),
+                            symbol=symbol,
+                            side="BID",
+                            day_ms=int(rec["ts_ms"]),
+                            live=int(rec["kind"]) == JOURNAL_LIVE,
+                            src_offset=i,
+                        )
+                    )
+                except PayloadInvalid:
+                    rejected += 1
+            assert rejected == (1 if symbol == "EUR-USD" else 0), (
+                f"{symbol}: {rejected} bad payloads in the journal"
+            )
+            expected = np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
+            got = p.store_records("transformer", f"{symbol}/BID/days")
+            assert got.tobytes() == expected.tobytes(), (
+                f"{symbol}: transformer store is not the valid journal decoded"
+            )
+            assert (got["low"] <= got["high"]).all(), "an invalid bar was stored"
+            _, m1 = merge(np.zeros(0, RECORD_DTYPE), got, 0)
+            assert p.store_records("aggregator", f"{symbol}/BID/1m").tobytes() == m1.tobytes()
+            days = set((m1["ts_ms"] // 86_400_000).tolist())
+            assert (BAD_DAY - dt.date(1970, 1, 1)).days in days, (
+                f"{symbol}: the held day is missing"
+            )
