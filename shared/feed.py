@@ -474,6 +474,7 @@ class FeedClient:
         self._session_rx = 0  # messages received in the current session
         self._resend = False
         self._resend_to: dict[str, int] = {}
+        self._behind_since: float | None = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -614,6 +615,7 @@ class FeedClient:
                 return f"no message for {PEER_TIMEOUT_S:.0f}s"
             if self.metrics is not None:
                 self.metrics.upstream_heartbeat_age.set(now - self._last_rx)
+                self.metrics.feed_lag_seconds.set(self.lag_s)
             if handled:
                 if handled < DRAIN_MAX and self.on_idle is not None and not (_readable(sock)):
                     await self.on_idle()
@@ -702,10 +704,23 @@ class FeedClient:
         )
         self.batches_in += 1
         self.records_in += batch.count
+        behind = batch.start + batch.count < batch.end
+        if behind and self._behind_since is None:
+            self._behind_since = time.monotonic()
+        elif not behind:
+            self._behind_since = None
         if self.metrics is not None:
             self.metrics.batches_in.inc()
             self.metrics.records_in.inc(batch.count)
+            self.metrics.feed_lag_records.labels(batch.stream).set(
+                max(0, batch.end - batch.start - batch.count)
+            )
         return ""
+
+    @property
+    def lag_s(self) -> float:
+        """Seconds this follower has been behind its upstream's committed end (0: caught up)."""
+        return 0.0 if self._behind_since is None else time.monotonic() - self._behind_since
 
     def _validate(self, batch: p.Batch, frames: list[zmq.Frame]) -> np.ndarray:
         if len(frames) != 2 + batch.attachments:

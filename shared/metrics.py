@@ -59,7 +59,7 @@ class Metrics:
         )
         self.feed_lag_seconds = Gauge(
             PREFIX + "feed_lag_seconds",
-            "Seconds since the upstream last had nothing for us.",
+            "Seconds this service has been behind its upstream's committed end (0 = caught up).",
             registry=r,
         )
         self.upstream_heartbeat_age = Gauge(
