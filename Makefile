@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)   ## create/refresh .venv
 
 run: $(STAMP)    ## offline demo under supervisord (LIVE=1 for the real Dukascopy feed)
-	@$(PY) -m barstream demo $(if $(LIVE),--live,)
+	@$(PY) -m barstream demo $(if $(LIVE),--live,) $(if $(DURATION),--duration $(DURATION),)
 
 test: $(STAMP)   ## the default test suite (no slow tests)
 	@bash scripts/pytest-nonempty.sh $(PY) -m 'not slow' $(PYTEST_ARGS)
