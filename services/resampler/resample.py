@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -168,13 +168,46 @@ def apply_update(store: np.ndarray, start: int, records: np.ndarray) -> np.ndarr
 
 @dataclass
 class _Open:
-    """What a timeframe's open (last) bar needs to absorb a new parent record cheaply."""
+    """A timeframe's open (last) bar, kept as the parent records it is built from."""
 
     n_bars: int  # store length, the open bar included
     q: int  # offset in the parent series of the open bar's first parent record
     start_ms: int
     end_ms: int
     session: int
+    parts: list[tuple[Any, ...]]  # parent records from q to the parent's end, as tuples
+
+
+class _Change:
+    """ "From offset ``start`` on, the store now reads ..." as an array or as record tuples
+    (the fast path passes tuples between timeframes and makes one array per timeframe)."""
+
+    __slots__ = ("_array", "_rows", "start")
+
+    def __init__(
+        self, start: int, array: np.ndarray | None = None, rows: list[tuple[Any, ...]] | None = None
+    ) -> None:
+        self.start = start
+        self._array = array
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows) if self._rows is not None else len(self.array)
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.array(self._rows, dtype=RECORD_DTYPE)
+        return self._array
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        if self._rows is None:
+            self._rows = self.array.tolist()
+        return self._rows
+
+
+_FAST_MAX: Final = 64  # larger changes take the vectorized path
 
 
 class Cascade:
@@ -199,9 +232,19 @@ class Cascade:
         self.plan = plan(timeframes, alignment, self.sessions)
         #: Every timeframe kept (requested ones and the parents they need), parents first.
         self.timeframes = list(self.plan)
+        index = {tf: i for i, tf in enumerate(self.timeframes)}
+        self._steps = [
+            (
+                tf,
+                parent == M1,
+                -1 if parent == M1 else index[parent],
+                is_session_aligned(tf, self.sessions),
+            )
+            for tf, parent in self.plan.items()
+        ]
         self._m1 = m1
         self._bars = bars
-        self._open: dict[Timeframe, _Open] = {}
+        self._open: list[_Open | None] = [None] * len(self.timeframes)
         self.updates = 0
         self.fast_updates = 0
 
@@ -212,7 +255,8 @@ class Cascade:
         )
 
     def update(self, start: int, records: np.ndarray) -> dict[Timeframe, tuple[int, np.ndarray]]:
-        """Apply "from 1m offset ``start`` on, the 1m store now reads ``records``"."""
+        """Apply "from 1m offset ``start`` on, the 1m store now reads ``records``"; returns
+        ``{tf: (X, R)}`` for every timeframe of :attr:`timeframes`."""
         m1_old = self._m1()
         if not 0 <= start <= len(m1_old):
             raise ValueError(
@@ -225,90 +269,110 @@ class Cascade:
             w = watermark_ms(m1_old[start - 1])
         else:
             w = None
-        new_sid = (
-            session_ids(records["ts_ms"], self.sessions) if self.sessions and len(records) else None
-        )
-        changes: dict[Timeframe, tuple[int, np.ndarray]] = {}
-        for tf, parent in self.plan.items():
-            if parent == M1:
-                p_old, (p_from, p_new) = m1_old, (start, records)
-            else:
-                p_old, (p_from, p_new) = self._bars(parent), changes[parent]
+        root = _Change(start, array=records)
+        root_sid: list[int] | None = None
+        if self.sessions and 0 < len(records) <= _FAST_MAX:
+            root_sid = session_ids(records["ts_ms"], self.sessions).tolist()
+        changes: list[_Change] = []
+        for k, (tf, minutes, pk, aligned) in enumerate(self._steps):
+            p_change = root if minutes else changes[pk]
             b_old = self._bars(tf)
             if w is None:
-                changes[tf] = (0, np.empty(0, RECORD_DTYPE))
-                self._open.pop(tf, None)
+                changes.append(_Change(0, array=np.empty(0, RECORD_DTYPE)))
+                self._open[k] = None
                 continue
-            fast = self._fast(tf, parent, b_old, p_old, p_from, p_new, new_sid, w)
-            changes[tf] = (
-                fast
-                if fast is not None
-                else self._slow(tf, parent, b_old, p_old, p_from, p_new, start, w)
-            )
-        return changes
+            fast = self._fast(k, minutes, aligned, len(b_old), p_change, root_sid, w)
+            if fast is None:
+                p_old = m1_old if minutes else self._bars(self.timeframes[pk])
+                fast = self._slow(k, tf, minutes, b_old, p_old, p_change, start, w)
+            changes.append(fast)
+        return {tf: (c.start, c.array) for tf, c in zip(self.timeframes, changes, strict=True)}
 
     # ------------------------------------------------------------------------------------
     def _fast(
         self,
-        tf: Timeframe,
-        parent: Timeframe,
-        b_old: np.ndarray,
-        p_old: np.ndarray,
-        p_from: int,
-        p_new: np.ndarray,
-        new_sid: np.ndarray | None,
+        k: int,
+        minutes: bool,
+        aligned: bool,
+        n_bars: int,
+        change: _Change,
+        root_sid: list[int] | None,
         w: int,
-    ) -> tuple[int, np.ndarray] | None:
+    ) -> _Change | None:
         """The open bar absorbs every changed parent record: re-aggregate it alone."""
-        st = self._open.get(tf)
-        if st is None or st.n_bars != len(b_old) or p_from < st.q or not len(p_new):
+        st = self._open[k]
+        if (
+            st is None
+            or st.n_bars != n_bars
+            or change.start < st.q
+            or not 0 < len(change) <= _FAST_MAX
+        ):
             return None
-        ts = p_new["ts_ms"]
-        if int(ts[0]) < st.start_ms or int(ts[-1]) >= st.end_ms:
+        rows = change.rows
+        if rows[0][0] < st.start_ms or rows[-1][0] >= st.end_ms:
             return None
-        if parent == M1:
-            if new_sid is not None and not bool(np.all(new_sid == st.session)):
+        if minutes and self.sessions:
+            assert root_sid is not None
+            if aligned and any(s != st.session for s in root_sid):
                 return None
-            sid_ok = True
-        else:
-            sid_ok = bool(np.all(p_new["session"] == st.session))
-        if not sid_ok:
+            rows = [(*r[:9], s, r[10]) for r, s in zip(rows, root_sid, strict=True)]
+        elif aligned and any(r[9] != st.session for r in rows):
             return None
-        src = np.concatenate([p_old[st.q : p_from], p_new]) if p_from > st.q else p_new
-        bar = np.zeros(1, RECORD_DTYPE)
-        r = bar[0]
-        r["ts_ms"] = st.start_ms
-        r["open"] = src["open"][0]
-        r["high"] = src["high"].max()
-        r["low"] = src["low"].min()
-        r["close"] = src["close"][-1]
-        r["volume"] = np.add.reduceat(src["volume"], _ZERO)[0]
-        if parent == M1:
-            r["src_offset"] = st.q
-            r["src_count"] = len(src)
+        parts = st.parts
+        cut = change.start - st.q
+        if cut > len(parts):
+            return None
+        del parts[cut:]
+        parts.extend(rows)
+        use = [p for p in parts if p[9]] if (minutes and self.sessions) else parts
+        if not use or use[0] is not parts[0]:
+            return None  # the bar lost its first minute: rebuild it (the state is reset there)
+        if minutes:
+            src_offset = st.q
+            count = len(use)
         else:
-            r["src_offset"] = src["src_offset"][0]
-            r["src_count"] = int(src["src_count"].sum())
-        flags = int(np.bitwise_or.reduce(src["flags"])) & INHERITED_FLAGS
+            src_offset = use[0][6]
+            count = sum(p[7] for p in use)
+        if len(use) == 1:
+            volume = use[0][5]
+        else:
+            vols = np.fromiter((p[5] for p in use), np.float64, len(use))
+            volume = float(np.add.reduceat(vols, _ZERO)[0])
+        flags = 0
+        for p in use:
+            flags |= p[8]
+        flags &= INHERITED_FLAGS
         if st.end_ms > w:
             flags |= FLAG_PROVISIONAL
-        r["flags"] = flags
-        r["session"] = st.session
+        bar = (
+            st.start_ms,
+            use[0][1],
+            max(p[2] for p in use),
+            min(p[3] for p in use),
+            use[-1][4],
+            volume,
+            src_offset,
+            count,
+            flags,
+            st.session,
+            0,
+        )
         self.fast_updates += 1
-        return st.n_bars - 1, bar
+        return _Change(st.n_bars - 1, rows=[bar])
 
     def _slow(
         self,
+        k: int,
         tf: Timeframe,
-        parent: Timeframe,
+        minutes: bool,
         b_old: np.ndarray,
         p_old: np.ndarray,
-        p_from: int,
-        p_new: np.ndarray,
+        change: _Change,
         start: int,
         w: int,
-    ) -> tuple[int, np.ndarray]:
+    ) -> _Change:
         """Recompute from the bar before the first bar reaching past 1m offset ``start``."""
+        p_from, p_new = change.start, change.array
         nb = len(b_old)
         j = int(np.searchsorted(b_old["src_offset"], start, side="right"))
         if j and int(b_old["src_offset"][j - 1]) + int(b_old["src_count"][j - 1]) > start:
@@ -318,7 +382,7 @@ class Cascade:
             q = 0
         else:
             m0 = int(b_old["src_offset"][b])
-            if parent == M1:
+            if minutes:
                 q = m0
             else:
                 q = int(np.searchsorted(p_old["src_offset"][:p_from], m0, side="left"))
@@ -326,21 +390,26 @@ class Cascade:
                     q = p_from + int(np.searchsorted(p_new["src_offset"], m0, side="left"))
         src = np.concatenate([p_old[q:p_from], p_new]) if q < p_from else p_new[q - p_from :]
         if not len(src):
-            self._open.pop(tf, None)
-            return min(b, nb), np.empty(0, RECORD_DTYPE)
-        built = _build(src, parent == M1, tf, self.alignment, self.sessions, q, w)
+            self._open[k] = None
+            return _Change(min(b, nb), array=np.empty(0, RECORD_DTYPE))
+        built = _build(src, minutes, tf, self.alignment, self.sessions, q, w)
+        self._open[k] = None
         if len(built.bars):
             last = built.bars[-1]
-            self._open[tf] = _Open(
+            tail = src[built.last_start :]
+            parts = tail.tolist()
+            if minutes and self.sessions:
+                sid = session_ids(tail["ts_ms"], self.sessions).tolist()
+                parts = [(*r[:9], s, r[10]) for r, s in zip(parts, sid, strict=True)]
+            self._open[k] = _Open(
                 n_bars=b + len(built.bars),
                 q=q + built.last_start,
                 start_ms=int(last["ts_ms"]),
                 end_ms=built.last_end_ms,
                 session=int(last["session"]),
+                parts=parts,
             )
-        else:
-            self._open.pop(tf, None)
-        return b, built.bars
+        return _Change(b, array=built.bars)
 
 
 # --------------------------------------------------------------------------------------------
