@@ -11,7 +11,7 @@ from shared.record import RECORD_DTYPE
 
 
 def utc_ms(*args: int) -> int:
-    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp() * 1000)  # type: ignore[misc]
+    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp() * 1000)  # type: ignore[misc,arg-type]
 
 
 def random_minutes(

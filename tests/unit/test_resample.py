@@ -33,7 +33,6 @@ from shared.timeframe import (
     Alignment,
     Session,
     Timeframe,
-    bucket_start_ms,
 )
 from tests.support.memstore import MemoryStore
 from tests.support.minutes import random_minutes, records_at, utc_ms
@@ -64,7 +63,7 @@ def tf(text: str) -> Timeframe:
 
 
 def berlin_ms(*args: int) -> int:
-    return int(dt.datetime(*args, tzinfo=BERLIN).timestamp() * 1000)  # type: ignore[misc]
+    return int(dt.datetime(*args, tzinfo=BERLIN).timestamp() * 1000)  # type: ignore[misc,arg-type]
 
 
 def assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:

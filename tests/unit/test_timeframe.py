@@ -287,7 +287,7 @@ NIGHT_SESSION = Session(
 
 
 def berlin_ms(*args: int) -> int:
-    return int(dt.datetime(*args, tzinfo=ZoneInfo("Europe/Berlin")).timestamp() * 1000)  # type: ignore[misc]
+    return int(dt.datetime(*args, tzinfo=ZoneInfo("Europe/Berlin")).timestamp() * 1000)  # type: ignore[misc,arg-type]
 
 
 def test_session_ids_first_match_and_wrapping() -> None:
