@@ -79,6 +79,9 @@ class ProtocolError(BarstreamError):
 
 
 class SourceError(BarstreamError):
+    #: The upstream's clock (HTTP ``Date``) when it answered with this error, if known.
+    server_ms: int | None = None
+
     def __init__(
         self, message: str, *, symbol: str = "", side: str = "", day: str = "", url: str = ""
     ) -> None:

@@ -238,8 +238,10 @@ class Downloader(Service):
                     if result is None and self.settings.cache_only:
                         self.log.info("%s: raw cache ends before %s (cache-only)", st.key, d)
                         return
+                    if result is None:
+                        break  # not final by the upstream's clock: decide again with it
                     self._record_final(st, d, result)
-                day = batch[-1] + dt.timedelta(days=1)
+                    day = d + dt.timedelta(days=1)
                 st.next_day = day
                 self.maybe_commit()
                 continue
@@ -253,7 +255,9 @@ class Downloader(Service):
 
     async def _final(self, st: StreamState, day: dt.date) -> FetchResult | str | None:
         """A final day's body: from the raw cache, else fetched and cached. A string is
-        the error of a day that failed (it becomes a gap); None: cache-only and absent."""
+        the error of a day that failed (it becomes a gap); None: cache-only and absent, or
+        the upstream's clock (the 404's ``Date``) says the day is not over yet — our clock
+        was not in step with the upstream's (just started, or skewed across midnight)."""
         body = self.cache.get(st.symbol, st.side, day)
         if body is not None:
             return FetchResult(
@@ -272,6 +276,10 @@ class Downloader(Service):
         try:
             result = await self._fetch_parsable(st, day)
         except NotFound as e:
+            self.clock.observe(e.server_ms)
+            if day >= self.clock.today():
+                self.log.info("%s: %s is not over upstream yet; not a gap", st.key, day)
+                return None
             self.fetches.labels("not_found").inc()
             self.metrics.errors.labels("not_found").inc()
             self.log.error("%s", e)
@@ -347,6 +355,8 @@ class Downloader(Service):
         finally:
             self._budget_gauges()
         self._observe(result)
+        if self.clock.today() != today:
+            return  # the upstream's today is another day: our clock was not in step yet
         why = _not_candles(result.body)
         if why is not None:
             self.metrics.errors.labels("unparsable_body").inc()

@@ -287,9 +287,13 @@ class HttpSource:
                 await self._sleep(policy.delay_s(attempt, self._rng, retry.retry_after_s))
                 continue
             except _Permanent as exc:
-                if exc.status == 404:
-                    raise NotFound("HTTP 404: no such instrument or day", **where) from None
-                raise SourceError(f"HTTP {exc.status}: {exc.reason}", **where) from None
+                err = (
+                    NotFound("HTTP 404: no such instrument or day", **where)
+                    if exc.status == 404
+                    else SourceError(f"HTTP {exc.status}: {exc.reason}", **where)
+                )
+                err.server_ms = exc.server_ms
+                raise err from None
             return FetchResult(
                 symbol,
                 side,
@@ -336,7 +340,9 @@ class HttpSource:
                 retry_after = _retry_after_s(exc.headers.get("Retry-After"))
             if exc.code >= 500 or exc.code in RETRY_STATUSES:
                 raise _Retry(f"http: HTTP {exc.code}", exc.code, retry_after) from None
-            raise _Permanent(exc.code, str(exc.reason)) from None
+            raise _Permanent(
+                exc.code, str(exc.reason), _http_date_ms(exc.headers.get("Date"))
+            ) from None
         except http.client.IncompleteRead as exc:
             raise _Retry(f"truncated: body ended after {len(exc.partial)} bytes") from None
         except (TimeoutError, OSError, http.client.HTTPException, urllib.error.URLError) as exc:
@@ -354,10 +360,11 @@ class HttpSource:
 
 
 class _Permanent(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, server_ms: int | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.server_ms = server_ms  # the error response's Date: the upstream's clock
 
 
 def _http_date_ms(value: str | None) -> int | None:
