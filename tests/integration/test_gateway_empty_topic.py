@@ -51,10 +51,10 @@ def test_subscribe_before_first_bar(procs: Procs) -> None:
 
     t = threading.Thread(target=consume, daemon=True)
     t.start()
-    procs.start_source(["EUR-USD/BID/1m"], bars=40, ticks=2, pace_s=0.01)
+    procs.start_source(["EUR-USD/BID/1m"], bars=60, ticks=2, pace_s=0.01)
     t.join(timeout=90)
     assert not errors, errors
-    assert procs.wait_done()["EUR-USD/BID/1m"] >= 40
+    assert procs.wait_done()["EUR-USD/BID/1m"] >= 60
     final = procs.gateway_records("EUR-USD/BID/1m")
     series = np.zeros(0, final.dtype)
     for item in items:

@@ -189,6 +189,10 @@ class Procs:
         self.config.write_text(
             "[pipeline]\n"
             f'data_dir = "{self.data_root}/data"\n'
+            # The gateway serves every configured topic from the start (empty until bars
+            # come): configure just EUR-USD/BID 1m + 5m, what most tests publish.
+            "[resampler]\n"
+            'timeframes = ["5m"]\n'
             "[gateway]\n"
             f'publish = "{self.publish}"\n'
             f'requests = "{self.requests}"\n'
