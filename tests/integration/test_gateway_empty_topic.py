@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,11 +52,18 @@ def test_subscribe_before_first_bar(procs: Procs) -> None:
 
     t = threading.Thread(target=consume, daemon=True)
     t.start()
+    with GatewayClient(procs.publish, procs.requests, timeout_s=5) as probe:
+        deadline = time.monotonic() + 30
+        while probe.status().consumers < 1:  # the streaming consumer has subscribed
+            assert time.monotonic() < deadline, "the consumer never reached the gateway"
+            time.sleep(0.02)
+        assert all(t.count == 0 for t in probe.list_topics()), "bars exist already"
     procs.start_source(["EUR-USD/BID/1m"], bars=60, ticks=2, pace_s=0.01)
     t.join(timeout=90)
     assert not errors, errors
     assert procs.wait_done()["EUR-USD/BID/1m"] >= 60
     final = procs.gateway_records("EUR-USD/BID/1m")
+    assert items[0].start_offset == 0, "history should start at the first bar"
     series = np.zeros(0, final.dtype)
     for item in items:
         assert item.start_offset <= len(series), "gap"
