@@ -243,7 +243,11 @@ class _Follower:
         if not self.started or reply.epoch != self.epoch:
             # First snapshot, or the gateway store was rebuilt: start over from this one.
             kind = "history" if not self.started else "reset"
-            old_end = self.series.end if self.started else reply.start
+            # A reset supersedes the bars the consumer was given: [received_from, its end).
+            held_end = self.yielded_closed if self.closed_only else self.series.end
+            replaces = (
+                max(0, held_end - max(reply.start, self.received_from)) if self.started else 0
+            )
             self.started = True
             self.epoch = reply.epoch
             self.seq = reply.seq
@@ -253,14 +257,10 @@ class _Follower:
             self.closed_end = query.closed_end(records, reply.start)
             out: list[BarUpdate] = []
             if self.closed_only:
-                out.append(
-                    self._item(reply.start, self.closed_end, max(0, old_end - reply.start), kind)
-                )
+                out.append(self._item(reply.start, self.closed_end, replaces, kind))
                 self.yielded_closed = self.closed_end
             else:
-                out.append(
-                    self._item(reply.start, self.series.end, max(0, old_end - reply.start), kind)
-                )
+                out.append(self._item(reply.start, self.series.end, replaces, kind))
             return out + self._after_fetch()
         if self.pages is None:
             self.pages = _Delta(reply.start, records.copy())
@@ -284,7 +284,7 @@ class _Follower:
             return []
         if hdr.epoch != self.epoch:
             log.warning("%s: gateway epoch changed (store rebuilt); starting over", self.topic)
-            self.started = False
+            self.epoch = ""  # a fresh snapshot, yielded as a "reset" of what the consumer holds
             self.state = "init"
             return []
         expected = (self.chunk_seq if self.chunk is not None else self.seq) + 1
@@ -557,7 +557,7 @@ class _Driver:
         f = self.followers[entry[0]]
         if isinstance(reply, gp.Error):
             if reply.code == "stale-epoch" or (reply.code == "bad-range" and f.started):
-                f.started = False
+                f.epoch = ""  # a fresh snapshot, yielded as a "reset" (see on_update)
                 f.state = "init"
                 return []
             raise GatewayError(reply.code, reply.message, endpoint=self.requests)

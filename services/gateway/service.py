@@ -114,7 +114,10 @@ class Gateway(Service):
     def __init__(self, config: Config, *, drain: bool = False, serve_metrics: bool = True) -> None:
         super().__init__(config, drain=drain, serve_metrics=serve_metrics)
         self.gw = config.gateway
-        if config.gateway.publish_hwm != gp.PUBLISH_HWM and type(self).publish_hwm == gp.PUBLISH_HWM:
+        if (
+            config.gateway.publish_hwm != gp.PUBLISH_HWM
+            and type(self).publish_hwm == gp.PUBLISH_HWM
+        ):
             type(self).publish_hwm = config.gateway.publish_hwm
         # Every configured topic is served from the start (empty until bars arrive), so a
         # consumer may subscribe before the first bar of a new symbol exists.
@@ -149,6 +152,10 @@ class Gateway(Service):
     # -- lifecycle ----------------------------------------------------------------------
 
     async def main(self) -> None:
+        if self.stores.pending():
+            # Stores just created (a first start, a new topic): commit them before serving,
+            # so the ids consumers see as epochs survive a crash (else "store rebuilt").
+            self.commit()
         self.upstream = FeedClient(
             self.ctx,
             self.endpoints.upstream,

@@ -98,6 +98,7 @@ class Kill:
     backfilling: bool  # some stream's history was incomplete
     live: bool  # some stream's journal ended with a live day
     when: float = 0.0  # time.monotonic() of the kill
+    starting: bool = False  # killed while supervisord still had it STARTING
 
 
 @dataclass
@@ -166,16 +167,31 @@ class Chaos:
             )
         )
 
-    def kill(self, service: str, began: float) -> Kill:
-        """SIGKILL the service's current process (pid from ``supervisorctl pid``)."""
-        self.wait_running(service, 30)
+    def kill(self, service: str, began: float, *, starting: bool = False) -> Kill:
+        """SIGKILL the service's current process (pid from ``supervisorctl pid``): once it
+        is RUNNING, or (``starting``) as soon as supervisord has restarted it after the
+        previous kill — while it opens its stores and catches up."""
+        if starting:
+            prev = next(k.pid for k in reversed(self.kills) if k.service == service)
+            deadline = time.monotonic() + 30
+            while True:
+                state, pid = self.state(service)
+                if pid and pid != prev and state in ("STARTING", "RUNNING"):
+                    break
+                assert time.monotonic() < deadline, self.why(
+                    f"{service} was not restarted after a kill ({state})", service
+                )
+                time.sleep(0.02)
+        else:
+            self.wait_running(service, 30)
         out = self.ctl("pid", f"barstream:{service}")
         pid = int(out.stdout.strip() or 0)
         assert pid > 0, self.why(f"supervisorctl pid barstream:{service}: {out.stdout!r}")
         backfilling, live = self.journal_phase()
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have died meanwhile
+            os.kill(pid, signal.SIGKILL)
         now = time.monotonic()
-        k = Kill(service, pid, now - began, backfilling, live, now)
+        k = Kill(service, pid, now - began, backfilling, live, now, starting)
         self.kills.append(k)
         return k
 
@@ -433,7 +449,8 @@ def run_chaos(seed: int, *, kills_per_service: int, history_days: int, rate: flo
         by_service = {s: sum(1 for k in chaos.kills if k.service == s) for s in SERVICES}
         print(
             f"\nchaos seed {seed}: {len(chaos.kills)} kills {by_service} "
-            f"({sum(k.backfilling for k in chaos.kills)} while backfilling, "
+            f"({sum(k.starting for k in chaos.kills)} while starting, "
+            f"{sum(k.backfilling for k in chaos.kills)} while backfilling, "
             f"{sum(k.live for k in chaos.kills)} while live); consumer {consumer.counters}, "
             f"items { ({t: len(v) for t, v in consumer.items.items()}) }; {took:.1f}s"
         )
@@ -457,6 +474,9 @@ def _chaos_and_settle(chaos: Chaos, consumer: Consumer, rng: random.Random, roun
         rng.shuffle(order)
         for service in order:
             chaos.kill(service, began)
+            if rng.random() < 0.25:  # and its replacement, before it is RUNNING
+                time.sleep(rng.uniform(0.0, 0.8))
+                chaos.kill(service, began, starting=True)
             assert not consumer.errors, chaos.why(
                 f"consumer failed: {consumer.errors!r}", "gateway"
             )

@@ -123,6 +123,11 @@ def test_epoch_change_starts_over() -> None:
     other = gp.Update(epoch="new", seq=1, start=0, count=0, end=0, closed_end=0)
     assert f.on_update(other, empty(0)) == []
     assert f.request(9) == gp.Snapshot(topic="T", last=3, id=9)
+    # The fresh snapshot supersedes everything the consumer holds: a "reset" that says so.
+    fresh = bars(0, 4, close=3.0)
+    new = gp.Records(id=9, topic="T", epoch="new", seq=1, start=0, count=4, end=4)
+    (item,) = f.on_reply(new, fresh)
+    assert (item.kind, item.start_offset, item.replaces, len(item.records)) == ("reset", 0, 3, 4)
 
 
 def test_times_and_frames() -> None:
