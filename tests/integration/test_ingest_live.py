@@ -20,10 +20,9 @@ import pytest
 
 from services.downloader.source import RawCache, body_digest
 from services.transformer.transform import decode_candles
-from shared.checkpoint import Checkpoint
 from shared.record import FLAG_REVISED, JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE, RECORD_DTYPE
 from shared.store import Store
-from tests.support.pipeline import Pipeline, pipeline
+from tests.support.pipeline import Pipeline, pipeline, wait_caught_up
 
 START = dt.date(2026, 1, 7)
 REVISED_DAY = dt.date(2026, 1, 12)
@@ -69,18 +68,6 @@ def _body(p: Pipeline, symbol: str, side: str, rec: np.void) -> bytes:
         return body
     name = f"{symbol}-{side}-{day:%Y%m%d}.{digest:016x}.json"
     return (data / "raw" / "_versions" / symbol / side / name).read_bytes()
-
-
-def _wait_caught_up(p: Pipeline, key_up: str, timeout_s: float) -> None:
-    """Until the transformer's checkpoint has consumed the downloader's whole journal."""
-    deadline = time.monotonic() + timeout_s
-    want = len(_journal(p, key_up))
-    while time.monotonic() < deadline:
-        point = Checkpoint(p.root / "data" / "transformer" / "checkpoint.json").load()
-        if point is not None and key_up in point.upstream and point.upstream[key_up].offset == want:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"transformer did not catch up with {key_up} ({want} records)")
 
 
 def _wait_history(p: Pipeline, symbols: list[str], timeout_s: float) -> None:
@@ -138,8 +125,7 @@ def test_live_day_revision_and_503_storm(tmp_path: Path, ipc_dir: Path) -> None:
         time.sleep(6.0)  # the simulated day ends; the revision is found by the re-fetch
         p.kill("downloader", signal.SIGTERM)
         elapsed = time.monotonic() - began
-        for symbol in symbols:
-            _wait_caught_up(p, f"{symbol}/BID/fetch", 30)
+        wait_caught_up(p, [("transformer", "downloader")], 60)
         p.kill("transformer", signal.SIGTERM)
         assert p.procs["downloader"].returncode == 0, p.log_tail("downloader")
         assert p.procs["transformer"].returncode == 0, p.log_tail("transformer")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.pipeline import pipeline, reference_days
+from tests.support.pipeline import pipeline, reference_days, wait_caught_up
 
 SYMBOLS = ["EUR-USD", "USD-JPY"]
 SIDES = ["BID", "ASK"]
@@ -55,24 +55,6 @@ def test_drain_run_equals_direct_computation(tmp_path: Path, ipc_dir: Path) -> N
                 for tf, bars in expected.items():
                     got = p.store_records("resampler", f"{where}/{tf}")
                     assert got.tobytes() == bars.tobytes(), f"{where}/{tf}: resampler store differs"
-
-
-def _caught_up(p, service: str, upstream_service: str) -> bool:
-    """The service's checkpoint has consumed every committed record of its upstream."""
-    from shared.checkpoint import Checkpoint
-
-    up = Checkpoint(p.root / "data" / upstream_service / "checkpoint.json").load()
-    down = Checkpoint(p.root / "data" / service / "checkpoint.json").load()
-    if up is None or down is None:
-        return False
-    prefix = {"gateway": ""}.get(service, "")
-    for key, mark in up.stores.items():
-        if not key.startswith(prefix):
-            continue
-        got = down.upstream.get(key)
-        if got is None or got.offset != mark.length:
-            return False
-    return True
 
 
 @pytest.mark.timeout(240)
@@ -136,12 +118,7 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
             ("resampler", "aggregator"),
             ("gateway", "resampler"),
         ]
-        deadline = time.monotonic() + 60
-        while not all(_caught_up(p, s, u) for s, u in chain):
-            assert time.monotonic() < deadline, (
-                "pipeline did not catch up after the downloader stopped"
-            )
-            time.sleep(0.1)
+        wait_caught_up(p, chain, 90)
         time.sleep(1.0)  # the last publications reach the consumers
         stop.set()  # from now on a quiet stream ends the consumer
         for t in threads:

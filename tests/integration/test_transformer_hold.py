@@ -20,12 +20,11 @@ import pytest
 
 from services.aggregator.aggregate import merge
 from services.transformer.transform import decode_candles
-from shared.checkpoint import Checkpoint
 from shared.errors import PayloadInvalid
 from shared.record import JOURNAL_DAY, JOURNAL_LIVE, RECORD_DTYPE
 from shared.store import Store
 from tests.integration.test_ingest_live import _body
-from tests.support.pipeline import Pipeline, pipeline
+from tests.support.pipeline import Pipeline, pipeline, wait_caught_up
 
 BAD_DAY = dt.date(2026, 1, 7)
 
@@ -69,18 +68,8 @@ def test_bad_payload_holds_one_symbol_until_a_good_version(tmp_path: Path, ipc_d
         )
         _wait("the release", lambda: "released EUR-USD/BID/fetch" in log.read_text(), 30, p)
 
-        def caught_up() -> bool:
-            point = Checkpoint(p.root / "data" / "transformer" / "checkpoint.json").load()
-            if point is None:
-                return False
-            return all(
-                s + "/BID/fetch" in point.upstream
-                and point.upstream[s + "/BID/fetch"].offset == len(_journal(p, s))
-                for s in symbols
-            )
-
         p.kill("downloader", signal.SIGTERM)
-        _wait("the transformer to catch up", caught_up, 30, p)
+        wait_caught_up(p, [("transformer", "downloader"), ("aggregator", "transformer")], 60)
         time.sleep(0.5)
         for name in ("transformer", "aggregator"):
             assert p.procs[name].poll() is None, f"{name} died:\n{p.log_tail(name)}"

@@ -220,3 +220,30 @@ def reference_days(
         offset += 1
         day += dt.timedelta(days=1)
     return np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
+
+
+def caught_up(p: Pipeline, service: str, upstream_service: str) -> bool:
+    """``service``'s checkpoint has consumed exactly what ``upstream_service`` committed:
+    every upstream store's length *and generation* (a live record rewritten in place keeps
+    the length and bumps the generation)."""
+    from shared.checkpoint import Checkpoint
+
+    up = Checkpoint(p.root / "data" / upstream_service / "checkpoint.json").load()
+    down = Checkpoint(p.root / "data" / service / "checkpoint.json").load()
+    if up is None or down is None:
+        return False
+    for key, mark in up.stores.items():
+        got = down.upstream.get(key)
+        if got is None or got.offset != mark.length or got.generation != mark.generation:
+            return False
+    return True
+
+
+def wait_caught_up(p: Pipeline, chain: list[tuple[str, str]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(caught_up(p, s, u) for s, u in chain):
+        if time.monotonic() > deadline:
+            late = [s for s, u in chain if not caught_up(p, s, u)]
+            tails = "\n".join(f"--- {s}:\n{p.log_tail(s)}" for s in late)
+            raise AssertionError(f"not caught up within {timeout_s}s: {late}\n{tails}")
+        time.sleep(0.05)
