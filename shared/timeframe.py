@@ -38,6 +38,8 @@ With sessions configured:
   timeframe (default: the session start) and are clipped to the occurrence; a ``1d`` bar is one
   whole session occurrence. Their records carry the session id.
 * weeks, months, years and multi-day timeframes are calendar bars of the alignment (session 0).
+* Sessions of one symbol should not overlap; where they do, the first listed wins the minute
+  and the later one's bar is split where it is interrupted.
 * **Minutes that match no session are excluded from every timeframe.** They lie outside the
   trading hours configured for the instrument (pre-market indications, maintenance quotes);
   keeping them only in calendar timeframes would make a week disagree with its days, and
@@ -541,7 +543,7 @@ class BucketEdges:
         c = ts + off
         out = self.keys.next(c, self.keys.floor(c)) - off
         seg_hi = np.asarray([*cuts, np.iinfo(_I64).max], _I64)[seg]
-        bad = np.flatnonzero(out > seg_hi)
+        bad = np.flatnonzero(out >= seg_hi)  # at a cut the clock may jump back before E
         for s in np.unique(seg[bad]):
             sel = bad[seg[bad] == s]  # all in the segment's last bucket
             cut = int(seg_hi[sel[0]])

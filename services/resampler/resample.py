@@ -31,7 +31,18 @@ reads R". Applying every returned change gives stores byte-identical to :func:`r
 over the final 1m series (the key invariant, tested). It reads history only through the
 callables it is given (the stores' zero-copy views, *before* the update is applied). A new
 minute costs O(number of timeframes): each timeframe re-aggregates only its open bar from its
-parent's few bars in that bucket.
+parent's few bars in that bucket (kept as Python tuples between updates); a rewind at 1m
+offset X recomputes, per timeframe, from the bar before the first bar with
+``src_offset + src_count > X`` (binary search on ``src_offset``), reading only the parent
+records of the affected buckets.
+
+Parents (both presets): 5m←1m, 15m←5m, 30m←15m, 1h←30m, 4h←1h, 1d←4h, 1W←1d, 1M←1d, 1Y←1M;
+custom ones from the largest nesting ladder timeframe (2h←1h, 8h←4h, 6h←1h, 90m←30m, 7m←1m,
+3d←1d, 2W←1W, 3M←1M). With sessions: intraday parents only when every session's origins are
+congruent; 1d (one session occurrence) ←4h; 1W, 1M and multi-day ←1m (a session occurrence can
+straddle a calendar boundary); 1Y←1M. Under sessions the open 1W/1M bar is re-aggregated from
+its minutes on each update (O(minutes in the bucket)), and session matching costs a zoneinfo
+lookup per update: the O(timeframes) target is for symbols without sessions.
 """
 
 from __future__ import annotations
@@ -244,6 +255,7 @@ class Cascade:
         ]
         self._m1 = m1
         self._bars = bars
+        self._edges = [BucketEdges.of(tf, alignment) for tf in self.timeframes]
         self._open: list[_Open | None] = [None] * len(self.timeframes)
         self.updates = 0
         self.fast_updates = 0
@@ -309,8 +321,10 @@ class Cascade:
         ):
             return None
         rows = change.rows
-        if rows[0][0] < st.start_ms or rows[-1][0] >= st.end_ms:
+        if rows[0][0] < st.start_ms:
             return None
+        if rows[-1][0] >= st.end_ms:
+            return self._roll(k, st, minutes, change, rows, w)
         if minutes and self.sessions:
             assert root_sid is not None
             if aligned and any(s != st.session for s in root_sid):
@@ -327,38 +341,38 @@ class Cascade:
         use = [p for p in parts if p[9]] if (minutes and self.sessions) else parts
         if not use or use[0] is not parts[0]:
             return None  # the bar lost its first minute: rebuild it (the state is reset there)
-        if minutes:
-            src_offset = st.q
-            count = len(use)
-        else:
-            src_offset = use[0][6]
-            count = sum(p[7] for p in use)
-        if len(use) == 1:
-            volume = use[0][5]
-        else:
-            vols = np.fromiter((p[5] for p in use), np.float64, len(use))
-            volume = float(np.add.reduceat(vols, _ZERO)[0])
-        flags = 0
-        for p in use:
-            flags |= p[8]
-        flags &= INHERITED_FLAGS
-        if st.end_ms > w:
-            flags |= FLAG_PROVISIONAL
-        bar = (
-            st.start_ms,
-            use[0][1],
-            max(p[2] for p in use),
-            min(p[3] for p in use),
-            use[-1][4],
-            volume,
-            src_offset,
-            count,
-            flags,
-            st.session,
-            0,
-        )
         self.fast_updates += 1
-        return _Change(st.n_bars - 1, rows=[bar])
+        return _Change(st.n_bars - 1, rows=[_bar(st, use, minutes, st.end_ms > w)])
+
+    def _roll(
+        self,
+        k: int,
+        st: _Open,
+        minutes: bool,
+        change: _Change,
+        rows: list[tuple[Any, ...]],
+        w: int,
+    ) -> _Change | None:
+        """The open bar closes and one new bar opens (no sessions): the usual new bucket."""
+        if self.sessions:
+            return None
+        beyond = next(i for i, r in enumerate(rows) if r[0] >= st.end_ms)
+        cut = change.start - st.q
+        if cut > len(st.parts) or cut + beyond == 0:
+            return None  # the open bar would vanish: rebuild
+        edges = self._edges[k]
+        t = np.asarray([rows[beyond][0]], np.int64)
+        start_ms, end_ms = int(edges.start(t)[0]), int(edges.end(t)[0])
+        if rows[-1][0] >= end_ms:
+            return None
+        parts = st.parts
+        del parts[cut:]
+        parts.extend(rows[:beyond])
+        closed = _bar(st, parts, minutes, False)
+        new = _Open(st.n_bars + 1, change.start + beyond, start_ms, end_ms, 0, list(rows[beyond:]))
+        self._open[k] = new
+        self.fast_updates += 1
+        return _Change(st.n_bars - 1, rows=[closed, _bar(new, new.parts, minutes, end_ms > w)])
 
     def _slow(
         self,
@@ -419,6 +433,47 @@ class Cascade:
 _ZERO: Final = np.zeros(1, np.intp)
 
 
+def _bar(
+    st: _Open, use: list[tuple[Any, ...]], minutes: bool, provisional: bool
+) -> tuple[Any, ...]:
+    """The bar record (as a tuple) of the open bucket ``st`` built from its parent records."""
+    if minutes:
+        src_offset, count = st.q, len(use)
+    else:
+        src_offset, count = use[0][6], sum(p[7] for p in use)
+    flags = 0
+    for p in use:
+        flags |= p[8]
+    flags &= INHERITED_FLAGS
+    if provisional:
+        flags |= FLAG_PROVISIONAL
+    return (
+        st.start_ms,
+        use[0][1],
+        max(p[2] for p in use),
+        min(p[3] for p in use),
+        use[-1][4],
+        _reduceat_sum([p[5] for p in use]),
+        src_offset,
+        count,
+        flags,
+        st.session,
+        0,
+    )
+
+
+def _reduceat_sum(values: list[float]) -> float:
+    """Exactly ``np.add.reduceat(values, [0])[0]`` (the batch path's sum), without numpy for
+    short lists: numpy adds the first value to the plain running sum of the rest while fewer
+    than 8 remain (pairwise blocks beyond; tests/unit/test_resample.py guards this)."""
+    if len(values) <= 8:
+        rest = 0.0
+        for v in values[1:]:
+            rest += v
+        return values[0] + rest if len(values) > 1 else values[0]
+    return float(np.add.reduceat(np.asarray(values, np.float64), _ZERO)[0])
+
+
 @dataclass
 class _Built:
     bars: np.ndarray
@@ -451,13 +506,27 @@ def _build(
             sid = sid_all
     if not len(src):
         return _Built(np.empty(0, RECORD_DTYPE), 0, 0)
-    if aligned:
+    interval = tf.interval_ms
+    grid_only = (
+        not aligned
+        and alignment.tz in ("UTC", "Etc/UTC")
+        and tf.is_intraday
+        and interval is not None
+        and DAY_MS % interval == 0
+    )
+    edges: BucketEdges | None = None
+    ends: np.ndarray | None = None
+    if grid_only:  # a fixed grid on a UTC clock: one division gives the keys
+        assert interval is not None
+        shift = alignment.clock_shift_ms
+        keys = (ts + shift) // interval if shift else ts // interval
+        starts = keys  # compared only; bucket starts are computed for the group heads below
+        edges = BucketEdges.of(tf, alignment)
+    elif aligned:
         starts, ends, sid = bucket_edges(ts, tf, alignment, sessions)
-        edges: BucketEdges | None = None
     else:
         edges = BucketEdges.of(tf, alignment)
         starts = edges.start(np.asarray(ts, np.int64))
-        ends = None
     n = len(src)
     change = starts[1:] != starts[:-1]
     if sid is not None:
@@ -466,7 +535,11 @@ def _build(
     idx[0] = 0
     idx[1:] = np.flatnonzero(change) + 1
     out = np.zeros(len(idx), RECORD_DTYPE)
-    out["ts_ms"] = starts[idx]
+    if grid_only:
+        assert interval is not None
+        out["ts_ms"] = starts[idx] * interval - alignment.clock_shift_ms
+    else:
+        out["ts_ms"] = starts[idx]
     out["open"] = src["open"][idx]
     last_of = np.empty_like(idx)
     last_of[:-1] = idx[1:] - 1
@@ -481,10 +554,8 @@ def _build(
         out["src_count"] = last_of - idx + 1
     else:
         out["src_offset"] = src["src_offset"][idx]
-        out["src_count"] = np.add.reduceat(src["src_count"].astype(np.int64), idx)
-    flags = src["flags"] & INHERITED_FLAGS
-    if flags.any():
-        out["flags"] = np.bitwise_or.reduceat(flags, idx)
+        out["src_count"] = np.add.reduceat(src["src_count"], idx, dtype=np.int64)
+    out["flags"] = np.bitwise_or.reduceat(src["flags"], idx) & INHERITED_FLAGS
     if sid is not None:
         out["session"] = sid[idx]
     if ends is not None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from services.resampler.resample import (
     Cascade,
+    _reduceat_sum,
     parent_of,
     plan,
     resample,
@@ -407,3 +408,12 @@ def test_one_minute_costs_the_same_on_a_long_history() -> None:
 
     short, long = per_minute(7), per_minute(365)
     assert long < 3 * short + 50e-6, (short, long)
+
+
+def test_short_sums_match_numpy_reduceat() -> None:
+    """The fast path sums short lists in Python; it must round exactly like the batch path."""
+    rng = np.random.default_rng(12)
+    for n in range(1, 40):
+        for _ in range(300):
+            x = rng.random(n) * 10.0 ** rng.integers(-3, 9)
+            assert _reduceat_sum(x.tolist()) == np.add.reduceat(x, [0])[0], (n, x.tolist())

@@ -68,9 +68,9 @@ def test_mt4_preset_is_new_york_plus_seven() -> None:
 
 
 def test_bad_alignment_and_session_name_the_key() -> None:
-    with pytest.raises(ConfigError, match="alignment.x.tz"):
+    with pytest.raises(ConfigError, match=r"alignment\.x\.tz"):
         Alignment("x", "Mars/Olympus")
-    with pytest.raises(ConfigError, match="sessions.s.end"):
+    with pytest.raises(ConfigError, match=r"sessions\.s\.end"):
         Session("s", "Europe/Berlin", dt.time(9), dt.time(9))
 
 
@@ -361,3 +361,28 @@ def test_no_session_minutes_have_no_bar() -> None:
     assert (start[0], end[0], sid[0]) == (-1, -1, 0)
     start, end, sid = bucket_edges(ts, "1W", UTC, [DAY_SESSION])
     assert (start[0], sid[0]) == (-1, 0)
+
+
+@pytest.mark.parametrize(
+    ("alignment", "t", "want_start", "want_end"),
+    [
+        # Berlin falls back at 01:00 UTC (03:00 CEST → 02:00 CET): the 90m bar 01:30-03:00
+        # CEST never reaches 03:00 before the jump, so it runs until 03:00 CET
+        (
+            Alignment("b", "Europe/Berlin"),
+            utc_ms(2019, 10, 27, 0, 10),
+            utc_ms(2019, 10, 26, 23, 30),
+            utc_ms(2019, 10, 27, 2),
+        ),
+        # mt4 server clock falls back at 06:00 UTC (09:00 → 08:00): 07:30-09:00 runs to 07:00 UTC
+        (MT4, utc_ms(2019, 11, 3, 4, 40), utc_ms(2019, 11, 3, 4, 30), utc_ms(2019, 11, 3, 7)),
+    ],
+)
+def test_bar_ending_exactly_at_a_fall_back(
+    alignment: Alignment, t: int, want_start: int, want_end: int
+) -> None:
+    ts = np.array([t])
+    assert iso(int(bucket_start_ms(ts, "90m", alignment)[0])) == iso(want_start)
+    assert iso(int(bucket_end_ms(ts, "90m", alignment)[0])) == iso(want_end)
+    inside = np.array([want_end - 1])
+    assert int(bucket_start_ms(inside, "90m", alignment)[0]) == want_start
