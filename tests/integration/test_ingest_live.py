@@ -123,9 +123,10 @@ def test_live_day_revision_and_503_storm(tmp_path: Path, ipc_dir: Path) -> None:
             },
         )
         time.sleep(6.0)  # the simulated day ends; the revision is found by the re-fetch
-        p.kill("downloader", signal.SIGTERM)
+        p.freeze_clock()
         elapsed = time.monotonic() - began
         wait_caught_up(p, [("transformer", "downloader")], 60)
+        p.kill("downloader", signal.SIGTERM)
         p.kill("transformer", signal.SIGTERM)
         assert p.procs["downloader"].returncode == 0, p.log_tail("downloader")
         assert p.procs["transformer"].returncode == 0, p.log_tail("transformer")

@@ -111,7 +111,7 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
         for t in threads:
             t.start()
         time.sleep(8)  # history, then live minutes (~40 simulated minutes)
-        p.kill("downloader", signal.SIGTERM)
+        p.freeze_clock()
         chain = [
             ("transformer", "downloader"),
             ("aggregator", "transformer"),
@@ -119,6 +119,7 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
             ("gateway", "resampler"),
         ]
         wait_caught_up(p, chain, 90)
+        p.kill("downloader", signal.SIGTERM)
         time.sleep(1.0)  # the last publications reach the consumers
         stop.set()  # from now on a quiet stream ends the consumer
         for t in threads:

@@ -68,8 +68,9 @@ def test_bad_payload_holds_one_symbol_until_a_good_version(tmp_path: Path, ipc_d
         )
         _wait("the release", lambda: "released EUR-USD/BID/fetch" in log.read_text(), 30, p)
 
-        p.kill("downloader", signal.SIGTERM)
+        p.freeze_clock()
         wait_caught_up(p, [("transformer", "downloader"), ("aggregator", "transformer")], 60)
+        p.kill("downloader", signal.SIGTERM)
         time.sleep(0.5)
         for name in ("transformer", "aggregator"):
             assert p.procs[name].poll() is None, f"{name} died:\n{p.log_tail(name)}"

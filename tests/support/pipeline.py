@@ -129,6 +129,23 @@ class Pipeline:
             time.sleep(0.05)
         raise TimeoutError("fake upstream did not answer within 30 s")
 
+    def control(self, path: str, payload: dict[str, object]) -> dict[str, object]:
+        """POST to the fake upstream's control plane (``clock``, ``faults``, ``reset``)."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.fake_port}/_control/{path}",
+            data=json.dumps(payload).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            result: dict[str, object] = json.loads(r.read())
+            return result
+
+    def freeze_clock(self) -> None:
+        """Stop the simulated clock: from now on the upstream's data no longer changes, so
+        the pipeline can catch up and be compared with a direct computation."""
+        self.control("clock", {"speed": 0})
+
     def start(self, service: str, *args: str) -> subprocess.Popen[bytes]:
         cmd = [
             sys.executable,
