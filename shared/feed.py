@@ -55,6 +55,9 @@ RETRY_MAX_S: Final = 5.0
 ZERO_COPY_MIN_BYTES: Final = 64 << 10
 #: Messages handled per wake-up before yielding to other tasks.
 DRAIN_MAX: Final = 256
+#: Seconds a follower spends applying batches before yielding to other tasks: a stage
+#: whose batches take long to apply must still serve its own downstream meanwhile.
+DRAIN_MAX_S: Final = 0.02
 
 
 class Wakeup:
@@ -595,7 +598,10 @@ class FeedClient:
             if self._upstream_gone():
                 return "upstream disconnected"
             handled = 0
+            drain_until = time.monotonic() + DRAIN_MAX_S
             while handled < DRAIN_MAX and not self._resend:
+                if handled and time.monotonic() >= drain_until:
+                    break  # let other tasks run (this service's own feed server above all)
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
@@ -606,6 +612,14 @@ class FeedClient:
                 reason = await self._on_message(frames)
                 if reason:
                     return reason
+                # Return credit as soon as half the window is used (the upstream keeps
+                # sending while we work through a long drain), and keep the upstream
+                # hearing from us while batches take long to apply: it drops a peer
+                # silent for PEER_TIMEOUT_S and would resend everything.
+                if self._owed >= max(1, self.credit_window // 2) or (
+                    time.monotonic() - self._last_tx >= HEARTBEAT_INTERVAL_S
+                ):
+                    self._send_credit()
             now = time.monotonic()
             if (
                 self._owed and (self._owed >= self.credit_window // 2 or handled == 0)
@@ -617,7 +631,7 @@ class FeedClient:
                 self.metrics.upstream_heartbeat_age.set(now - self._last_rx)
                 self.metrics.feed_lag_seconds.set(self.lag_s)
             if handled:
-                if handled < DRAIN_MAX and self.on_idle is not None and not (_readable(sock)):
+                if self.on_idle is not None and not _readable(sock):
                     await self.on_idle()
                 await asyncio.sleep(0)
                 continue
@@ -716,6 +730,12 @@ class FeedClient:
                 max(0, batch.end - batch.start - batch.count)
             )
         return ""
+
+    @property
+    def behind(self) -> bool:
+        """True while the last batch ended before the upstream's committed end: more is
+        already waiting upstream (a catch-up), so this is no burst's end."""
+        return self._behind_since is not None
 
     @property
     def lag_s(self) -> float:

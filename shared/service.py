@@ -38,6 +38,8 @@ LOG_FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+#: Least time between commits while the upstream is behind (see ``Service.maybe_commit``).
+CATCHUP_COMMIT_INTERVAL_S = 0.2
 
 
 class _ServiceFilter(logging.Filter):
@@ -172,13 +174,22 @@ class Service(abc.ABC):
         self.update_store_gauges()
 
     def maybe_commit(self, *, idle: bool = False) -> bool:
-        """Commit at a burst's end (``idle``) or every ``commit_interval_s`` while data flows."""
+        """Commit at a burst's end (``idle``) or every ``commit_interval_s`` while data flows.
+
+        While the upstream feed is behind (a catch-up: more is committed upstream and on its
+        way), a pause between batches is no burst's end: commits are grouped, at most one
+        every ``CATCHUP_COMMIT_INTERVAL_S`` (each commit syncs every written store, the
+        checkpoint and, for rewritten provisional tails, undo files)."""
+        interval = self.config.pipeline.commit_interval_s
+        if self.upstream is not None and self.upstream.behind:
+            idle = False
+            interval = max(interval, CATCHUP_COMMIT_INTERVAL_S)
+        if not idle and time.monotonic() - self._last_commit < interval:
+            return False
         if not self.stores.pending():
             return False
-        if idle or time.monotonic() - self._last_commit >= self.config.pipeline.commit_interval_s:
-            self.commit()
-            return True
-        return False
+        self.commit()
+        return True
 
     def update_store_gauges(self) -> None:
         for key, store in self.stores.stores.items():

@@ -22,8 +22,42 @@ from services.aggregator.aggregate import merge
 from shared import protocol as p
 from shared.config import Config
 from shared.feed import FeedClient
+from shared.record import RECORD_DTYPE
 from shared.service import Service
 from shared.store import StoreMeta
+from shared.timeframe import DAY_MS
+
+
+def append_only(
+    last_ts_ms: int | None, incoming: np.ndarray, base_offset: int
+) -> np.ndarray | None:
+    """``merge``'s result when ``incoming`` only appends: every day version in it is a new
+    day after the canonical series' last minute (``last_ts_ms``; None when empty), each in
+    one UTC day with strictly increasing minutes — the shape of a backfill or rebuild.
+    Then nothing is replaced, so the canonical records are the incoming ones with
+    ``src_offset`` = their transformer offset and ``src_count`` = 1, appended at the end:
+    exactly ``merge(canonical, incoming, base_offset)`` = ``(len(canonical), R)``, without
+    its per-day work. Returns None for anything else (``merge`` handles it, and raises the
+    precise error for an invalid version)."""
+    n = len(incoming)
+    if not n:
+        return None
+    ts = incoming["ts_ms"]
+    if last_ts_ms is not None and int(ts[0]) // DAY_MS <= last_ts_ms // DAY_MS:
+        return None  # touches a day the canonical series already has
+    if n > 1:
+        if not bool(np.all(ts[1:] > ts[:-1])):
+            return None
+        day = ts // DAY_MS
+        src = incoming["src_offset"]
+        # A new day version starts exactly where a new day starts: one version per day,
+        # each within its day (minutes increase, so days only move forward).
+        if not np.array_equal(src[1:] != src[:-1], day[1:] != day[:-1]):
+            return None
+    out = np.array(incoming, dtype=RECORD_DTYPE, copy=True)
+    out["src_offset"] = np.arange(base_offset, base_offset + n, dtype=np.int64)
+    out["src_count"] = 1
+    return out
 
 
 class Aggregator(Service):
@@ -71,7 +105,13 @@ class Aggregator(Service):
             self.log.warning("ignoring stream %s: not decoded day versions", batch.stream)
             return
         store = self.stores.ensure(StoreMeta(symbol, side, "1m"))
-        x, new = merge(store.records, records, batch.start)
+        n = store.length
+        last_ts = int(store.view(n - 1, n)["ts_ms"][0]) if n else None
+        appended = append_only(last_ts, records, batch.start)
+        if appended is not None:
+            x, new = n, appended
+        else:
+            x, new = merge(store.records, records, batch.start)
         if x >= store.length and not len(new):
             return
         if x < store.committed_length:

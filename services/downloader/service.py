@@ -69,6 +69,12 @@ DAY_MS = 86_400_000
 BATCH_BODY_BYTES = 8 << 20
 #: Days fetched ahead concurrently per stream during a backfill (published in order).
 PREFETCH_DAYS = 4
+#: Cached days journaled per store write when a backfill or rebuild replays the raw cache.
+REPLAY_DAYS = 64
+#: Bodies of recently journaled days kept in memory for the feed's attachments (bytes at
+#: most): a backfill's bodies are sent right after their commit, without reading the raw
+#: cache again. Older bodies are read back from the raw cache (and their digest checked).
+RECENT_BODY_BYTES = 256 << 20
 
 
 def _not_candles(body: bytes) -> str | None:
@@ -113,6 +119,7 @@ class StreamState:
     side: str
     store: Store
     days: dict[int, DayState] = field(default_factory=dict)  # day_ms → latest record
+    gaps: int = 0  # days whose latest record is a GAP
     next_day: dt.date | None = None
     last_refetch: float = 0.0
     last_gap_retry: float = 0.0
@@ -157,6 +164,10 @@ class Downloader(Service):
         self.live_dir.mkdir(parents=True, exist_ok=True)
         self.versions_dir = root / "raw" / "_versions"
         self.streams: dict[str, StreamState] = {}
+        #: (stream, journal offset) → (digest, body) of recently journaled days.
+        self._recent: dict[tuple[str, int], tuple[int, bytes]] = {}
+        self._recent_bytes = 0
+        self._year_dirs: dict[tuple[str, str, int], str | None] = {}
         self.fetches = Counter(
             "barstream_fetches",
             "Day fetches by outcome.",
@@ -211,7 +222,7 @@ class Downloader(Service):
 
     def attachments(self, key: str, start: int, records: np.ndarray) -> list[bytes]:
         st = self.streams[key]
-        return [self._body(st, rec) for rec in records]
+        return [self._body(st, rec, start + i) for i, rec in enumerate(records)]
 
     @staticmethod
     def cut(_key: str, records: np.ndarray) -> int:
@@ -228,6 +239,13 @@ class Downloader(Service):
             today = self.clock.today()
             last = end if end is not None else today - dt.timedelta(days=1)
             if day <= last:
+                replayed = self._replay_cached(st, day, last)
+                if replayed:
+                    day += dt.timedelta(days=replayed)
+                    st.next_day = day
+                    self.maybe_commit()
+                    await asyncio.sleep(0)  # let the feed server send what was committed
+                    continue
                 batch = [
                     day + dt.timedelta(days=i)
                     for i in range(PREFETCH_DAYS)
@@ -331,13 +349,21 @@ class Downloader(Service):
                 return  # already in the journal (restart)
             flags = FLAG_REVISED if prev is not None and prev.kind == JOURNAL_DAY else 0
             rec = self._journal_record(
-                day_ms, JOURNAL_DAY, result.body, result.status, result.attempts, flags, prev
+                day_ms,
+                JOURNAL_DAY,
+                result.body,
+                result.status,
+                result.attempts,
+                flags,
+                prev,
+                digest=digest,
             )
+            self._put(st, rec, result.body)
         else:
             if prev is not None and prev.kind in (JOURNAL_DAY, JOURNAL_GAP):
                 return  # keep the good version / the known gap
             rec = self._journal_record(day_ms, JOURNAL_GAP, b"", 0, 0, 0, prev)
-        self._put(st, rec)
+            self._put(st, rec)
         self.gap_days.labels(st.key).set(self._gaps(st))
 
     async def _poll_live(self, st: StreamState, today: dt.date) -> None:
@@ -392,7 +418,11 @@ class Downloader(Service):
         now = time.monotonic()
         if self.settings.refetch_days and now - st.last_refetch >= self.settings.refetch_interval_s:
             st.last_refetch = now
-            self.log.info("%s: re-fetching the last %d days to detect revisions", st.key, self.settings.refetch_days)
+            self.log.info(
+                "%s: re-fetching the last %d days to detect revisions",
+                st.key,
+                self.settings.refetch_days,
+            )
             for back in range(self.settings.refetch_days, 0, -1):
                 day = today - dt.timedelta(days=back)
                 if day < self.config.pipeline.start_date:
@@ -448,12 +478,16 @@ class Downloader(Service):
         attempts: int,
         flags: int,
         prev: DayState | None,
+        *,
+        digest: int | None = None,
     ) -> np.ndarray:
         rec = np.zeros(1, dtype=JOURNAL_DTYPE)
         rec["ts_ms"] = day_ms
         rec["fetched_ms"] = self.clock.now_ms() if attempts else 0
         rec["body_len"] = len(body)
-        rec["digest"] = body_digest(body) if body else 0
+        if digest is None:
+            digest = body_digest(body) if body else 0
+        rec["digest"] = digest
         rec["http_status"] = status
         rec["attempts"] = attempts
         rec["version"] = (prev.version + 1) if prev is not None and kind != JOURNAL_LIVE else 1
@@ -462,8 +496,9 @@ class Downloader(Service):
         rec["flags"] = flags
         return rec
 
-    def _put(self, st: StreamState, rec: np.ndarray) -> None:
-        """Append ``rec``, keeping a live (provisional) record as the journal's last."""
+    def _put(self, st: StreamState, rec: np.ndarray, body: bytes = b"") -> None:
+        """Append ``rec``, keeping a live (provisional) record as the journal's last.
+        ``body`` (a final day's) is kept in memory for the feed's attachments."""
         store = st.store
         n = store.length
         at, recs = n, rec
@@ -477,31 +512,131 @@ class Downloader(Service):
             # else: the live day changed, finished (its final record), or a new day began
         store.write(at, recs)
         for i, r in enumerate(recs):
-            st.days[int(r["ts_ms"])] = DayState(
-                at + i, int(r["kind"]), int(r["digest"]), int(r["version"])
+            self._set_day(
+                st,
+                int(r["ts_ms"]),
+                DayState(at + i, int(r["kind"]), int(r["digest"]), int(r["version"])),
             )
+        if body and int(rec["kind"][0]) == JOURNAL_DAY:
+            self._remember(st, at, int(rec["digest"][0]), body)
         self.stores.touch(st.key)
         self.metrics.records_written.inc()
+
+    def _replay_cached(self, st: StreamState, day: dt.date, last: dt.date) -> int:
+        """Journal a run of consecutive cached days from ``day`` (at most ``REPLAY_DAYS``,
+        up to ``last``) with one store write: a backfill or rebuild over the raw cache,
+        where every day is final. Each record is what ``_record_final`` writes for a
+        cached day (digest read once; a day already journaled with the same digest is
+        skipped, a changed one is REVISED). Returns the days consumed; 0 when ``day`` is
+        not cached or the journal ends with a live record (the day-by-day path keeps the
+        live record last)."""
+        store = st.store
+        n = store.length
+        if n and int(store.view(n - 1, n)["kind"][0]) == JOURNAL_LIVE:
+            return 0
+        ts: list[int] = []
+        lens: list[int] = []
+        digests: list[int] = []
+        versions: list[int] = []
+        flags: list[int] = []
+        bodies: list[bytes] = []
+        consumed = 0
+        d = day
+        while d <= last and consumed < REPLAY_DAYS:
+            body = self._read_cached(st, d)
+            if body is None:
+                break
+            consumed += 1
+            day_ms = day_start_ms(d)
+            d += dt.timedelta(days=1)
+            digest = body_digest(body)
+            prev = st.days.get(day_ms)
+            if prev is not None and prev.kind == JOURNAL_DAY and prev.digest == digest:
+                continue  # already in the journal (restart)
+            ts.append(day_ms)
+            lens.append(len(body))
+            digests.append(digest)
+            versions.append(prev.version + 1 if prev is not None else 1)
+            flags.append(FLAG_REVISED if prev is not None and prev.kind == JOURNAL_DAY else 0)
+            bodies.append(body)
+        if ts:
+            recs = np.zeros(len(ts), dtype=JOURNAL_DTYPE)
+            recs["ts_ms"] = ts
+            recs["body_len"] = lens
+            recs["digest"] = np.array(digests, dtype=np.uint64)
+            recs["http_status"] = 200
+            recs["version"] = versions
+            recs["kind"] = JOURNAL_DAY
+            recs["src_offset"] = -1
+            recs["flags"] = flags
+            store.write(n, recs)
+            for i in range(len(ts)):
+                self._set_day(st, ts[i], DayState(n + i, JOURNAL_DAY, digests[i], versions[i]))
+                self._remember(st, n + i, digests[i], bodies[i])
+            self.stores.touch(st.key)
+            self.metrics.records_written.inc(len(ts))
+            self.gap_days.labels(st.key).set(self._gaps(st))
+        return consumed
+
+    def _read_cached(self, st: StreamState, day: dt.date) -> bytes | None:
+        """``cache.get`` with the year's directory computed once (pathlib per file is a
+        good part of replaying 7,000 cached days)."""
+        key = (st.symbol, st.side, day.year)
+        base = self._year_dirs.get(key, "")
+        if base == "":
+            path = str(self.cache.path(st.symbol, st.side, day))
+            base = path.rsplit("/", 1)[0]
+            # Only when our name is the cache's own (else: cache.get for every day).
+            self._year_dirs[key] = base = (
+                base if path == f"{base}/{st.symbol}-{st.side}-{day:%Y%m%d}.json" else None
+            )
+        if base is None:
+            return self.cache.get(st.symbol, st.side, day)
+        try:
+            with open(f"{base}/{st.symbol}-{st.side}-{day:%Y%m%d}.json", "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def _remember(self, st: StreamState, offset: int, digest: int, body: bytes) -> None:
+        old = self._recent.pop((st.key, offset), None)
+        if old is not None:
+            self._recent_bytes -= len(old[1])
+        self._recent[(st.key, offset)] = (digest, body)
+        self._recent_bytes += len(body)
+        while self._recent_bytes > RECENT_BODY_BYTES and self._recent:
+            oldest = next(iter(self._recent))  # dicts keep insertion order
+            self._recent_bytes -= len(self._recent.pop(oldest)[1])
+
+    def _set_day(self, st: StreamState, day_ms: int, state: DayState) -> None:
+        prev = st.days.get(day_ms)
+        st.gaps += (state.kind == JOURNAL_GAP) - (prev is not None and prev.kind == JOURNAL_GAP)
+        st.days[day_ms] = state
 
     def _index(self, st: StreamState) -> None:
         """Rebuild the per-day index (and where to resume) from the committed journal."""
         recs = st.store.records
         for i, rec in enumerate(recs):
-            st.days[int(rec["ts_ms"])] = DayState(
-                i, int(rec["kind"]), int(rec["digest"]), int(rec["version"])
+            self._set_day(
+                st,
+                int(rec["ts_ms"]),
+                DayState(i, int(rec["kind"]), int(rec["digest"]), int(rec["version"])),
             )
         finals = [d for d, s in st.days.items() if s.kind in (JOURNAL_DAY, JOURNAL_GAP)]
         if finals:
             st.next_day = _date(max(finals)) + dt.timedelta(days=1)
 
     def _gaps(self, st: StreamState) -> int:
-        return sum(1 for s in st.days.values() if s.kind == JOURNAL_GAP)
+        return st.gaps
 
-    def _body(self, st: StreamState, rec: np.void) -> bytes:
+    def _body(self, st: StreamState, rec: np.void, offset: int) -> bytes:
         kind = int(rec["kind"])
         if kind == JOURNAL_GAP or int(rec["body_len"]) == 0:
             return b""
         digest = int(rec["digest"])
+        recent = self._recent.get((st.key, offset))
+        if recent is not None and recent[0] == digest and kind == JOURNAL_DAY:
+            return recent[1]
         day = _date(int(rec["ts_ms"]))
         if kind == JOURNAL_LIVE:
             path = self.live_dir / f"{st.symbol}-{st.side}-{digest:016x}.json"

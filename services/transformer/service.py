@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 
 import numpy as np
 from prometheus_client import Gauge
 
+from services.transformer.decode_pool import DecodeHelper
 from services.transformer.transform import decode_candles
 from shared import protocol as p
 from shared.config import Config
@@ -33,12 +35,13 @@ from shared.record import (
     JOURNAL_DAY,
     JOURNAL_LIVE,
     KIND_JOURNAL,
-    RECORD_DTYPE,
 )
 from shared.service import Service
 from shared.store import Store, StoreMeta
 
 DAY_MS = 86_400_000
+#: Batches with at least this many days to decode are shared with the helper process.
+HELPER_MIN_DAYS = 16
 
 
 def _day(ts_ms: int) -> str:
@@ -70,6 +73,10 @@ class Transformer(Service):
             registry=self.metrics.registry,
         )
         self.payload_errors = self.metrics.errors.labels("payload_invalid")
+        #: Helper process decoding part of each large batch on the other core.
+        self.helper = DecodeHelper()
+        self.helper_share = 0.5  # of a batch's body bytes given to the helper (adapted)
+        self.helper_days = 0
 
     async def main(self) -> None:
         server = self.serve_feed(cut=version_cut)
@@ -97,6 +104,78 @@ class Transformer(Service):
     async def idle(self) -> None:
         self.maybe_commit(idle=True)
 
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            self.helper.close()
+
+    def decode_batch(
+        self, symbol: str, side: str, start: int, journal: np.ndarray, bodies: list[bytes]
+    ) -> dict[int, np.ndarray | PayloadInvalid]:
+        """Decode every day of a journal batch: {index in batch: records or the error}.
+        Large batches are shared with the helper process (decoding is pure: the same
+        records whichever process decodes a day)."""
+        items: list[tuple[int, int, bool, bytes]] = []  # index, day_ms, live, body
+        for i, rec in enumerate(journal):
+            kind_i = int(rec["kind"])
+            if kind_i in (JOURNAL_DAY, JOURNAL_LIVE):
+                body = bodies[i] if i < len(bodies) else b""
+                items.append((i, int(rec["ts_ms"]), kind_i == JOURNAL_LIVE, body))
+        out: dict[int, np.ndarray | PayloadInvalid] = {}
+
+        def local(part: list[tuple[int, int, bool, bytes]]) -> None:
+            for i, day_ms, live, body in part:
+                try:
+                    out[i] = decode_candles(
+                        body,
+                        symbol=symbol,
+                        side=side,
+                        day_ms=day_ms,
+                        live=live,
+                        src_offset=start + i,
+                    )
+                except PayloadInvalid as e:
+                    out[i] = e
+
+        if len(items) < HELPER_MIN_DAYS:
+            local(items)
+            return out
+        self.helper.start()  # once; used as soon as it is ready
+        total = sum(len(b) for *_, b in items)
+        k, acc = 0, 0
+        while k < len(items) and acc < total * (1 - self.helper_share):
+            acc += len(items[k][3])
+            k += 1
+        mine, theirs = items[:k], items[k:]
+        sent = self.helper.submit(
+            symbol, side, [(d, live, start + i, b) for i, d, live, b in theirs]
+        )
+        if not sent:
+            local(items)
+            return out
+        t0 = time.perf_counter()
+        local(mine)
+        t1 = time.perf_counter()
+        got = self.helper.result()
+        waited = time.perf_counter() - t1
+        # Balance the next batch: give the helper less when we waited for it, more when
+        # it was done first (the transformer also writes, serves and commits).
+        if waited > max(0.002, 0.05 * (t1 - t0)):
+            self.helper_share = max(0.1, self.helper_share - 0.05)
+        elif waited < 0.0005:
+            self.helper_share = min(0.9, self.helper_share + 0.05)
+        if got is None:
+            local(theirs)
+            return out
+        self.helper_days += len(theirs)
+        for item, records in zip(theirs, got, strict=True):
+            if records is None:
+                local([item])  # failed there: decode here for the exact error
+            else:
+                out[item[0]] = records
+        return out
+
     async def apply(self, batch: p.Batch, journal: np.ndarray, bodies: list[bytes]) -> None:
         """From journal offset ``batch.start`` on, the journal now reads ``journal``."""
         symbol, side, kind = batch.stream.split("/")
@@ -111,23 +190,15 @@ class Transformer(Service):
             self._unhold(batch.stream, "journal rewound over the bad day")
             hold = None
         parts: list[np.ndarray] = []
+        results = self.decode_batch(symbol, side, batch.start, journal, bodies)
         for i, rec in enumerate(journal):
             offset = batch.start + i
-            kind_i = int(rec["kind"])
-            if kind_i not in (JOURNAL_DAY, JOURNAL_LIVE):
+            if i not in results:
                 continue  # a gap or empty day carries no records
-            body = bodies[i] if i < len(bodies) else b""
             day_ms = int(rec["ts_ms"])
-            try:
-                decoded = decode_candles(
-                    body,
-                    symbol=symbol,
-                    side=side,
-                    day_ms=day_ms,
-                    live=kind_i == JOURNAL_LIVE,
-                    src_offset=offset,
-                )
-            except PayloadInvalid as e:
+            decoded = results[i]
+            if isinstance(decoded, PayloadInvalid):
+                e = decoded
                 self.payloads_bad += 1
                 self.payload_errors.inc()
                 self.log.error("rejected journal record %d: %s", offset, e)
@@ -155,11 +226,11 @@ class Transformer(Service):
         self._store_parts(store, cut, parts)
 
     def _store_parts(self, store: Store, cut: int, parts: list[np.ndarray]) -> None:
-        new = np.concatenate(parts) if parts else np.zeros(0, dtype=RECORD_DTYPE)
-        if cut < store.length or len(new):
-            store.write(cut, new)
+        n = sum(len(part) for part in parts)
+        if cut < store.length or n:
+            store.write_parts(cut, parts)  # one vectored write, no concatenation
             self.stores.touch(store.meta.key)
-            self.metrics.records_written.inc(len(new))
+            self.metrics.records_written.inc(n)
         self.maybe_commit()
 
     def _hold(self, stream: str, day_ms: int, offset: int, error: str) -> None:
@@ -181,4 +252,7 @@ class Transformer(Service):
 
     def __repr__(self) -> str:
         base = super().__repr__()[:-1]
-        return f"{base} ok={self.payloads_ok} bad={self.payloads_bad} held={len(self.held)}>"
+        return (
+            f"{base} ok={self.payloads_ok} bad={self.payloads_bad} held={len(self.held)} "
+            f"helper={self.helper_days} share={self.helper_share:.2f}>"
+        )

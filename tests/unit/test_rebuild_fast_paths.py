@@ -1,0 +1,166 @@
+"""The rebuild's fast paths give exactly what the general paths give.
+
+- aggregator: ``append_only`` (a batch of new days after the canonical end) equals
+  ``aggregate.merge``, and declines everything else;
+- store: ``append_parts`` / ``write_parts`` (one vectored write) equal ``append`` of the
+  concatenation, byte for byte, also across file growth (allocated with fallocate);
+- transformer: the decode helper process returns the same records as ``decode_candles``,
+  and a day it cannot decode is decoded again by the transformer (the exact error).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.aggregator.aggregate import merge
+from services.aggregator.service import append_only
+from services.downloader.fake_upstream import RandomWalkGenerator, encode_candles
+from services.downloader.source import day_start_ms
+from services.transformer.decode_pool import DecodeHelper
+from services.transformer.transform import decode_candles
+from shared.errors import PayloadInvalid
+from shared.record import FLAG_PROVISIONAL, RECORD_DTYPE
+from shared.store import GROW_MIN_BYTES, RECORD_SIZE, Store, StoreMeta
+from shared.timeframe import DAY_MS
+
+START = dt.date(2024, 3, 4)
+
+
+def _bodies(days: int) -> list[tuple[int, bytes]]:
+    gen = RandomWalkGenerator(seed=7)
+    out = []
+    for i in range(days):
+        day = START + dt.timedelta(days=i)
+        body = encode_candles(gen.day("EUR-USD", "BID", day), empty_timestamp_ms=day_start_ms(day))
+        out.append((day_start_ms(day), body))
+    return out
+
+
+def _versions(days: list[tuple[int, bytes]], first_offset: int) -> np.ndarray:
+    parts = [
+        decode_candles(
+            body, symbol="EUR-USD", side="BID", day_ms=d, live=False, src_offset=first_offset + i
+        )
+        for i, (d, body) in enumerate(days)
+    ]
+    return np.concatenate(parts)
+
+
+def test_append_only_equals_merge_on_new_days() -> None:
+    days = _bodies(12)
+    first = _versions(days[:5], 0)
+    rest = _versions(days[5:], 5)
+    canonical = np.zeros(0, RECORD_DTYPE)
+    for incoming, base in ((first, 0), (rest, len(first))):
+        expected_x, expected = merge(canonical, incoming, base)
+        last = int(canonical["ts_ms"][-1]) if len(canonical) else None
+        got = append_only(last, incoming, base)
+        assert got is not None
+        assert expected_x == len(canonical)
+        assert got.tobytes() == expected.tobytes()
+        canonical = np.concatenate([canonical, got])
+
+
+def test_append_only_declines_what_is_not_a_pure_append() -> None:
+    days = _bodies(4)
+    batch = _versions(days, 0)
+    last_day_ts = int(batch["ts_ms"][-1])
+    # a day the canonical series already has
+    assert append_only(last_day_ts, batch, 0) is None
+    # two versions of one day in the batch (a re-poll)
+    one = _versions(days[:1], 0)
+    again = one.copy()
+    again["src_offset"] = 1
+    assert append_only(None, np.concatenate([one, again]), 0) is None
+    # a version spanning midnight
+    spans = batch.copy()
+    spans["src_offset"] = 0
+    assert append_only(None, spans, 0) is None
+    # minutes not increasing
+    back = batch.copy()
+    back["ts_ms"][3] = back["ts_ms"][2]
+    assert append_only(None, back, 0) is None
+    with pytest.raises(ValueError):
+        merge(np.zeros(0, RECORD_DTYPE), back, 0)
+    # live day (provisional flags) appended: still equal to merge
+    live = batch.copy()
+    live["flags"][-1] |= FLAG_PROVISIONAL
+    got = append_only(None, live, 10)
+    assert got is not None
+    assert got.tobytes() == merge(np.zeros(0, RECORD_DTYPE), live, 10)[1].tobytes()
+    assert int(batch["ts_ms"][0]) // DAY_MS < last_day_ts // DAY_MS
+
+
+def _records(n: int, seed: int) -> np.ndarray:
+    r = np.zeros(n, RECORD_DTYPE)
+    r["ts_ms"] = np.arange(n, dtype=np.int64) * 60_000 + seed
+    r["close"] = np.random.default_rng(seed).random(n)
+    return r
+
+
+def test_append_parts_equals_append_of_concatenation(tmp_path: Path) -> None:
+    meta = StoreMeta("EUR-USD", "BID", "1m")
+    big = GROW_MIN_BYTES // RECORD_SIZE + 123  # crosses a growth of the file
+    parts = [_records(5, 1), _records(0, 2), _records(big, 3), _records(700, 4)]
+    a = Store.create(tmp_path / "a.bars", meta)
+    b = Store.create(tmp_path / "b.bars", meta)
+    a.append(np.concatenate(parts))
+    b.append_parts(parts)
+    assert a.length == b.length == sum(len(p) for p in parts)
+    assert a.records.tobytes() == b.records.tobytes()
+    # rewind and rewrite from an offset, with many small parts (more than one pwritev)
+    small = [_records(3, 10 + i) for i in range(1200)]
+    a.write(17, np.concatenate(small))
+    b.write_parts(17, small)
+    assert a.records.tobytes() == b.records.tobytes()
+    a.close()
+    b.close()
+
+
+def test_decode_helper_equals_decode_candles() -> None:
+    days = _bodies(20)
+    bad_day, bad_body = days[3]
+    broken = bad_body.replace(b'"shift":60000', b'"shift":60001')
+    assert broken != bad_body
+    items = [(d, False, 100 + i, body) for i, (d, body) in enumerate(days)]
+    items[3] = (bad_day, False, 103, broken)
+    helper = DecodeHelper()
+    helper.start()
+    try:
+        deadline = 200
+        while not helper.ready() and deadline:
+            time.sleep(0.05)
+            deadline -= 1
+        assert helper.ready(), "helper did not start within 10 s"
+        assert helper.submit("EUR-USD", "BID", items)
+        got = helper.result()
+        assert got is not None and len(got) == len(items)
+        for (d, live, offset, body), records in zip(items, got, strict=True):
+            if offset == 103:
+                assert records is None  # decoded again by the caller, which raises
+                with pytest.raises(PayloadInvalid):
+                    decode_candles(
+                        body, symbol="EUR-USD", side="BID", day_ms=d, live=live, src_offset=offset
+                    )
+                continue
+            expected = decode_candles(
+                body, symbol="EUR-USD", side="BID", day_ms=d, live=live, src_offset=offset
+            )
+            assert records is not None
+            assert records.tobytes() == expected.tobytes()
+        # a second request reuses (and grows) the shared buffer
+        assert helper.submit("EUR-USD", "BID", items[:2])
+        again = helper.result()
+        assert again is not None and again[1] is not None
+        d, live, offset, body = items[1]
+        expected = decode_candles(
+            body, symbol="EUR-USD", side="BID", day_ms=d, live=live, src_offset=offset
+        )
+        assert again[1].tobytes() == expected.tobytes()
+    finally:
+        helper.close()
