@@ -160,14 +160,17 @@ def resample_all(
 ) -> dict[Timeframe, np.ndarray]:
     """Every timeframe of ``timeframes`` (and the parents they need) through the cascade."""
     order = plan(timeframes, alignment, sessions)
-    out: dict[Timeframe, np.ndarray] = {}
     if not len(m1):
         return {tf: np.empty(0, RECORD_DTYPE) for tf in order}
     w = watermark_ms(m1[-1])
+    built: dict[Timeframe, _Built] = {}
     for tf, parent in order.items():
-        src = m1 if parent == M1 else out[parent]
-        out[tf] = _build(src, parent == M1, tf, alignment, sessions, base_offset, w).bars
-    return out
+        src: np.ndarray | Cols = m1 if parent == M1 else built[parent].cols
+        if parent != M1 and not built[parent].cols:
+            built[tf] = _Built({}, 0, 0)
+            continue
+        built[tf] = _build(src, parent == M1, tf, alignment, sessions, base_offset, w)
+    return {tf: b.bars for tf, b in built.items()}
 
 
 def apply_update(store: np.ndarray, start: int, records: np.ndarray) -> np.ndarray:
@@ -474,15 +477,32 @@ def _reduceat_sum(values: list[float]) -> float:
     return float(np.add.reduceat(np.asarray(values, np.float64), _ZERO)[0])
 
 
+Cols = dict[str, np.ndarray]
+_OUT_FIELDS: Final = (
+    "ts_ms", "open", "high", "low", "close", "volume", "src_offset", "src_count", "flags", "session"
+)  # fmt: skip
+
+
 @dataclass
 class _Built:
-    bars: np.ndarray
+    cols: Cols  # contiguous columns: a child timeframe reads these, not 64-byte-stride fields
     last_start: int  # position in the source of the last bar's first record
     last_end_ms: int  # window end of the last bar
+    _bars: np.ndarray | None = None
+
+    @property
+    def bars(self) -> np.ndarray:
+        if self._bars is None:
+            n = len(self.cols["ts_ms"]) if self.cols else 0
+            out = np.zeros(n, RECORD_DTYPE)
+            for name, col in self.cols.items():
+                out[name] = col
+            self._bars = out
+        return self._bars
 
 
 def _build(
-    src: np.ndarray,
+    src: np.ndarray | Cols,
     minutes: bool,
     tf: Timeframe,
     alignment: Alignment,
@@ -490,8 +510,10 @@ def _build(
     base_offset: int,
     w: int,
 ) -> _Built:
-    """Aggregate ``src`` (1m records when ``minutes``, else parent bars) into bars of ``tf``."""
-    ts = src["ts_ms"]
+    """Aggregate ``src`` (1m records when ``minutes``, else parent bars; a record array or
+    columns) into bars of ``tf``."""
+    c: Cols = src if isinstance(src, dict) else {f: src[f] for f in _OUT_FIELDS}
+    ts = c["ts_ms"]
     keep: np.ndarray | None = None
     sid: np.ndarray | None = None
     aligned = is_session_aligned(tf, sessions)
@@ -499,13 +521,14 @@ def _build(
         sid_all = session_ids(ts, sessions)
         if not bool(np.all(sid_all)):
             keep = np.flatnonzero(sid_all)
-            src = src[keep]
-            ts = src["ts_ms"]
+            c = {f: v[keep] for f, v in c.items()}
+            ts = c["ts_ms"]
             sid_all = sid_all[keep]
         if aligned:
             sid = sid_all
-    if not len(src):
-        return _Built(np.empty(0, RECORD_DTYPE), 0, 0)
+    n = len(ts)
+    if not n:
+        return _Built({}, 0, 0)
     interval = tf.interval_ms
     grid_only = (
         not aligned
@@ -519,43 +542,41 @@ def _build(
     if grid_only:  # a fixed grid on a UTC clock: one division gives the keys
         assert interval is not None
         shift = alignment.clock_shift_ms
-        keys = (ts + shift) // interval if shift else ts // interval
-        starts = keys  # compared only; bucket starts are computed for the group heads below
+        starts = (ts + shift) // interval if shift else ts // interval  # keys, compared only
         edges = BucketEdges.of(tf, alignment)
     elif aligned:
         starts, ends, sid = bucket_edges(ts, tf, alignment, sessions)
     else:
         edges = BucketEdges.of(tf, alignment)
         starts = edges.start(np.asarray(ts, np.int64))
-    n = len(src)
     change = starts[1:] != starts[:-1]
     if sid is not None:
         change |= sid[1:] != sid[:-1]
     idx = np.empty(int(np.count_nonzero(change)) + 1, np.intp)
     idx[0] = 0
     idx[1:] = np.flatnonzero(change) + 1
-    out = np.zeros(len(idx), RECORD_DTYPE)
+    last_of = np.empty_like(idx)
+    last_of[:-1] = idx[1:] - 1
+    last_of[-1] = n - 1
+    out: Cols = {}
     if grid_only:
         assert interval is not None
         out["ts_ms"] = starts[idx] * interval - alignment.clock_shift_ms
     else:
         out["ts_ms"] = starts[idx]
-    out["open"] = src["open"][idx]
-    last_of = np.empty_like(idx)
-    last_of[:-1] = idx[1:] - 1
-    last_of[-1] = n - 1
-    out["close"] = src["close"][last_of]
-    out["high"] = np.maximum.reduceat(src["high"], idx)
-    out["low"] = np.minimum.reduceat(src["low"], idx)
-    out["volume"] = np.add.reduceat(src["volume"], idx)
+    out["open"] = c["open"][idx]
+    out["high"] = np.maximum.reduceat(c["high"], idx)
+    out["low"] = np.minimum.reduceat(c["low"], idx)
+    out["close"] = c["close"][last_of]
+    out["volume"] = np.add.reduceat(c["volume"], idx)
     if minutes:
         first = idx if keep is None else keep[idx]
         out["src_offset"] = first + base_offset
         out["src_count"] = last_of - idx + 1
     else:
-        out["src_offset"] = src["src_offset"][idx]
-        out["src_count"] = np.add.reduceat(src["src_count"], idx, dtype=np.int64)
-    out["flags"] = np.bitwise_or.reduceat(src["flags"], idx) & INHERITED_FLAGS
+        out["src_offset"] = c["src_offset"][idx]
+        out["src_count"] = np.add.reduceat(c["src_count"], idx, dtype=np.int64)
+    out["flags"] = np.bitwise_or.reduceat(c["flags"], idx) & INHERITED_FLAGS
     if sid is not None:
         out["session"] = sid[idx]
     if ends is not None:
