@@ -495,17 +495,20 @@ class BucketEdges:
         return cls(_clock_of(alignment), _keys_for(tf, alignment))
 
     # start --------------------------------------------------------------------------------
-    def start(self, ts: np.ndarray) -> np.ndarray:
+    def start(self, ts: np.ndarray, *, ascending: bool = False) -> np.ndarray:
+        """Bucket open per time; ``ascending`` (sorted input) works per segment slice."""
         if not len(ts):
             return np.empty(0, _I64)
         shift = self.clock.shift_ms
         if self.clock.tz in ("UTC", "Etc/UTC"):
             return self.keys.floor(ts + shift if shift else ts) - shift
-        lo, hi = int(ts.min()), int(ts.max())
+        lo, hi = (int(ts[0]), int(ts[-1])) if ascending else (int(ts.min()), int(ts.max()))
         span = self.keys.span_ms + DAY_MS
         cuts, offs = _segments(self.clock.tz, lo - span, hi + span)
         if not cuts:
             return self.keys.floor(ts + (offs[0] + shift)) - (offs[0] + shift)
+        if ascending:
+            return self._start_sorted(ts, cuts, offs)
         seg = np.searchsorted(np.asarray(cuts, _I64), ts, side="right")
         off = np.asarray(offs, _I64)[seg] + shift
         out = self.keys.floor(ts + off) - off
@@ -517,6 +520,24 @@ class BucketEdges:
                 out[sel] = self._start_before_cut(
                     cuts[s - 1], offs[s - 1], int(out[sel[0]] + off[sel[0]])
                 )
+        return out
+
+    def _start_sorted(self, ts: np.ndarray, cuts: list[int], offs: list[int]) -> np.ndarray:
+        """``start`` for ascending times: one constant offset per slice, no per-time lookup."""
+        out = np.empty(len(ts), _I64)
+        bounds = [0, *np.searchsorted(ts, np.asarray(cuts, _I64), side="left").tolist(), len(ts)]
+        for s in range(len(offs)):
+            a, b = bounds[s], bounds[s + 1]
+            if a == b:
+                continue
+            off = offs[s] + self.clock.shift_ms
+            part = self.keys.floor(ts[a:b] + off) - off
+            if s:  # the head of a segment may belong to a bucket opened before its cut
+                cut = cuts[s - 1]
+                k = int(np.searchsorted(part, cut, side="left"))
+                if k:
+                    part[:k] = self._start_before_cut(cut, offs[s - 1], int(part[0]) + off)
+            out[a:b] = part
         return out
 
     def _start_before_cut(self, cut: int, off_before: int, key_clock: int) -> int:

@@ -548,7 +548,7 @@ def _build(
         starts, ends, sid = bucket_edges(ts, tf, alignment, sessions)
     else:
         edges = BucketEdges.of(tf, alignment)
-        starts = edges.start(np.asarray(ts, np.int64))
+        starts = edges.start(np.asarray(ts, np.int64), ascending=True)
     change = starts[1:] != starts[:-1]
     if sid is not None:
         change |= sid[1:] != sid[:-1]
