@@ -478,6 +478,7 @@ def _reduceat_sum(values: list[float]) -> float:
 
 
 Cols = dict[str, np.ndarray]
+_BLOCK: Final = 1 << 13  # records assembled per block (512 KiB)
 _OUT_FIELDS: Final = (
     "ts_ms", "open", "high", "low", "close", "volume", "src_offset", "src_count", "flags", "session"
 )  # fmt: skip
@@ -494,9 +495,15 @@ class _Built:
     def bars(self) -> np.ndarray:
         if self._bars is None:
             n = len(self.cols["ts_ms"]) if self.cols else 0
-            out = np.zeros(n, RECORD_DTYPE)
-            for name, col in self.cols.items():
-                out[name] = col
+            out = np.empty(n, RECORD_DTYPE)
+            missing = [f for f in RECORD_DTYPE.names or () if f not in self.cols]
+            # block by block: each block's cache lines are written once for all its fields
+            for a in range(0, n, _BLOCK):
+                block = out[a : a + _BLOCK]
+                for name, col in self.cols.items():
+                    block[name] = col[a : a + _BLOCK]
+                for name in missing:
+                    block[name] = 0
             self._bars = out
         return self._bars
 
