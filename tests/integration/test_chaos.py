@@ -8,8 +8,10 @@ upstream as the ``barstream:fake_upstream`` program (demo mode) with a fast simu
 a consumer thread streaming a few topics from the gateway with the client library.
 
 Chaos: rounds of ``SIGKILL`` — each round kills every service once, in a seeded random order,
-at seeded random moments (the pid from ``supervisorctl pid``); supervisord restarts each
-(``autorestart``), and each resumes from its checkpoint. Then the simulated clock stops (the
+at seeded random moments (the pid from ``supervisorctl pid``); a quarter of the kills are
+followed by a second one of the replacement while supervisord still has it STARTING (opening
+its stores, catching up). Round 1 runs while history is backfilled, the others once live
+minutes flow. supervisord restarts each (``autorestart``); each resumes from its checkpoint. Then the simulated clock stops (the
 upstream's data is fixed), the downloader is stopped once its journal holds every final day
 and the paused live day, and every service catches up (its checkpoint's upstream positions
 equal its upstream's committed lengths).
@@ -27,7 +29,7 @@ Checks:
    consumer held), and its resync/reconnect counters show it survived the gateway kills.
 
 The seed is random per run and printed in every failure message; set ``BARSTREAM_CHAOS_SEED``
-to replay one.
+to replay its schedule (the order, the delays; the machine's timing still varies).
 """
 
 from __future__ import annotations
