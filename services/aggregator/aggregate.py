@@ -8,7 +8,7 @@ whole day: minutes missing from it are removed.
 
 Canonical series (what :func:`merge` maintains): for each UTC day, the records of the day's
 **latest** version, in time order, days in order. Each aggregator record copies the transformer
-record (ts, OHLCV, flags, session) with ``src_count = 1`` and
+record (ts, OHLCV, flags except FLAG_LIVE, session) with ``src_count = 1`` and
 
 * ``src_offset`` = transformer offset of its source record — except that a minute that is
   byte-identical (apart from ``src_offset``) to the canonical minute it replaces keeps the
@@ -30,7 +30,7 @@ from typing import Final
 
 import numpy as np
 
-from shared.record import FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
+from shared.record import FLAG_LIVE, FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
 from shared.timeframe import DAY_MS
 
 _WORDS: Final = 8  # a record as 8 little-endian uint64 words
@@ -113,6 +113,10 @@ def _day_range(can_ts: np.ndarray, day: int) -> tuple[int, int]:
 def _next_version(old: np.ndarray, version: np.ndarray, base_offset: int) -> np.ndarray:
     """The canonical records of a day after ``version`` replaced ``old`` (both one day)."""
     new = np.array(version, dtype=RECORD_DTYPE, copy=True)
+    # A minute's provenance (live poll or final file) is not part of the canonical bar: the
+    # final file of a day that was followed live then changes only the minutes that really
+    # differ (usually the last), instead of every minute of the day.
+    new["flags"] &= ~np.uint16(FLAG_LIVE)
     new["src_offset"] = np.arange(base_offset, base_offset + len(new), dtype=np.int64)
     new["src_count"] = 1
     if not len(old):
