@@ -67,7 +67,7 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
     import time
 
     from services.aggregator.aggregate import merge
-    from services.gateway.client import GatewayClient
+    from services.gateway.client import BarUpdate, GatewayClient
     from services.resampler.resample import resample_all
     from shared.record import FLAG_PROVISIONAL
     from shared.timeframe import PRESETS, Timeframe
@@ -88,7 +88,7 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
         for name in ("gateway", "resampler", "aggregator", "transformer", "downloader"):
             p.start(name)  # reverse order: every service tolerates an absent upstream
 
-        seen: dict[str, list] = {"1m": [], "5m": []}
+        seen: dict[str, list[BarUpdate]] = {"1m": [], "5m": []}
         stop = threading.Event()
         errors: list[BaseException] = []
 
@@ -135,9 +135,10 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
         assert (m1["flags"][-1] & FLAG_PROVISIONAL) != 0, "the live minute should be provisional"
         assert p.store_records("resampler", "EUR-USD/BID/1m").tobytes() == m1.tobytes()
         expected = resample_all(m1, [Timeframe.parse(t) for t in tfs], PRESETS["utc"])
-        for tf, bars in expected.items():
-            assert p.store_records("resampler", f"EUR-USD/BID/{tf}").tobytes() == bars.tobytes(), tf
-            assert p.store_records("gateway", f"EUR-USD/BID/{tf}").tobytes() == bars.tobytes(), tf
+        for timeframe, bars in expected.items():
+            key = f"EUR-USD/BID/{timeframe}"
+            assert p.store_records("resampler", key).tobytes() == bars.tobytes(), key
+            assert p.store_records("gateway", key).tobytes() == bars.tobytes(), key
 
         for tf, items in seen.items():
             assert items, f"consumer of {tf} received nothing"
