@@ -45,8 +45,10 @@ log = logging.getLogger("barstream.feed")
 HEARTBEAT_INTERVAL_S: Final = 1.0
 #: No message from the other side for this long: the peer is gone / the upstream stalled.
 PEER_TIMEOUT_S: Final = 5.0
-#: Records per batch at most (1 MiB of records).
-BATCH_MAX_RECORDS: Final = 16384
+#: Records per batch at most (4 MiB of records). Only a catch-up fills batches; there
+#: fewer, larger batches cut the per-batch work downstream (the resampler's cascade costs
+#: ~2 ms per update whatever its size: 20 years in 16k-record batches spent 0.65 s more).
+BATCH_MAX_RECORDS: Final = 65536
 #: Batches a downstream lets the upstream send ahead of what it has processed.
 CREDIT_WINDOW: Final = 32
 RETRY_MIN_S: Final = 0.05

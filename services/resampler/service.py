@@ -19,7 +19,7 @@ import datetime as dt
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from services.resampler.resample import Cascade
+from services.resampler.resample import M1, Cascade
 from shared import protocol as p
 from shared.config import Config, SessionConfig
 from shared.feed import FeedClient
@@ -60,6 +60,8 @@ class Resampler(Service):
         self.alignment = PRESETS[rc.alignment]
         self.timeframes = [Timeframe.parse(t) for t in rc.timeframes]
         self.cascades: dict[str, Cascade] = {}
+        self._stores: dict[tuple[str, str, Timeframe], Store] = {}
+        self._bars_out: dict[Timeframe, Counter] = {}
         r = self.metrics.registry
         self.bars_out = Counter(
             "barstream_bars_out", "Bars written, by timeframe.", ["timeframe"], registry=r
@@ -107,7 +109,7 @@ class Resampler(Service):
         key = f"{symbol}/{side}"
         c = self.cascades.get(key)
         if c is None:
-            m1 = self.stores.ensure(StoreMeta(symbol, side, "1m", self.alignment.name))
+            m1 = self._store(symbol, side, M1)
             sessions = sessions_of(self.config.resampler.sessions.get(symbol, []))
 
             def bars(tf: Timeframe) -> np.ndarray:
@@ -122,7 +124,13 @@ class Resampler(Service):
         return c
 
     def _store(self, symbol: str, side: str, tf: Timeframe) -> Store:
-        return self.stores.ensure(StoreMeta(symbol, side, str(tf), self.alignment.name))
+        # Looked up a few times per timeframe per batch: keep the Store (a StoreSet never
+        # replaces one it holds).
+        store = self._stores.get((symbol, side, tf))
+        if store is None:
+            store = self.stores.ensure(StoreMeta(symbol, side, str(tf), self.alignment.name))
+            self._stores[(symbol, side, tf)] = store
+        return store
 
     async def apply(self, batch: p.Batch, records: np.ndarray, _bodies: list[bytes]) -> None:
         """From 1m offset ``batch.start`` on, the aggregator's store now reads ``records``."""
@@ -132,12 +140,14 @@ class Resampler(Service):
             return
         cascade = self.cascade(symbol, side)
         changes = cascade.update(batch.start, records)  # reads the stores *before* the update
-        m1 = self.stores.ensure(StoreMeta(symbol, side, "1m", self.alignment.name))
-        self._write(m1, batch.start, records)
+        self._write(self._store(symbol, side, M1), batch.start, records)
         for tf_i, (x, new) in changes.items():
             store = self._store(symbol, side, tf_i)
             self._write(store, x, new)
-            self.bars_out.labels(str(tf_i)).inc(len(new))
+            counter = self._bars_out.get(tf_i)
+            if counter is None:
+                counter = self._bars_out[tf_i] = self.bars_out.labels(str(tf_i))
+            counter.inc(len(new))
         self.maybe_commit()
 
     def _write(self, store: Store, x: int, new: np.ndarray) -> None:

@@ -61,6 +61,9 @@ def test_append_only_equals_merge_on_new_days() -> None:
         last = int(canonical["ts_ms"][-1]) if len(canonical) else None
         got = append_only(last, incoming, base)
         assert got is not None
+        mine = incoming.copy()
+        in_place = append_only(last, mine, base, in_place=True)
+        assert in_place is mine and mine.tobytes() == got.tobytes()
         assert expected_x == len(canonical)
         assert got.tobytes() == expected.tobytes()
         canonical = np.concatenate([canonical, got])
