@@ -35,7 +35,8 @@ def append_only(
     day after the canonical series' last minute (``last_ts_ms``; None when empty), each in
     one UTC day with strictly increasing minutes — the shape of a backfill or rebuild.
     Then nothing is replaced, so the canonical records are the incoming ones with
-    ``src_offset`` = their transformer offset and ``src_count`` = 1, appended at the end:
+    ``src_offset`` = their transformer offset, ``src_count`` = 1 and FLAG_LIVE dropped (as
+    ``merge`` does; ``tests/unit/test_rebuild_fast_paths.py`` holds the two equal), appended:
     exactly ``merge(canonical, incoming, base_offset)`` = ``(len(canonical), R)``, without
     its per-day work. Returns None for anything else (``merge`` handles it, and raises the
     precise error for an invalid version). ``in_place``: write the two fields into

@@ -24,7 +24,7 @@ from services.downloader.source import day_start_ms
 from services.transformer.decode_pool import DecodeHelper
 from services.transformer.transform import decode_candles
 from shared.errors import PayloadInvalid
-from shared.record import FLAG_PROVISIONAL, RECORD_DTYPE
+from shared.record import FLAG_DAY_END, FLAG_LIVE, FLAG_PROVISIONAL, RECORD_DTYPE
 from shared.store import GROW_MIN_BYTES, RECORD_SIZE, Store, StoreMeta
 from shared.timeframe import DAY_MS
 
@@ -90,13 +90,21 @@ def test_append_only_declines_what_is_not_a_pure_append() -> None:
     assert append_only(None, back, 0) is None
     with pytest.raises(ValueError):
         merge(np.zeros(0, RECORD_DTYPE), back, 0)
-    # live day (provisional flags) appended: still equal to merge
-    live = batch.copy()
-    live["flags"][-1] |= FLAG_PROVISIONAL
-    got = append_only(None, live, 10)
-    assert got is not None
-    assert got.tobytes() == merge(np.zeros(0, RECORD_DTYPE), live, 10)[1].tobytes()
     assert int(batch["ts_ms"][0]) // DAY_MS < last_day_ts // DAY_MS
+
+
+@pytest.mark.parametrize("flags", [0, FLAG_PROVISIONAL, FLAG_LIVE, FLAG_LIVE | FLAG_PROVISIONAL])
+def test_append_only_keeps_up_with_merge_on_flags(flags: int) -> None:
+    """Whatever merge makes of new days (it drops FLAG_LIVE, keeps the rest), the fast path
+    makes the same: final days (FLAG_DAY_END) and a live day's minutes alike."""
+    batch = _versions(_bodies(6), 40)
+    assert np.count_nonzero(batch["flags"] & FLAG_DAY_END) >= 4
+    last_day = batch["ts_ms"] // DAY_MS == int(batch["ts_ms"][-1]) // DAY_MS
+    batch["flags"][last_day] |= flags
+    expected = merge(np.zeros(0, RECORD_DTYPE), batch, 40)[1]
+    got = append_only(None, batch, 40)
+    assert got is not None
+    assert got.tobytes() == expected.tobytes()
 
 
 def _records(n: int, seed: int) -> np.ndarray:
