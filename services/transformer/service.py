@@ -191,7 +191,10 @@ class Transformer(Service):
             hold = None
         parts: list[np.ndarray] = []
         results = self.decode_batch(symbol, side, batch.start, journal, bodies)
-        for i, rec in enumerate(journal):
+        i = -1
+        while i + 1 < len(journal):
+            i += 1
+            rec = journal[i]
             offset = batch.start + i
             if i not in results:
                 continue  # a gap or empty day carries no records
@@ -214,12 +217,18 @@ class Transformer(Service):
                     self._unhold(
                         batch.stream, f"good version of {_day(day_ms)} at journal offset {offset}"
                     )
+                    hold = None
                     if resume < offset:
+                        if resume >= batch.start:
+                            # The held records are in this very batch: go back to them
+                            # (asking the upstream to resend would be a no-op — we are
+                            # not past them yet — and they would be lost).
+                            i = resume - batch.start - 1
+                            continue
                         assert self.upstream is not None
                         self._store_parts(store, cut, parts)
                         self.upstream.request_resend(batch.stream, resume)
                         return
-                    hold = None
                 else:
                     continue  # held: later days wait for the bad day
             parts.append(decoded)

@@ -175,3 +175,53 @@ def test_decode_helper_equals_decode_candles() -> None:
         assert again[1].tobytes() == expected.tobytes()
     finally:
         helper.close()
+
+
+def test_transformer_release_inside_one_batch_keeps_the_held_days(tmp_path: Path) -> None:
+    """[good, bad, held, good version of the bad day] in ONE batch: the held day is
+    stored after the release (the records are in the batch; a resend would be a no-op)."""
+    import asyncio
+
+    from services.transformer.service import Transformer
+    from shared import protocol as p
+    from shared.config import from_dict
+    from shared.record import JOURNAL_DAY, JOURNAL_DTYPE, KIND_JOURNAL
+
+    days = _bodies(3)
+    bad = days[1][1].replace(b'"shift":60000', b'"shift":60001')
+    entries = [days[0], (days[1][0], bad), days[2], days[1]]
+    journal = np.zeros(len(entries), JOURNAL_DTYPE)
+    journal["ts_ms"] = [d for d, _ in entries]
+    journal["kind"] = JOURNAL_DAY
+    bodies = [b for _, b in entries]
+    cfg = from_dict({"pipeline": {"data_dir": str(tmp_path / "data")}})
+    service = Transformer(cfg, serve_metrics=False)
+    try:
+        batch = p.Batch(
+            session=1,
+            stream="EUR-USD/BID/fetch",
+            store_id="00",
+            generation=0,
+            start=0,
+            count=len(entries),
+            end=len(entries),
+            kind=KIND_JOURNAL,
+            attachments=len(entries),
+        )
+        asyncio.run(service.apply(batch, journal, bodies))
+        got = service.stores.stores["EUR-USD/BID/days"].records
+        expected = np.concatenate(
+            [
+                decode_candles(
+                    body, symbol="EUR-USD", side="BID", day_ms=d, live=False, src_offset=i
+                )
+                for i, (d, body) in enumerate(entries)
+                if i != 1
+            ]
+        )
+        assert got.tobytes() == expected.tobytes()
+        assert not service.held
+    finally:
+        service.stores.close()
+        service.helper.close()
+        service.ctx.destroy(linger=0)
