@@ -17,7 +17,9 @@ REAL_DATA = Path(os.environ.get("BARSTREAM_REAL_DATA", REPO.parent / "shared" / 
 def real_data() -> Path:
     """The folder of real Dukascopy/HistData files; skips the test when it is absent."""
     if not (REAL_DATA / "manifest.csv").is_file():
-        pytest.skip(f"real data folder {REAL_DATA} is absent (needs ../shared/data/real beside the repo)")
+        pytest.skip(
+            f"real data folder {REAL_DATA} is absent (needs ../shared/data/real beside the repo)"
+        )
     return REAL_DATA
 
 
