@@ -56,19 +56,23 @@ class DecodeHelper:
         self._capacity = 0
         self._ready = False
         self._pending: list[int] | None = None  # request in flight: body lengths
+        self._failed = False  # once failed, never started again (decode in-process)
 
     def start(self) -> None:
         """Start the helper (returns at once; ``ready()`` says when it can take work)."""
-        if self._proc is not None:
+        if self._proc is not None or self._failed:
             return
-        self._memfd = os.memfd_create("barstream-decode", os.MFD_CLOEXEC)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "services.transformer.decode_pool", str(self._memfd)],
-            cwd=_REPO,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            pass_fds=(self._memfd,),
-        )
+        try:
+            self._memfd = os.memfd_create("barstream-decode", os.MFD_CLOEXEC)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "services.transformer.decode_pool", str(self._memfd)],
+                cwd=_REPO,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=(self._memfd,),
+            )
+        except (OSError, AttributeError) as e:  # no memfd_create / cannot spawn
+            self._fail(f"could not start: {e}")
 
     def ready(self) -> bool:
         """Whether the helper has started (it writes one byte once imported)."""
@@ -166,6 +170,7 @@ class DecodeHelper:
 
     def _fail(self, why: str) -> None:
         log.warning("decode helper %s; decoding in the transformer from now on", why)
+        self._failed = True
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -225,3 +225,22 @@ def test_transformer_release_inside_one_batch_keeps_the_held_days(tmp_path: Path
         service.stores.close()
         service.helper.close()
         service.ctx.destroy(linger=0)
+
+
+def test_decode_helper_gone_means_decode_in_process() -> None:
+    """A killed helper is noticed: work is refused (the transformer decodes itself)."""
+    items = [(d, False, i, body) for i, (d, body) in enumerate(_bodies(2))]
+    helper = DecodeHelper()
+    helper.start()
+    try:
+        for _ in range(200):
+            if helper.ready():
+                break
+            time.sleep(0.05)
+        assert helper.ready()
+        assert helper._proc is not None
+        helper._proc.kill()
+        helper._proc.wait()
+        assert not helper.submit("EUR-USD", "BID", items)
+    finally:
+        helper.close()
