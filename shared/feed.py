@@ -224,8 +224,24 @@ class FeedServer:
                     continue
                 st = peer.streams.get(key)
                 store = self.stores.stores[key]
-                if st is None or st.sent < store.stable_length or st.force:
+                if (
+                    st is None
+                    or st.sent < store.stable_length
+                    or st.force
+                    or st.generation != store.generation
+                ):
                     return False
+        return True
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Graceful stop: give every connected peer what was committed last (bounded by
+        ``timeout_s``; a peer without credit is not waited for past it)."""
+        self.notify()
+        deadline = time.monotonic() + timeout_s
+        while self.peers and not self.drained():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.005)
         return True
 
     async def wait_drained(self, idle_s: float = 2.0, timeout_s: float = 60.0) -> bool:
@@ -245,10 +261,11 @@ class FeedServer:
             await asyncio.sleep(0.01)
         return False
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Stop serving. ``linger_ms``: how long queued messages may still go out."""
         self._closed = True
         self.notify()
-        self._sock.close(linger=0)
+        self._sock.close(linger=linger_ms)
 
     # -- internals ----------------------------------------------------------------------
 

@@ -34,6 +34,9 @@ from shared.store import StoreSet
 
 LOG_FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
 
+#: On a clean stop, how long connected downstream peers may take to receive the last commit.
+STOP_FLUSH_S = 1.0
+
 #: Exit codes: 0 clean stop, 1 error (supervisord restarts), 2 usage/configuration error.
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -123,14 +126,18 @@ class Service(abc.ABC):
 
     async def close(self) -> None:
         """Commit what is written, then close sockets and stores."""
+        flushed = False
         try:
             if self.stores.pending():
                 self.commit()
+            if self.server is not None and self.server.peers:
+                # Downstream peers get the last commit before we go (bounded).
+                flushed = await self.server.flush(STOP_FLUSH_S)
         finally:
             if self.upstream is not None:
                 self.upstream.close()
             if self.server is not None:
-                self.server.close()
+                self.server.close(linger_ms=int(STOP_FLUSH_S * 1000) if flushed else 0)
             self.stores.close()
             self.ctx.destroy(linger=0)
             self.metrics.close()
