@@ -11,4 +11,13 @@ def print_table(rows: Iterable[tuple[str, float, str]]) -> None:
     width = max((len(name) for name, _, _ in rows), default=10)
     print(f"{'benchmark':<{width}}  {'value':>14}  unit")
     for name, value, unit in rows:
-        print(f"{name:<{width}}  {value:>14,.0f}  {unit}")
+        print(f"{name:<{width}}  {_num(value):>14}  {unit}")
+
+
+def _num(value: float) -> str:
+    """Thousands separated when large, three significant decimals when small."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3f}"
