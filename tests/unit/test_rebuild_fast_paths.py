@@ -24,8 +24,8 @@ from services.downloader.source import day_start_ms
 from services.transformer.decode_pool import DecodeHelper
 from services.transformer.transform import decode_candles
 from shared.errors import PayloadInvalid
-from shared.record import FLAG_DAY_END, FLAG_LIVE, FLAG_PROVISIONAL, RECORD_DTYPE
-from shared.store import GROW_MIN_BYTES, RECORD_SIZE, Store, StoreMeta
+from shared.record import FLAG_DAY_END, FLAG_LIVE, FLAG_PROVISIONAL, RECORD_DTYPE, RECORD_SIZE
+from shared.store import GROW_MIN_BYTES, Store, StoreMeta
 from shared.timeframe import DAY_MS
 
 START = dt.date(2024, 3, 4)
