@@ -49,6 +49,13 @@ class CheckpointState(msgspec.Struct):
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(CheckpointState)
+_state_encoder = msgspec.json.Encoder(order="deterministic")
+
+
+def encode_state(state: dict[str, Any]) -> bytes:
+    """Service state as canonical JSON (sorted keys): equal states encode equal, so a
+    saved encoding tells whether the state moved since (no deep copy kept)."""
+    return _state_encoder.encode(state)
 
 
 class Checkpoint:

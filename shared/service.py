@@ -19,7 +19,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -178,7 +178,7 @@ class Service(abc.ABC):
         self.metrics.commit_seconds.observe(time.perf_counter() - t0)
         self.metrics.commits.inc()
         self._last_commit = time.monotonic()
-        self.update_store_gauges()
+        self.update_store_gauges(self.stores.changed)
 
     def maybe_commit(self, *, idle: bool = False) -> bool:
         """Commit at a burst's end (``idle``) or every ``commit_interval_s`` while data flows.
@@ -198,8 +198,14 @@ class Service(abc.ABC):
         self.commit()
         return True
 
-    def update_store_gauges(self) -> None:
-        for key, store in self.stores.stores.items():
+    def update_store_gauges(self, keys: Collection[str] | None = None) -> None:
+        """Set the store gauges of ``keys`` (None: every store). A commit passes the stores
+        it changed: the others' gauges still hold, and this stays cheap with many stores."""
+        stores = self.stores.stores
+        for key in stores if keys is None else keys:
+            store = stores.get(key)
+            if store is None:
+                continue
             self.metrics.store_length.labels(key).set(store.length)
             self.metrics.committed_offset.labels(key).set(store.committed_length)
             if store.committed_length:

@@ -30,7 +30,6 @@ with "I have offsets [0, N) of generation G" exactly where its copy became stale
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
 import errno
 import logging
@@ -206,6 +205,7 @@ class Store:
         self._undo_fd = -1  # open undo file while committed records are being rewritten
         self._undo_low = length  # committed records [_undo_low, committed_length) are saved
         self._closed = False
+        self._mark: ckpt.StoreMark | None = None  # the last committed mark (reused while clean)
         self._remap(length)
 
     @property
@@ -539,7 +539,15 @@ class Store:
         self._dirty = False
 
     def committed(self, rewinds_max: int = REWIND_LOG_MAX) -> ckpt.StoreMark:
-        """The mark this store will have once the pending commit lands (pure; no side effect)."""
+        """The mark this store will have once the pending commit lands (pure; no side effect).
+        A store untouched since its last commit returns that commit's mark (the same object)."""
+        if (
+            self._mark is not None
+            and self._length == self.committed_length
+            and self._low_water >= self.committed_length
+            and rewinds_max == REWIND_LOG_MAX
+        ):
+            return self._mark
         generation = self.generation
         rewinds = list(self.rewinds)
         if self._low_water < self.committed_length:
@@ -557,6 +565,8 @@ class Store:
 
     def mark_committed(self, mark: ckpt.StoreMark) -> None:
         """Step 3 of a commit (after the checkpoint is durable): publish length/generation."""
+        if mark is self._mark and self._published == mark.length and self._undo_fd < 0:
+            return  # untouched since that mark was committed: nothing to publish
         self.committed_length = mark.length
         self.generation = mark.generation
         self.rewinds = [(g, o) for g, o in mark.rewinds]
@@ -570,6 +580,7 @@ class Store:
             self.undo_path.unlink(missing_ok=True)
         if self.writable:
             self._publish()
+        self._mark = mark
 
     def rewind_floor(self, since_generation: int) -> int | None:
         """Lowest offset rewritten in generations after ``since_generation`` (None: none).
@@ -837,7 +848,11 @@ class StoreSet:
     _listeners: list[Callable[[], None]] = field(default_factory=list)
     _dirty: set[str] = field(default_factory=set)
     _committed_upstream: dict[str, ckpt.UpstreamMark] = field(default_factory=dict)
-    _committed_state: dict[str, object] = field(default_factory=dict)
+    #: The committed service state, encoded (``ckpt.encode_state``): comparing encodings is
+    #: far cheaper than keeping a deep copy of a large state.
+    _committed_state: bytes = b"{}"
+    #: Keys of the stores the last commit flushed or whose mark changed (gauges, listeners).
+    changed: set[str] = field(default_factory=set)
 
     @classmethod
     def open(cls, root: str | Path, service: str) -> StoreSet:
@@ -856,7 +871,7 @@ class StoreSet:
             self.upstream = dict(point.upstream)
             self.state = dict(point.state)
             self._committed_upstream = dict(self.upstream)
-            self._committed_state = copy.deepcopy(self.state)
+            self._committed_state = ckpt.encode_state(self.state)
             for key, mark in point.stores.items():
                 path = self.path_for(key)
                 store = Store.open(
@@ -920,6 +935,7 @@ class StoreSet:
     def commit(self) -> int:
         """Make everything written so far durable (see the class docstring). Returns the commit number."""
         marks: dict[str, ckpt.StoreMark] = {}
+        changed: set[str] = set()
         for key, store in self.stores.items():
             if (
                 key in self._dirty
@@ -927,6 +943,7 @@ class StoreSet:
                 or store.stable_length < store.committed_length
             ):
                 store.flush()
+                changed.add(key)
             marks[key] = store.committed()
         self.commits += 1
         point = ckpt.CheckpointState(
@@ -941,8 +958,9 @@ class StoreSet:
         for key, store in self.stores.items():
             store.mark_committed(marks[key])
         self._dirty.clear()
+        self.changed = changed
         self._committed_upstream = dict(self.upstream)
-        self._committed_state = copy.deepcopy(self.state)
+        self._committed_state = ckpt.encode_state(self.state)
         for listener in self._listeners:
             listener()
         return self.commits
@@ -952,7 +970,8 @@ class StoreSet:
         service state that moved without a record changing count as 1, so they get
         committed too (a restart then resumes after them)."""
         moved = int(
-            self.upstream != self._committed_upstream or self.state != self._committed_state
+            self.upstream != self._committed_upstream
+            or ckpt.encode_state(self.state) != self._committed_state
         )
         return (
             sum(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Collection
 
 import numpy as np
 from prometheus_client import Counter, Gauge
@@ -162,9 +163,13 @@ class Resampler(Service):
         self.stores.touch(store.meta.key)
         self.metrics.records_written.inc(store.length - first)
 
-    def update_store_gauges(self) -> None:
-        super().update_store_gauges()
-        for key, store in self.stores.stores.items():
+    def update_store_gauges(self, keys: Collection[str] | None = None) -> None:
+        super().update_store_gauges(keys)
+        stores = self.stores.stores
+        for key in stores if keys is None else keys:
+            store = stores.get(key)
+            if store is None:
+                continue
             n = store.committed_length
             if not n:
                 continue
