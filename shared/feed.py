@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -184,14 +185,21 @@ class FeedServer:
         self._sock.bind(endpoint)
         self.bound = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._wake: Wakeup | None = None
+        self._thread_id = 0  # the serving loop's thread (``run``)
         self._closed = False
         self._ever_peered = False
         self._hb_due = False
         stores.on_commit(self.notify)
 
     def notify(self) -> None:
-        """New records were committed: push them to peers."""
+        """New records were committed: push them to peers now (called by the commit, in
+        the serving loop's thread), and wake the serving loop for the rest."""
         if self._wake is not None:
+            if not self._closed and threading.get_ident() == self._thread_id:
+                # Sending here saves a loop wake-up (~0.1-0.2 ms) on every commit's path
+                # downstream; the serving loop, woken below, still drains the socket (a send
+                # can consume the FD's edge) and sends what credit did not allow now.
+                self._pump()
             self._wake.notify()
 
     async def run(self) -> None:
@@ -199,6 +207,7 @@ class FeedServer:
         if self._closed:  # closed before it ever ran
             return
         self._wake = Wakeup(self._sock)
+        self._thread_id = threading.get_ident()
         next_hb = 0.0
         try:
             while not self._closed:
