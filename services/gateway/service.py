@@ -127,6 +127,9 @@ class Gateway(Service):
         self.instance = secrets.token_hex(8)
         self.gmetrics = GatewayMetrics(self)
         self.seqlogs: dict[str, query.SeqLog] = self._load_seqlogs()
+        # The checkpoint's copy of the seqlogs, kept up to date per changed topic (rebuilding
+        # every topic's entry on each commit would cost time in proportion to all topics).
+        self._seq_state: dict[str, list[int]] = {k: v.to_json() for k, v in self.seqlogs.items()}
         self._changed: dict[str, int] = {}  # lowest offset changed since the last publish
         self._published_end = {k: s.committed_length for k, s in self.stores.stores.items()}
         self._closed_end = {k: query.closed_end(s.records) for k, s in self.stores.stores.items()}
@@ -241,7 +244,9 @@ class Gateway(Service):
             previous_end = self._published_end.get(key, 0)
             for a, b in query.split(start, end, gp.UPDATE_MAX_RECORDS):
                 plan.append((key, log.record(a, previous_end), a, b, end))
-        self.stores.state[STATE_KEY] = {k: log.to_json() for k, log in self.seqlogs.items()}
+        for key in self._changed:
+            self._seq_state[key] = self.seqlogs[key].to_json()
+        self.stores.state[STATE_KEY] = self._seq_state
         super().commit()
         changed, self._changed = self._changed, {}
         for key, start in changed.items():
