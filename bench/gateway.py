@@ -11,8 +11,9 @@ Every number goes through real processes and real sockets:
 Rows:
 1. history read — ``GatewayClient.history`` of 500 k records (32 MB) over ipc into a numpy
    array (request → gateway copies from its store → ipc → zero-copy numpy view);
-2. live latency — from ``StoreSet.commit()`` returning in the upstream to the consumer's
-   ``stream()`` yielding the bar. The path: FeedServer notify → batch over ipc → gateway
+2. live latency — from the upstream's ``StoreSet.commit()`` having made the bar durable
+   (stamped by its first commit listener, before the FeedServer is told) to the
+   consumer's ``stream()`` yielding the bar. The path: FeedServer notify → batch over ipc → gateway
    FeedClient → replica store write → gateway commit (data flush + checkpoint) → XPUB →
    SUB → client follower. Run with the gateway's stores on tmpfs and on the disk: the
    gateway's commit (fsync) is most of the disk number;
@@ -52,6 +53,11 @@ class Upstream:
 
     def __init__(self, root: Path, endpoint: str) -> None:
         self.stores = StoreSet.open(root, "bench_upstream")
+        # Commit stamps: this listener runs first, when the checkpoint is durable and before
+        # the FeedServer is told (which may send at once, before commit() returns).
+        self.stamp_key: int | None = None
+        self.stamps: dict[int, int] = {}
+        self.stores.on_commit(self._stamp)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.loop = asyncio.new_event_loop()
         self.server: FeedServer | None = None
@@ -61,6 +67,11 @@ class Upstream:
         self._ready = ready
         self.thread.start()
         ready.wait(10)
+
+    def _stamp(self) -> None:
+        if self.stamp_key is not None:
+            self.stamps[self.stamp_key] = time.perf_counter_ns()
+            self.stamp_key = None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -210,15 +221,15 @@ def bench_latency(
         up.call(seed)
         gw = Gateway(ipc, data / "gw", up.endpoint)
         gw.wait_topics(1, 10)
-        committed: dict[int, int] = {}
+        committed = up.stamps  # ts_ms -> perf_counter_ns when its commit was durable
 
         def one(i: int) -> None:
             store = up.stores.stores["EUR-USD/BID/1m"]
             rec = bars(10 + i, 11 + i)
             store.append(rec)
             up.stores.touch("EUR-USD/BID/1m")
+            up.stamp_key = int(rec["ts_ms"][0])
             up.stores.commit()
-            committed[int(rec["ts_ms"][0])] = time.perf_counter_ns()
 
         lat: list[float] = []
         with GatewayClient(gw.publish, gw.requests) as c:
