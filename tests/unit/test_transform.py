@@ -1,4 +1,5 @@
-"""decode_candles: exact decoding, flags, and rejection of every kind of bad payload."""
+"""decode_candles: exact decoding, flags, and rejection of every kind of bad payload;
+decode_days: the same, many days at once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.downloader.fake_upstream import DayBars, encode_candles
-from services.transformer.transform import DAY_MS, decode_candles, multiplier_decimals
+from services.transformer import transform
+from services.transformer.transform import (
+    CHUNK_DAYS,
+    DAY_MS,
+    decode_candles,
+    decode_days,
+    multiplier_decimals,
+)
 from shared.errors import PayloadInvalid
 from shared.record import FLAG_DAY_END, FLAG_LIVE, FLAG_PROVISIONAL, RECORD_DTYPE
 from tests.support import bi5
@@ -391,3 +399,180 @@ def test_mutated_payloads_never_crash(pos: int, cut: int, insert: bytes) -> None
 )
 def test_arbitrary_array_values_never_crash(key: str, values: list[object]) -> None:
     _valid_or_rejected(mutate(**{key: values}))
+
+
+# --- decode_days: many days at once, each exactly as decode_candles ------------------------------
+
+
+def random_day(rng: np.random.Generator, day_ms: int, decimals: int, n: int) -> bytes:
+    """A valid compact day of ``n`` bars; the header timestamp may precede the first bar."""
+    if n == 0:
+        return dump(
+            {
+                "timestamp": day_ms,
+                "multiplier": 10.0**-decimals,
+                "open": None,
+                "high": None,
+                "low": None,
+                "close": None,
+                "shift": 60000,
+                "times": [],
+                "opens": [],
+                "highs": [],
+                "lows": [],
+                "closes": [],
+                "volumes": [],
+            }
+        )
+    minutes = np.sort(rng.choice(1440, size=n, replace=False)).astype(np.int64)
+    base = int(rng.integers(0, minutes[0], endpoint=True))
+    lows = rng.integers(1, 10**7, size=n, endpoint=True)
+    width = rng.integers(0, 5000, size=n, endpoint=True)
+    highs = lows + width
+    opens = lows + rng.integers(0, width, endpoint=True)
+    closes = lows + rng.integers(0, width, endpoint=True)
+    vols = np.round(rng.lognormal(3, 3, size=n), int(rng.integers(0, 6)))
+    scale = 10**decimals
+    return dump(
+        {
+            "timestamp": day_ms + base * 60000,
+            "multiplier": 10.0**-decimals,
+            "open": int(opens[0]) / scale,
+            "high": int(highs[0]) / scale,
+            "low": int(lows[0]) / scale,
+            "close": int(closes[0]) / scale,
+            "shift": 60000,
+            "times": np.diff(minutes, prepend=base).tolist(),
+            "opens": [0, *np.diff(opens).tolist()],
+            "highs": [0, *np.diff(highs).tolist()],
+            "lows": [0, *np.diff(lows).tolist()],
+            "closes": [0, *np.diff(closes).tolist()],
+            "volumes": vols.tolist(),
+        }
+    )
+
+
+def decode_each(
+    bodies: list[bytes], day_ms: list[int], live: list[bool], src_offsets: list[int]
+) -> list[np.ndarray | PayloadInvalid]:
+    out: list[np.ndarray | PayloadInvalid] = []
+    for body, d, lv, off in zip(bodies, day_ms, live, src_offsets, strict=True):
+        try:
+            out.append(
+                decode_candles(
+                    body, symbol="EUR-USD", side="BID", day_ms=d, live=lv, src_offset=off
+                )
+            )
+        except PayloadInvalid as e:
+            out.append(e)
+    return out
+
+
+def assert_same(got: np.ndarray | PayloadInvalid, want: np.ndarray | PayloadInvalid) -> None:
+    if isinstance(want, PayloadInvalid):
+        assert isinstance(got, PayloadInvalid), "decode_days accepted a day decode_candles rejects"
+        assert type(got) is type(want)
+        assert str(got) == str(want)
+        assert (got.symbol, got.side, got.day, got.field, got.index) == (
+            want.symbol,
+            want.side,
+            want.day,
+            want.field,
+            want.index,
+        )
+    else:
+        assert isinstance(got, np.ndarray), str(got)
+        assert got.dtype == RECORD_DTYPE
+        assert got.tobytes() == want.tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 2, 5, 300, 1440]), min_size=1, max_size=12),
+    decimals=st.lists(st.sampled_from([0, 2, 3, 5, 8]), min_size=1, max_size=12),
+    live=st.lists(st.booleans(), min_size=1, max_size=12),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_decode_days_equals_decode_candles_on_good_days(
+    sizes: list[int], decimals: list[int], live: list[bool], seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    days = [DAY_MS0 + int(rng.integers(-4000, 4000)) * DAY_MS for _ in sizes]
+    bodies = [
+        random_day(rng, d, decimals[i % len(decimals)], n)
+        for i, (d, n) in enumerate(zip(days, sizes, strict=True))
+    ]
+    flags = [live[i % len(live)] for i in range(len(sizes))]
+    offsets = sorted(int(x) for x in rng.integers(0, 2**40, size=len(sizes)))
+    # The batch path itself accepts these (the equality below is not the fallback's).
+    assert transform._decode_chunk(bodies, days, flags, offsets) is not None
+    got = decode_days(
+        bodies, symbol="EUR-USD", side="BID", day_ms=days, live=flags, src_offsets=offsets
+    )
+    want = decode_each(bodies, days, flags, offsets)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert_same(g, w)
+
+
+@pytest.mark.parametrize("position", [0, 1, CHUNK_DAYS + 3])
+@pytest.mark.parametrize(("body", "field", "index"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_decode_days_bad_day_in_a_batch_fails_as_alone(
+    body: bytes, field: str, index: int | None, position: int
+) -> None:
+    """Every kind of bad payload, mixed into a batch of good and empty days (in the first
+    or second chunk), gives exactly its error alone; every other day its own records."""
+    rng = np.random.default_rng(position)
+    n = max(position + 4, 6)
+    days = [DAY_MS0] * n
+    bodies = [GOOD if i % 3 else random_day(rng, DAY_MS0, 5, i % 4) for i in range(n)]
+    bodies[position] = body
+    flags = [i % 5 == 4 for i in range(n)]
+    offsets = list(range(100, 100 + n))
+    got = decode_days(
+        bodies, symbol="EUR-USD", side="BID", day_ms=days, live=flags, src_offsets=offsets
+    )
+    want = decode_each(bodies, days, flags, offsets)
+    alone = want[position]
+    assert isinstance(alone, PayloadInvalid)
+    assert (alone.field, alone.index) == (field, index)
+    for g, w in zip(got, want, strict=True):
+        assert_same(g, w)
+
+
+def test_decode_days_many_chunks_one_bad_day() -> None:
+    """A bad day costs only its own chunk a day-by-day decode; results stay in order."""
+    rng = np.random.default_rng(7)
+    n = 3 * CHUNK_DAYS + 5
+    days = [DAY_MS0 + i * DAY_MS for i in range(n)]
+    bodies = [random_day(rng, d, 5, int(rng.integers(0, 40))) for d in days]
+    bodies[CHUNK_DAYS + 1] = b"<html>503</html>"
+    flags = [False] * n
+    offsets = list(range(n))
+    got = decode_days(
+        bodies, symbol="EUR-USD", side="BID", day_ms=days, live=flags, src_offsets=offsets
+    )
+    want = decode_each(bodies, days, flags, offsets)
+    for g, w in zip(got, want, strict=True):
+        assert_same(g, w)
+    assert isinstance(got[CHUNK_DAYS + 1], PayloadInvalid)
+    assert sum(isinstance(g, PayloadInvalid) for g in got) == 1
+
+
+def test_decode_days_rejects_mismatched_argument_lengths() -> None:
+    with pytest.raises(ValueError):
+        decode_days([GOOD], symbol="EUR-USD", side="BID", day_ms=[], live=[False], src_offsets=[0])
+
+
+@pytest.mark.real_data
+def test_decode_days_real_days_equal_decode_candles(real_data: Path) -> None:
+    bodies = [path.read_bytes() for path in _candle_files(real_data)]
+    assert len(bodies) >= 3
+    days = [json.loads(body)["timestamp"] // DAY_MS * DAY_MS for body in bodies]
+    flags = [False] * len(bodies)
+    offsets = list(range(len(bodies)))
+    got = decode_days(
+        bodies, symbol="EUR-USD", side="BID", day_ms=days, live=flags, src_offsets=offsets
+    )
+    for g, w in zip(got, decode_each(bodies, days, flags, offsets), strict=True):
+        assert_same(g, w)
