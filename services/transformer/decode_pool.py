@@ -3,7 +3,7 @@
 Decoding is the transformer's work during a catch-up (≈ 0.5 ms per day file, one core).
 ``DecodeHelper`` starts ``python -m services.transformer.decode_pool`` (lean: numpy,
 msgspec and the decoder only) and hands it part of a batch's days while the transformer
-decodes the rest itself. Decoding is pure, so the result does not depend on which process
+decodes the rest itself; both decode their share with ``decode_days`` (many days at once). Decoding is pure, so the result does not depend on which process
 decoded what; the transformer still applies the days strictly in journal order.
 
 Wire (the helper's stdin/stdout pipes; no pickle): a request is ``<QQ`` (header length,
@@ -32,7 +32,7 @@ from typing import IO, Final
 import msgspec
 import numpy as np
 
-from services.transformer.transform import decode_candles
+from services.transformer.transform import decode_days
 from shared.record import RECORD_DTYPE, RECORD_SIZE
 
 log = logging.getLogger("barstream.transformer")
@@ -226,20 +226,27 @@ def helper_main(memfd: int) -> int:
         counts: list[int] = []
         pos = 0
         at = 0
-        for day_ms, live, src_offset, n in req.items:
-            body = bodies[at : at + n]
+        bodies_each: list[bytes] = []
+        for *_, n in req.items:
+            bodies_each.append(bodies[at : at + n])
             at += n
-            try:
-                records = decode_candles(
-                    body,
+        decoded: list[np.ndarray | Exception]
+        try:
+            decoded = list(
+                decode_days(
+                    bodies_each,
                     symbol=req.symbol,
                     side=req.side,
-                    day_ms=day_ms,
-                    live=live,
-                    src_offset=src_offset,
+                    day_ms=[d for d, _, _, _ in req.items],
+                    live=[lv for _, lv, _, _ in req.items],
+                    src_offsets=[o for _, _, o, _ in req.items],
                 )
-            except Exception:  # the transformer decodes it again and reports the error
-                counts.append(-1)
+            )
+        except Exception as e:  # the transformer decodes them again and reports any error
+            decoded = [e] * len(bodies_each)
+        for records in decoded:
+            if not isinstance(records, np.ndarray):
+                counts.append(-1)  # the transformer decodes it again and reports the error
                 continue
             size = len(records) * RECORD_SIZE
             if pos + size > capacity:

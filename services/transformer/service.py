@@ -1,7 +1,8 @@
 """Transformer service: the downloader's fetch journal → decoded 1-minute records.
 
 Wiring: follow the downloader's feed (streams ``SYMBOL/SIDE/fetch``, one journal record per
-fetched day, its raw body attached) → ``transform.decode_candles`` → one store per
+fetched day, its raw body attached) → ``transform.decode_days`` (many days at once, each the
+same as ``decode_candles``) → one store per
 (symbol, side), ``SYMBOL/SIDE/days``: the decoded day versions in journal order → serve it.
 
 The store is a pure function of the journal: the decoded records of every valid journal
@@ -26,7 +27,7 @@ import numpy as np
 from prometheus_client import Gauge
 
 from services.transformer.decode_pool import DecodeHelper
-from services.transformer.transform import decode_candles
+from services.transformer.transform import decode_days
 from shared import protocol as p
 from shared.config import Config
 from shared.errors import PayloadInvalid
@@ -125,18 +126,16 @@ class Transformer(Service):
         out: dict[int, np.ndarray | PayloadInvalid] = {}
 
         def local(part: list[tuple[int, int, bool, bytes]]) -> None:
-            for i, day_ms, live, body in part:
-                try:
-                    out[i] = decode_candles(
-                        body,
-                        symbol=symbol,
-                        side=side,
-                        day_ms=day_ms,
-                        live=live,
-                        src_offset=start + i,
-                    )
-                except PayloadInvalid as e:
-                    out[i] = e
+            decoded = decode_days(
+                [body for *_, body in part],
+                symbol=symbol,
+                side=side,
+                day_ms=[day_ms for _, day_ms, _, _ in part],
+                live=[live for _, _, live, _ in part],
+                src_offsets=[start + i for i, *_ in part],
+            )
+            for (i, *_), result in zip(part, decoded, strict=True):
+                out[i] = result
 
         if len(items) < HELPER_MIN_DAYS:
             local(items)
