@@ -4,7 +4,8 @@ Reads ``data_dir/resampler/SYMBOL/SIDE/TIMEFRAME.bars`` (the resampler also keep
 series) with ``Store.open(writable=False)`` + ``snapshot()``: a consistent copy even while the
 resampler writes. Provisional (still open) bars are left out unless asked for.
 
-Formats (numbers are the shortest text that reads back as the same float64; ``X.0`` → ``X``):
+Formats (prices are the shortest text that reads back as the same float64, ``X.0`` → ``X``;
+volumes are rounded to 6 decimals first, since a bar's volume is a float sum):
 
 - ``csv``: header ``time,open,high,low,close,volume``; ``time`` = bar open, UTC,
   ``YYYY-MM-DD HH:MM:SS``.
@@ -93,7 +94,9 @@ def num(x: float) -> str:
 def _rows(records: np.ndarray) -> Iterator[tuple[str, str, str, str, str]]:
     cols = [records[k].tolist() for k in ("open", "high", "low", "close", "volume")]
     for o, h, lo, c, v in zip(*cols, strict=True):
-        yield num(o), num(h), num(lo), num(c), num(v)
+        # Prices are exact decimals already; a volume is a float sum of decimal volumes, so
+        # it is rounded to 6 decimals (11055.26, not 11055.259999999998).
+        yield num(o), num(h), num(lo), num(c), num(round(v, 6))
 
 
 def csv_lines(records: np.ndarray) -> Iterable[str]:

@@ -166,10 +166,10 @@ def run_history(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         except ImportError as e:
             print(f"history: parquet needs pyarrow: {e}", file=sys.stderr)
             return EXIT_ERROR
-    elif args.output is not None:
-        frame.to_csv(args.output)
     else:
-        frame.to_csv(out)
+        # A bar's volume is a float sum: round it for text (11055.26, not 11055.259999999998).
+        text = frame.assign(volume=frame["volume"].round(6))
+        text.to_csv(args.output if args.output is not None else out)
     print(f"history: {len(records)} bars", file=sys.stderr)
     return EXIT_OK
 
