@@ -28,7 +28,7 @@ import zmq
 from shared import config as config_mod
 from shared.config import Config
 from shared.errors import BarstreamError
-from shared.feed import Attachments, Cut, FeedClient, FeedServer
+from shared.feed import Attachments, BatchHandler, Cut, FeedClient, FeedServer
 from shared.metrics import Metrics
 from shared.store import StoreSet
 
@@ -105,6 +105,36 @@ class Service(abc.ABC):
             cut=cut,
         )
         return self.server
+
+    async def follow_and_serve(self, handler: BatchHandler, *, cut: Cut | None = None) -> None:
+        """The middle stages' main(): follow the upstream feed through ``handler``, commit
+        at each burst's end, serve this service's stores downstream — until stopped, or in
+        drain mode until the upstream is exhausted and every downstream peer has it all."""
+        server = self.serve_feed(cut=cut)
+        self.upstream = FeedClient(
+            self.ctx,
+            self.endpoints.upstream,
+            self.stores.upstream,
+            handler,
+            name=self.name,
+            metrics=self.metrics,
+            on_idle=self.idle,
+        )
+        serving = asyncio.create_task(server.run())
+        following = asyncio.create_task(self.upstream.run(until_caught_up=self.drain))
+        if self.drain:
+            await following
+            self.commit()
+            server.done = True
+            await server.wait_drained()
+            server.close()
+            await serving
+            return
+        await self.serve_until_stopped(serving, following)
+
+    async def idle(self) -> None:
+        """The upstream has nothing more queued for us: a burst's end, commit."""
+        self.maybe_commit(idle=True)
 
     async def serve_until_stopped(self, *tasks: asyncio.Task[None]) -> None:
         """Run background tasks (feed server, upstream client, …) until stop or one fails."""

@@ -13,15 +13,12 @@ rewrite is one "from offset X" update downstream, never a full resend.
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 from prometheus_client import Counter
 
 from services.aggregator.aggregate import merge
 from shared import protocol as p
 from shared.config import Config
-from shared.feed import FeedClient
 from shared.record import FLAG_LIVE, RECORD_DTYPE
 from shared.service import Service
 from shared.store import StoreMeta
@@ -79,30 +76,7 @@ class Aggregator(Service):
         )
 
     async def main(self) -> None:
-        server = self.serve_feed()
-        self.upstream = FeedClient(
-            self.ctx,
-            self.endpoints.upstream,
-            self.stores.upstream,
-            self.apply,
-            name=self.name,
-            metrics=self.metrics,
-            on_idle=self.idle,
-        )
-        serving = asyncio.create_task(server.run())
-        following = asyncio.create_task(self.upstream.run(until_caught_up=self.drain))
-        if self.drain:
-            await following
-            self.commit()
-            server.done = True
-            await server.wait_drained()
-            server.close()
-            await serving
-            return
-        await self.serve_until_stopped(serving, following)
-
-    async def idle(self) -> None:
-        self.maybe_commit(idle=True)
+        await self.follow_and_serve(self.apply)
 
     async def apply(self, batch: p.Batch, records: np.ndarray, _bodies: list[bytes]) -> None:
         """From transformer offset ``batch.start`` on, its store now reads ``records``."""

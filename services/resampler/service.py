@@ -13,7 +13,6 @@ The open bar of every timeframe is flagged provisional until its window has clos
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import Collection
 
@@ -23,7 +22,6 @@ from prometheus_client import Counter, Gauge
 from services.resampler.resample import M1, Cascade
 from shared import protocol as p
 from shared.config import Config, SessionConfig
-from shared.feed import FeedClient
 from shared.record import FLAG_PROVISIONAL
 from shared.service import Service
 from shared.store import Store, StoreMeta
@@ -81,30 +79,7 @@ class Resampler(Service):
         )
 
     async def main(self) -> None:
-        server = self.serve_feed()
-        self.upstream = FeedClient(
-            self.ctx,
-            self.endpoints.upstream,
-            self.stores.upstream,
-            self.apply,
-            name=self.name,
-            metrics=self.metrics,
-            on_idle=self.idle,
-        )
-        serving = asyncio.create_task(server.run())
-        following = asyncio.create_task(self.upstream.run(until_caught_up=self.drain))
-        if self.drain:
-            await following
-            self.commit()
-            server.done = True
-            await server.wait_drained()
-            server.close()
-            await serving
-            return
-        await self.serve_until_stopped(serving, following)
-
-    async def idle(self) -> None:
-        self.maybe_commit(idle=True)
+        await self.follow_and_serve(self.apply)
 
     def cascade(self, symbol: str, side: str) -> Cascade:
         key = f"{symbol}/{side}"

@@ -19,7 +19,6 @@ in ``barstream_held_streams`` and in ``status``.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 
@@ -31,7 +30,6 @@ from services.transformer.transform import decode_days
 from shared import protocol as p
 from shared.config import Config
 from shared.errors import PayloadInvalid
-from shared.feed import FeedClient
 from shared.record import (
     JOURNAL_DAY,
     JOURNAL_LIVE,
@@ -80,30 +78,7 @@ class Transformer(Service):
         self.helper_days = 0
 
     async def main(self) -> None:
-        server = self.serve_feed(cut=version_cut)
-        self.upstream = FeedClient(
-            self.ctx,
-            self.endpoints.upstream,
-            self.stores.upstream,
-            self.apply,
-            name=self.name,
-            metrics=self.metrics,
-            on_idle=self.idle,
-        )
-        serving = asyncio.create_task(server.run())
-        following = asyncio.create_task(self.upstream.run(until_caught_up=self.drain))
-        if self.drain:
-            await following
-            self.commit()
-            server.done = True
-            await server.wait_drained()
-            server.close()
-            await serving
-            return
-        await self.serve_until_stopped(serving, following)
-
-    async def idle(self) -> None:
-        self.maybe_commit(idle=True)
+        await self.follow_and_serve(self.apply, cut=version_cut)
 
     async def close(self) -> None:
         try:
