@@ -273,11 +273,15 @@ def test_prometheus_scrapes_every_service(pipeline: Pipeline, tmp_path: Path) ->
             return out
 
         first = wait_for("every service scraped", values, 60, every_s=0.5)
-        up = _query(port, "up")
-        assert {r["metric"]["job"] for r in up if r["value"][1] == "1"} >= {
-            *SERVICES,
-            "supervisor_events",
-        }
+
+        def all_up() -> bool:  # each job is scraped on its own schedule: wait for all
+            up = _query(port, "up")
+            return {r["metric"]["job"] for r in up if r["value"][1] == "1"} >= {
+                *SERVICES,
+                "supervisor_events",
+            }
+
+        wait_for("every job up, the supervisor event listener included", all_up, 30, every_s=0.5)
 
         def rose() -> bool:
             now = values()
