@@ -27,9 +27,11 @@ run: $(STAMP)    ## offline demo under supervisord (LIVE=1 for the real Dukascop
 TEST_MARK ?= $(if $(CI),,not slow)
 
 test: $(STAMP)   ## the test suite (slow suites too when CI=true)
+	@bash scripts/ensure-debs.sh
 	@bash scripts/pytest-nonempty.sh $(PY) -m "$(TEST_MARK)" $(PYTEST_ARGS)
 
 test-all: $(STAMP) ## every test, slow ones included
+	@bash scripts/ensure-debs.sh
 	@bash scripts/pytest-nonempty.sh $(PY) $(PYTEST_ARGS)
 
 fmt: $(STAMP)
