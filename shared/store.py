@@ -408,28 +408,7 @@ class Store:
 
     def append(self, records: np.ndarray) -> int:
         """Append records (not yet durable: see ``StoreSet.commit``). Returns the new length."""
-        self._check_writable()
-        n = len(records)
-        if n == 0:
-            return self._length
-        if records.dtype != self.dtype:
-            raise StoreError(
-                str(self.path), f"append of dtype {records.dtype}, store holds {self.dtype}"
-            )
-        start = self._length
-        end = start + n
-        if start < self._undo_low:
-            self._save_undo(start)
-        if end > self._capacity:
-            self._remap(end)
-        # pwrite, not a copy into the mapping: writing fresh mapped pages faults page by
-        # page (5-7x slower on tmpfs); the mapping sees the same page cache.
-        data = np.ascontiguousarray(records).view(np.uint8)
-        _pwrite_all(self._fd, data.data, HEADER_SIZE + start * RECORD_SIZE)
-        _start_writeback(self._fd, HEADER_SIZE + start * RECORD_SIZE, n * RECORD_SIZE)
-        self._dirty = True
-        self._length = end
-        return end
+        return self.append_parts([records])
 
     def append_parts(self, parts: Sequence[np.ndarray]) -> int:
         """Append several record arrays with one vectored write (``pwritev``): the same
@@ -451,6 +430,8 @@ class Store:
             self._save_undo(start)
         if end > self._capacity:
             self._remap(end)
+        # pwrite(v), not a copy into the mapping: writing fresh mapped pages faults page by
+        # page (5-7x slower on tmpfs); the mapping sees the same page cache.
         views = [np.ascontiguousarray(p).view(np.uint8).data for p in parts]
         _pwritev_all(self._fd, views, HEADER_SIZE + start * RECORD_SIZE)
         _start_writeback(self._fd, HEADER_SIZE + start * RECORD_SIZE, n * RECORD_SIZE)
