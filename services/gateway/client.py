@@ -676,6 +676,18 @@ class _Base:
             raise GatewayError(reply.code, reply.message, endpoint=self.requests)
         return reply
 
+    def _driver(self, topics: Iterable[str], history: int, closed_only: bool) -> _Driver:
+        """A connected stream over ``topics``, tracked for the client's counters."""
+        driver = _Driver(
+            self.ctx,
+            self.publish,
+            self.requests,
+            self._followers(topics, history, closed_only),
+            rcvhwm=self.rcvhwm,
+        )
+        self.drivers.append(driver)
+        return driver
+
     def _followers(self, topics: Iterable[str], history: int, closed_only: bool) -> list[_Follower]:
         out = [_Follower(t, history, closed_only, keep=self.keep_records) for t in topics]
         if not out:
@@ -788,14 +800,7 @@ class GatewayClient(_Base):
         timeout_s: float | None = None,
     ) -> Iterator[BarUpdate]:
         """``stream`` over several topics on one connection (items carry ``topic``)."""
-        driver = _Driver(
-            self.ctx,
-            self.publish,
-            self.requests,
-            self._followers(topics, history, closed_only),
-            rcvhwm=self.rcvhwm,
-        )
-        self.drivers.append(driver)
+        driver = self._driver(topics, history, closed_only)
         try:
             last_item = time.monotonic()
             while True:
@@ -912,14 +917,7 @@ class AsyncGatewayClient(_Base):
         *,
         timeout_s: float | None = None,
     ) -> AsyncIterator[BarUpdate]:
-        driver = _Driver(
-            self.ctx,
-            self.publish,
-            self.requests,
-            self._followers(topics, history, closed_only),
-            rcvhwm=self.rcvhwm,
-        )
-        self.drivers.append(driver)
+        driver = self._driver(topics, history, closed_only)
         try:
             last_item = time.monotonic()
             while True:
