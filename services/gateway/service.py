@@ -96,29 +96,27 @@ class Gateway(Service):
     """Replicate the resampler's bar stores; publish committed changes; answer requests."""
 
     name = "gateway"
-    #: Messages queued per consumer before the publish socket drops (``--publish-hwm``).
-    publish_hwm: int = gp.PUBLISH_HWM
+    #: ``--publish-hwm N`` from the command line; overrides ``gateway.publish_hwm``.
+    publish_hwm_override: int | None = None
 
     @classmethod
     def take_options(cls, argv: list[str]) -> list[str]:
         """Read the gateway's own command-line options (``--publish-hwm N``: per-consumer
-        queue bound, default PUBLISH_HWM); return the rest for ``shared.service.main``."""
+        queue bound, overriding ``gateway.publish_hwm``); return the rest for
+        ``shared.service.main``."""
         parser = argparse.ArgumentParser(add_help=False)
-        parser.add_argument("--publish-hwm", type=int, default=cls.publish_hwm)
+        parser.add_argument("--publish-hwm", type=int, default=None)
         args, rest = parser.parse_known_args(argv)
-        if args.publish_hwm < 1:
+        if args.publish_hwm is not None and args.publish_hwm < 1:
             parser.error(f"--publish-hwm {args.publish_hwm}: must be >= 1")
-        cls.publish_hwm = args.publish_hwm
+        cls.publish_hwm_override = args.publish_hwm
         return rest
 
     def __init__(self, config: Config, *, drain: bool = False, serve_metrics: bool = True) -> None:
         super().__init__(config, drain=drain, serve_metrics=serve_metrics)
         self.gw = config.gateway
-        if (
-            config.gateway.publish_hwm != gp.PUBLISH_HWM
-            and type(self).publish_hwm == gp.PUBLISH_HWM
-        ):
-            type(self).publish_hwm = config.gateway.publish_hwm
+        #: Messages queued per consumer before the publish socket drops.
+        self.publish_hwm = self.publish_hwm_override or config.gateway.publish_hwm
         # Every configured topic is served from the start (empty until bars arrive), so a
         # consumer may subscribe before the first bar of a new symbol exists.
         for symbol, side in config.streams():
