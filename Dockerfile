@@ -13,5 +13,5 @@ RUN pip install . \
     && mkdir -p /data/downloader /data/raw /data/transformer /data/aggregator /data/resampler /data/gateway \
     && chown -R barstream /data
 USER barstream
-# Each container runs one service: python -m services.NAME --config config/compose.toml
+# Each container runs one service: python -m barstream.services.NAME --config config/compose.toml
 CMD ["python", "-m", "barstream", "--help"]

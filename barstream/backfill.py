@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from barstream.configs import data_root
-from services.downloader.source import (
+from barstream.services.downloader.source import (
     HttpSource,
     RawCache,
     RequestBudget,
     RetryPolicy,
     SourceSettings,
 )
-from shared.config import Config
-from shared.errors import NotFound, SourceError
+from barstream.shared.config import Config
+from barstream.shared.errors import NotFound, SourceError
 
 #: Fetches in flight at once (the budget decides the rate).
 CONCURRENCY = 8

@@ -28,16 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from barstream import configs
+from barstream.shared.config import SIDES
+from barstream.shared.errors import BarstreamError, ConfigError
 from barstream.supervise import (
     DEFAULT_EVENTS_PORT,
-    REPO,
     Supervisor,
     SupervisorError,
     default_var_dir,
     service_programs,
 )
-from shared.config import SIDES
-from shared.errors import BarstreamError, ConfigError
 
 EXIT_OK = 0
 EXIT_FAULT = 1
@@ -53,7 +52,7 @@ def _config_arg(p: argparse.ArgumentParser, default: Path | None, what: str = ""
         type=Path,
         default=default,
         help=f"pipeline configuration (TOML){what}"
-        + (f"; default {default.relative_to(REPO)}" if default else ""),
+        + (f"; default the packaged {default.parent.name}/{default.name}" if default else ""),
     )
 
 
@@ -286,9 +285,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _gateway_cli() -> tuple[Any, str]:
-    """services.gateway.cli, imported lazily (the gateway may be absent or broken)."""
+    """barstream.services.gateway.cli, imported lazily (the gateway may be absent or broken)."""
     try:
-        from services.gateway import cli as gateway_cli
+        from barstream.services.gateway import cli as gateway_cli
     except Exception as e:  # ImportError, or an error inside the module
         return None, f"{type(e).__name__}: {e}"
     return gateway_cli, ""

@@ -1,5 +1,6 @@
-"""Configuration handling of the CLI: load (relative paths resolve against the repository,
-where supervisord runs the services), derive (rebuild, tests) and write back as TOML."""
+"""Configuration handling of the CLI: load (relative paths resolve against the home,
+``barstream.paths.home()``, where supervisord runs the services), derive (rebuild, tests) and
+write back as TOML."""
 
 from __future__ import annotations
 
@@ -7,18 +8,17 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from barstream import tomlw
-from barstream.supervise import REPO
-from shared import config as config_mod
-from shared.config import Config
+from barstream import paths, tomlw
+from barstream.shared import config as config_mod
+from barstream.shared.config import Config
 
-DEMO_CONFIG = REPO / "config" / "demo.toml"
-LIVE_CONFIG = REPO / "config" / "live.toml"
+DEMO_CONFIG = paths.resource("config/demo.toml")
+LIVE_CONFIG = paths.resource("config/live.toml")
 
 
 def load(path: Path) -> Config:
     """Load and validate ``path``; a relative ``pipeline.data_dir`` becomes absolute under
-    the repository (the services' working directory under supervisord)."""
+    the home (the services' working directory under supervisord)."""
     cfg = config_mod.load(path)
     cfg.pipeline.data_dir = str(data_root(cfg))
     return cfg
@@ -26,7 +26,7 @@ def load(path: Path) -> Config:
 
 def data_root(cfg: Config) -> Path:
     root = Path(cfg.pipeline.data_dir)
-    return root if root.is_absolute() else REPO / root
+    return paths.resolve(root)
 
 
 def read_dict(path: Path) -> dict[str, Any]:

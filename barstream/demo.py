@@ -26,13 +26,13 @@ from typing import TextIO
 
 import numpy as np
 
-from barstream import configs, status
+from barstream import configs, paths, status
 from barstream.export import num
-from barstream.supervise import REPO, Supervisor, SupervisorError, service_programs
-from shared.config import Config
-from shared.errors import BarstreamError, StoreError
-from shared.record import FLAG_PROVISIONAL
-from shared.store import Store
+from barstream.shared.config import Config
+from barstream.shared.errors import BarstreamError, StoreError
+from barstream.shared.record import FLAG_PROVISIONAL
+from barstream.shared.store import Store
+from barstream.supervise import Supervisor, SupervisorError, service_programs
 
 WAIT_BARS_S = 180.0
 BARS_SHOWN = 12
@@ -43,9 +43,9 @@ class _Stop(Exception):
 
 
 def reset_data(cfg: Config) -> Path:
-    """Empty the demo's data directory (only ever one inside the repository's var/)."""
+    """Empty the demo's data directory (only ever one inside the home's var/)."""
     root = configs.data_root(cfg).resolve()
-    var = (REPO / "var").resolve()
+    var = (paths.home() / "var").resolve()
     if var not in root.parents:
         raise BarstreamError(
             f"{root}: not under {var}; the demo only resets its own data (use --keep)"

@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from shared.record import FLAG_PROVISIONAL
-from shared.store import Store
+from barstream.shared.record import FLAG_PROVISIONAL
+from barstream.shared.store import Store
 
 NEW_YORK: Final = ZoneInfo("America/New_York")
 MT4_SHIFT_MS: Final = 7 * 3_600_000

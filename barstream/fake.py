@@ -20,10 +20,10 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.downloader.fake_upstream import DEFAULT_REAL_DIR, FakeUpstream, SimClock
-from shared import config as config_mod
-from shared.config import Config
-from shared.errors import ConfigError
+from barstream.services.downloader.fake_upstream import DEFAULT_REAL_DIR, FakeUpstream, SimClock
+from barstream.shared import config as config_mod
+from barstream.shared.config import Config
+from barstream.shared.errors import ConfigError
 
 log = logging.getLogger("barstream.fake")
 

@@ -27,13 +27,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from barstream import configs
-from barstream.supervise import REPO, Supervisor, program
+from barstream import configs, paths
+from barstream.services.downloader.source import RawCache
+from barstream.shared.checkpoint import Checkpoint
+from barstream.shared.config import SERVICES, Config
+from barstream.shared.errors import CheckpointCorrupt
+from barstream.supervise import Supervisor, program
 from barstream.verify import plan, verify_store
-from services.downloader.source import RawCache
-from shared.checkpoint import Checkpoint
-from shared.config import SERVICES, Config
-from shared.errors import CheckpointCorrupt
 
 
 class RebuildError(Exception):
@@ -142,8 +142,15 @@ def rebuild(
                 log = (log_dir / f"rebuild-{name}.log").open("wb")
                 logs.append(log)
                 procs_run[name] = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{name}", "--config", str(path), "--drain"],
-                    cwd=REPO,
+                    [
+                        sys.executable,
+                        "-m",
+                        f"barstream.services.{name}",
+                        "--config",
+                        str(path),
+                        "--drain",
+                    ],
+                    cwd=paths.home(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -20,10 +20,10 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from barstream.configs import metrics_url
+from barstream.shared.checkpoint import Checkpoint
+from barstream.shared.config import SERVICES, Config
+from barstream.shared.errors import CheckpointCorrupt
 from barstream.supervise import Supervisor, program
-from shared.checkpoint import Checkpoint
-from shared.config import SERVICES, Config
-from shared.errors import CheckpointCorrupt
 
 SCRAPE_TIMEOUT_S = 2.0
 

@@ -23,14 +23,13 @@ import sys
 import time
 import xmlrpc.client
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, cast
 
-from shared.config import SERVICES
+from barstream import paths
+from barstream.shared.config import SERVICES
 
-REPO: Final = Path(__file__).resolve().parents[1]
-CONF: Final = REPO / "supervisord.conf"
 GROUP: Final = "barstream"
 FAKE: Final = "fake_upstream"
 EVENTS: Final = "barstream_events"
@@ -40,7 +39,12 @@ UP_STATES: Final = frozenset({"RUNNING"})
 
 
 def default_var_dir() -> Path:
-    return Path(os.environ.get("BARSTREAM_VAR") or REPO / "var")
+    return paths.var_dir()
+
+
+def default_conf() -> Path:
+    """The supervisord.conf shipped with the package."""
+    return paths.resource("supervisord.conf")
 
 
 def program(name: str) -> str:
@@ -60,7 +64,7 @@ class Supervisor:
     var_dir: Path
     demo: bool = False
     events_port: int = DEFAULT_EVENTS_PORT
-    conf: Path = CONF
+    conf: Path = field(default_factory=default_conf)
 
     @property
     def socket_path(self) -> Path:
@@ -77,6 +81,8 @@ class Supervisor:
             BARSTREAM_VAR=str(self.var_dir.resolve()),
             BARSTREAM_DEMO="true" if self.demo else "false",
             BARSTREAM_EVENTS_PORT=str(self.events_port),
+            BARSTREAM_HOME=str(paths.home()),
+            BARSTREAM_PYTHON=sys.executable,
         )
         return env
 
@@ -96,7 +102,7 @@ class Supervisor:
             proc = subprocess.Popen(
                 [*cmd, "-n"],
                 env=self.env(),
-                cwd=REPO,
+                cwd=paths.home(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -104,7 +110,9 @@ class Supervisor:
             )
             self.wait_socket(15.0, proc)
             return proc
-        done = subprocess.run(cmd, env=self.env(), cwd=REPO, capture_output=True, check=False)
+        done = subprocess.run(
+            cmd, env=self.env(), cwd=paths.home(), capture_output=True, check=False
+        )
         if done.returncode != 0:
             raise SupervisorError(
                 f"supervisord exited {done.returncode}: {done.stderr.decode(errors='replace')}"
@@ -188,7 +196,7 @@ class Supervisor:
     def ctl(self, args: Sequence[str]) -> int:
         """Run supervisorctl with this instance's environment (output to our terminal)."""
         cmd = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args]
-        return subprocess.call(cmd, env=self.env(), cwd=REPO)
+        return subprocess.call(cmd, env=self.env(), cwd=paths.home())
 
 
 def service_programs(*, demo: bool) -> list[str]:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.checkpoint import Checkpoint, StoreMark
-from shared.errors import CheckpointCorrupt, StoreCorrupt
-from shared.record import (
+from barstream.shared.checkpoint import Checkpoint, StoreMark
+from barstream.shared.errors import CheckpointCorrupt, StoreCorrupt
+from barstream.shared.record import (
     DTYPES,
     JOURNAL_DAY,
     JOURNAL_EMPTY,
@@ -35,7 +35,7 @@ from shared.record import (
     KIND_JOURNAL,
     RECORD_SIZE,
 )
-from shared.store import HEADER_SIZE, decode_header
+from barstream.shared.store import HEADER_SIZE, decode_header
 
 DAY_MS = 86_400_000
 #: Faults reported per check per store (the count says how many more).

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from services.resampler.resample import Cascade, resample_all
-from shared.record import RECORD_DTYPE
-from shared.timeframe import MT4, UTC, Alignment, Timeframe
+from barstream.services.resampler.resample import Cascade, resample_all
+from barstream.shared.record import RECORD_DTYPE
+from barstream.shared.timeframe import MT4, UTC, Alignment, Timeframe
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"

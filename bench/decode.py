@@ -12,9 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from services.downloader.fake_upstream import RandomWalkGenerator, encode_candles
-from services.downloader.source import day_start_ms
-from services.transformer.transform import decode_candles, decode_days
+from barstream.services.downloader.fake_upstream import RandomWalkGenerator, encode_candles
+from barstream.services.downloader.source import day_start_ms
+from barstream.services.transformer.transform import decode_candles, decode_days
 
 DAYS = 250
 PASSES = 5

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from shared.feed import FeedClient, FeedServer
-from shared.record import RECORD_DTYPE
-from shared.store import Store, StoreMeta, StoreSet
+from barstream.shared.feed import FeedClient, FeedServer
+from barstream.shared.record import RECORD_DTYPE
+from barstream.shared.store import Store, StoreMeta, StoreSet
 
 REPO = Path(__file__).resolve().parent.parent
 N = 8_000_000

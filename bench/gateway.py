@@ -4,7 +4,7 @@ Every number goes through real processes and real sockets:
 
 - upstream: a real ``shared.feed.FeedServer`` over a StoreSet, in this process (a thread with
   its own event loop), over ipc://;
-- gateway: ``python -m services.gateway`` (a child process) replicating it, committing
+- gateway: ``python -m barstream.services.gateway`` (a child process) replicating it, committing
   (fdatasync + checkpoint fsync) before it publishes;
 - consumers: ``services.gateway.client`` in this process or in worker processes.
 
@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from services.gateway.client import AsyncGatewayClient, GatewayClient
-from shared.feed import FeedServer
-from shared.record import empty
-from shared.store import StoreMeta, StoreSet
+from barstream.services.gateway.client import AsyncGatewayClient, GatewayClient
+from barstream.shared.feed import FeedServer
+from barstream.shared.record import empty
+from barstream.shared.store import StoreMeta, StoreSet
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -121,7 +121,15 @@ class Gateway:
         )
         self.log = open(root / "gateway.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "services.gateway", "--config", str(config), "--log-level", "WARNING"],
+            [
+                PYTHON,
+                "-m",
+                "barstream.services.gateway",
+                "--config",
+                str(config),
+                "--log-level",
+                "WARNING",
+            ],
             cwd=REPO,
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -88,7 +88,7 @@ def cache_dir() -> Path:
 
 def ensure_cache() -> tuple[Path, float]:
     """The raw cache (generated on first use). Returns (root, seconds spent generating)."""
-    from services.downloader.fake_upstream import generate_cache
+    from barstream.services.downloader.fake_upstream import generate_cache
 
     root = cache_dir()
     if (root / "COMPLETE").exists():
@@ -152,7 +152,7 @@ def run_pipeline(
     verify: bool = True,
     timeline: bool = False,
 ) -> RunResult:
-    from shared.checkpoint import Checkpoint
+    from barstream.shared.checkpoint import Checkpoint
 
     with (
         _workdir(TARGETS[target], keep) as work,
@@ -178,9 +178,13 @@ def run_pipeline(
                 if profile is not None:
                     profile.mkdir(parents=True, exist_ok=True)
                     out = str(profile / f"{target}-{name}.prof")
-                    cmd += ["-c", _PROFILE_CPU.format(module=f"services.{name}", out=out), *args]
+                    cmd += [
+                        "-c",
+                        _PROFILE_CPU.format(module=f"barstream.services.{name}", out=out),
+                        *args,
+                    ]
                 else:
-                    cmd += ["-m", f"services.{name}", *args]
+                    cmd += ["-m", f"barstream.services.{name}", *args]
                 procs[name] = subprocess.Popen(
                     cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=logs[name], stderr=logs[name]
                 )
@@ -242,7 +246,7 @@ def _timeline(
     procs: dict[str, subprocess.Popen[bytes]], data: Path, began: float, done: threading.Event
 ) -> None:
     """Debug: every 0.25 s, each stage's CPU use and committed records (stderr)."""
-    from shared.checkpoint import Checkpoint
+    from barstream.shared.checkpoint import Checkpoint
 
     tick = os.sysconf("SC_CLK_TCK")
     last: dict[str, float] = {}
@@ -282,7 +286,7 @@ def _wait_all(procs: dict[str, subprocess.Popen[bytes]], deadline: float) -> dic
 
 
 def _records(data: Path, service: str, tf: str) -> np.ndarray:
-    from shared.store import Store
+    from barstream.shared.store import Store
 
     path = data / service / SYMBOL / SIDE / f"{tf}.bars"
     with Store.open(path, writable=False) as store:
@@ -291,8 +295,8 @@ def _records(data: Path, service: str, tf: str) -> np.ndarray:
 
 def verify_stores(data: Path) -> None:
     """Every resampler store equals ``resample_all`` over the aggregator's 1m store."""
-    from services.resampler.resample import resample_all
-    from shared.timeframe import PRESETS, Timeframe
+    from barstream.services.resampler.resample import resample_all
+    from barstream.shared.timeframe import PRESETS, Timeframe
 
     m1 = _records(data, "aggregator", "1m")
     if len(m1) < 1_000_000:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.record import RECORD_DTYPE
-from shared.store import Store, StoreMeta, StoreSet
+from barstream.shared.record import RECORD_DTYPE
+from barstream.shared.store import Store, StoreMeta, StoreSet
 
 REPO = Path(__file__).resolve().parent.parent
 N = 4_000_000

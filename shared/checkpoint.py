@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import msgspec
 
-from shared.errors import CheckpointCorrupt
+from barstream.shared.errors import CheckpointCorrupt
 
 CHECKPOINT_VERSION: Final = 1
 

@@ -18,7 +18,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from shared.errors import ConfigError
+from barstream.shared.errors import ConfigError
 
 SERVICES: Final = ("downloader", "transformer", "aggregator", "resampler", "gateway")
 SIDES: Final = ("BID", "ASK")
@@ -196,7 +196,7 @@ def _check(cfg: Config) -> None:
         raise bad("downloader.base_url", d.base_url, "must start with http:// or https://")
     if d.end_date is not None and d.end_date < p.start_date:
         raise bad("downloader.end_date", str(d.end_date), "is before pipeline.start_date")
-    import shared.timeframe as timeframe  # local: avoids an import cycle at module load
+    import barstream.shared.timeframe as timeframe  # local: avoids an import cycle at module load
 
     for i, tf in enumerate(cfg.resampler.timeframes):
         try:

@@ -34,12 +34,12 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from shared import protocol as p
-from shared.checkpoint import UpstreamMark
-from shared.errors import ProtocolError
-from shared.metrics import Metrics
-from shared.record import DTYPES, KIND_BARS, RECORD_SIZE
-from shared.store import Store, StoreSet
+from barstream.shared import protocol as p
+from barstream.shared.checkpoint import UpstreamMark
+from barstream.shared.errors import ProtocolError
+from barstream.shared.metrics import Metrics
+from barstream.shared.record import DTYPES, KIND_BARS, RECORD_SIZE
+from barstream.shared.store import Store, StoreSet
 
 log = logging.getLogger("barstream.feed")
 

@@ -25,12 +25,12 @@ from typing import ClassVar
 
 import zmq
 
-from shared import config as config_mod
-from shared.config import Config
-from shared.errors import BarstreamError
-from shared.feed import Attachments, BatchHandler, Cut, FeedClient, FeedServer
-from shared.metrics import Metrics
-from shared.store import StoreSet
+from barstream.shared import config as config_mod
+from barstream.shared.config import Config
+from barstream.shared.errors import BarstreamError
+from barstream.shared.feed import Attachments, BatchHandler, Cut, FeedClient, FeedServer
+from barstream.shared.metrics import Metrics
+from barstream.shared.store import StoreSet
 
 LOG_FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
 
@@ -261,9 +261,9 @@ def _has_loop() -> bool:
 
 
 def main(service_cls: type[Service], argv: Sequence[str] | None = None) -> int:
-    """Command-line entry of a service: ``python -m services.NAME --config FILE``."""
+    """Command-line entry of a service: ``python -m barstream.services.NAME --config FILE``."""
     parser = argparse.ArgumentParser(
-        prog=f"python -m services.{service_cls.name}",
+        prog=f"python -m barstream.services.{service_cls.name}",
         description=f"barstream {service_cls.name} service (see README, 'Operations').",
     )
     parser.add_argument("--config", "-c", type=Path, help="pipeline configuration file (TOML)")

@@ -46,9 +46,9 @@ from typing import Final
 
 import numpy as np
 
-from shared import checkpoint as ckpt
-from shared.errors import StoreClosed, StoreCorrupt, StoreError, StoreMismatch
-from shared.record import DTYPES, KIND_BARS, RECORD_SIZE
+from barstream.shared import checkpoint as ckpt
+from barstream.shared.errors import StoreClosed, StoreCorrupt, StoreError, StoreMismatch
+from barstream.shared.record import DTYPES, KIND_BARS, RECORD_SIZE
 
 log = logging.getLogger("barstream.store")
 

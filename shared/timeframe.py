@@ -58,7 +58,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from shared.errors import ConfigError
+from barstream.shared.errors import ConfigError
 
 MINUTE_MS: Final = 60_000
 HOUR_MS: Final = 3_600_000

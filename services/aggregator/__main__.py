@@ -1,4 +1,4 @@
-from services.aggregator.service import Aggregator
-from shared.service import main
+from barstream.services.aggregator.service import Aggregator
+from barstream.shared.service import main
 
 raise SystemExit(main(Aggregator))

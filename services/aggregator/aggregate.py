@@ -30,8 +30,8 @@ from typing import Final
 
 import numpy as np
 
-from shared.record import FLAG_LIVE, FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
-from shared.timeframe import DAY_MS
+from barstream.shared.record import FLAG_LIVE, FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
+from barstream.shared.timeframe import DAY_MS
 
 _WORDS: Final = 8  # a record as 8 little-endian uint64 words
 _SRC_OFFSET_WORD: Final = 6  # bytes 48..55

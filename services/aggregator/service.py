@@ -16,13 +16,13 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import Counter
 
-from services.aggregator.aggregate import merge
-from shared import protocol as p
-from shared.config import Config
-from shared.record import FLAG_LIVE, RECORD_DTYPE
-from shared.service import Service
-from shared.store import StoreMeta
-from shared.timeframe import DAY_MS
+from barstream.services.aggregator.aggregate import merge
+from barstream.shared import protocol as p
+from barstream.shared.config import Config
+from barstream.shared.record import FLAG_LIVE, RECORD_DTYPE
+from barstream.shared.service import Service
+from barstream.shared.store import StoreMeta
+from barstream.shared.timeframe import DAY_MS
 
 
 def append_only(

@@ -1,4 +1,4 @@
-from services.downloader.service import Downloader
-from shared.service import main
+from barstream.services.downloader.service import Downloader
+from barstream.shared.service import main
 
 raise SystemExit(main(Downloader))

@@ -3,9 +3,9 @@ deterministic data and injectable faults. Used by tests, demos and rebuild bench
 
 Run it::
 
-    python -m services.downloader.fake_upstream --port 8787 --start 2026-01-05 --speed 60 --seed 1
-    python -m services.downloader.fake_upstream --fault '503:*/EUR-USD/*:count=3'
-    python -m services.downloader.fake_upstream generate-cache DIR EUR-USD BID 2006-01-01 2025-12-31
+    python -m barstream.services.downloader.fake_upstream --port 8787 --start 2026-01-05 --speed 60 --seed 1
+    python -m barstream.services.downloader.fake_upstream --fault '503:*/EUR-USD/*:count=3'
+    python -m barstream.services.downloader.fake_upstream generate-cache DIR EUR-USD BID 2006-01-01 2025-12-31
 
 API (the same URLs as Dukascopy; month and day 1-based, not zero padded)::
 
@@ -77,7 +77,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from services.downloader.source import RawCache, day_start_ms
+from barstream import paths
+from barstream.services.downloader.source import RawCache, day_start_ms
 
 __all__ = [
     "DEFAULT_REAL_DIR",
@@ -98,7 +99,7 @@ __all__ = [
 
 MINUTE_MS: Final = 60_000
 DAY_MS: Final = 86_400_000
-DEFAULT_REAL_DIR: Final = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
+DEFAULT_REAL_DIR: Final = paths.real_data_dir()
 DEFAULT_HISTORY_START: Final = dt.date(2000, 1, 1)
 SYMBOLS: Final = ("EUR-USD", "GBP-USD", "USD-JPY", "XAU-USD", "EUR-JPY", "DEU.IDX-EUR", "BTC-USD")
 FAULT_KINDS: Final = (
@@ -1021,7 +1022,7 @@ def _parse_when(text: str) -> int:
 
 def _env_real_dir() -> Path:
     """The CLI edge is the one place that reads the environment (same variable as the tests)."""
-    return Path(os.environ.get("BARSTREAM_REAL_DATA", DEFAULT_REAL_DIR))
+    return paths.real_data_dir()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1029,7 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] == "generate-cache":
         return _main_generate(args[1:])
     parser = argparse.ArgumentParser(
-        prog="python -m services.downloader.fake_upstream",
+        prog="python -m barstream.services.downloader.fake_upstream",
         description="Serve a fake Dukascopy JSON API on 127.0.0.1 with a simulated clock and "
         "injectable faults. Subcommand: generate-cache DIR SYMBOL SIDE START END.",
     )
@@ -1085,7 +1086,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main_generate(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m services.downloader.fake_upstream generate-cache",
+        prog="python -m barstream.services.downloader.fake_upstream generate-cache",
         description="Write generated days into a raw cache (RawCache layout).",
     )
     parser.add_argument("dir", type=Path)

@@ -37,7 +37,7 @@ import msgspec
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from services.downloader.source import (
+from barstream.services.downloader.source import (
     FetchResult,
     HttpSource,
     RawCache,
@@ -49,9 +49,9 @@ from services.downloader.source import (
     body_digest,
     day_start_ms,
 )
-from shared.config import Config
-from shared.errors import NotFound, SourceError, TransientSourceError
-from shared.record import (
+from barstream.shared.config import Config
+from barstream.shared.errors import NotFound, SourceError, TransientSourceError
+from barstream.shared.record import (
     FLAG_LIVE,
     FLAG_PROVISIONAL,
     FLAG_REVISED,
@@ -61,8 +61,8 @@ from shared.record import (
     JOURNAL_LIVE,
     KIND_JOURNAL,
 )
-from shared.service import Service
-from shared.store import Store, StoreMeta
+from barstream.shared.service import Service
+from barstream.shared.store import Store, StoreMeta
 
 DAY_MS = 86_400_000
 #: Bytes of raw bodies per feed batch at most (a batch never splits a record from its body).

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
-from shared.errors import NotFound, SourceError, TransientSourceError
+from barstream.shared.errors import NotFound, SourceError, TransientSourceError
 
 __all__ = [
     "DEFAULT_BASE_URL",

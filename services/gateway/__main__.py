@@ -1,8 +1,8 @@
-"""``python -m services.gateway --config FILE [--drain] [--publish-hwm N]``."""
+"""``python -m barstream.services.gateway --config FILE [--drain] [--publish-hwm N]``."""
 
 import sys
 
-from services.gateway.service import Gateway
-from shared.service import main
+from barstream.services.gateway.service import Gateway
+from barstream.shared.service import main
 
 raise SystemExit(main(Gateway, Gateway.take_options(sys.argv[1:])))

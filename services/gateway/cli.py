@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from services.gateway.client import (
+from barstream.services.gateway.client import (
     DEFAULT_PUBLISH,
     DEFAULT_REQUESTS,
     BarUpdate,
@@ -26,8 +26,8 @@ from services.gateway.client import (
     GatewayError,
     to_pandas,
 )
-from shared.errors import BarstreamError
-from shared.record import FLAG_PROVISIONAL, FLAG_REVISED
+from barstream.shared.errors import BarstreamError
+from barstream.shared.record import FLAG_PROVISIONAL, FLAG_REVISED
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -81,7 +81,7 @@ def add_history_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _client(args: argparse.Namespace) -> GatewayClient:
     publish, requests = DEFAULT_PUBLISH, DEFAULT_REQUESTS
     if args.config is not None:
-        from shared import config as config_mod
+        from barstream.shared import config as config_mod
 
         cfg = config_mod.load(args.config)
         publish, requests = cfg.gateway.publish, cfg.gateway.requests

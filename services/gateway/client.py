@@ -3,7 +3,7 @@ and no duplicate, across gateway restarts. Sync and asyncio.
 
 Example::
 
-    from services.gateway.client import GatewayClient
+    from barstream.services.gateway.client import GatewayClient
 
     with GatewayClient("tcp://127.0.0.1:7110", "tcp://127.0.0.1:7111") as gw:
         hist = gw.history("EUR-USD", "1h", start="2025-01-01", end="2025-02-01")
@@ -53,13 +53,13 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import zmq
 
-from services.gateway import query
-from shared import gateway_protocol as gp
-from shared.errors import BarstreamError
-from shared.record import FLAG_PROVISIONAL, RECORD_DTYPE, RECORD_SIZE
+from barstream.services.gateway import query
+from barstream.shared import gateway_protocol as gp
+from barstream.shared.errors import BarstreamError
+from barstream.shared.record import FLAG_PROVISIONAL, RECORD_DTYPE, RECORD_SIZE
 
 if TYPE_CHECKING:
-    from shared.config import Config
+    from barstream.shared.config import Config
 
 log = logging.getLogger("barstream.gateway.client")
 

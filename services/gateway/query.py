@@ -16,8 +16,8 @@ from typing import Final
 
 import numpy as np
 
-from shared.gateway_protocol import History, Snapshot
-from shared.record import FLAG_PROVISIONAL, RECORD_SIZE
+from barstream.shared.gateway_protocol import History, Snapshot
+from barstream.shared.record import FLAG_PROVISIONAL, RECORD_SIZE
 
 #: Rewinding messages a topic's SeqLog remembers exactly (older ones fold into its floor).
 SEQLOG_MEMORY: Final = 2048

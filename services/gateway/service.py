@@ -32,15 +32,15 @@ import numpy as np
 import zmq
 from prometheus_client import Counter, Gauge
 
-from services.gateway import query
-from shared import gateway_protocol as gp
-from shared import protocol as feed_protocol
-from shared.config import Config
-from shared.feed import DRAIN_MAX, FeedClient, Wakeup
-from shared.metrics import PREFIX
-from shared.record import KIND_BARS
-from shared.service import Service
-from shared.store import Store, StoreMeta
+from barstream.services.gateway import query
+from barstream.shared import gateway_protocol as gp
+from barstream.shared import protocol as feed_protocol
+from barstream.shared.config import Config
+from barstream.shared.feed import DRAIN_MAX, FeedClient, Wakeup
+from barstream.shared.metrics import PREFIX
+from barstream.shared.record import KIND_BARS
+from barstream.shared.service import Service
+from barstream.shared.store import Store, StoreMeta
 
 #: Request peers seen within this many seconds count as connected consumers.
 CONSUMER_TTL_S: Final = 60.0

@@ -1,4 +1,4 @@
-from services.resampler.service import Resampler
-from shared.service import main
+from barstream.services.resampler.service import Resampler
+from barstream.shared.service import main
 
 raise SystemExit(main(Resampler))

@@ -53,14 +53,14 @@ from typing import Any, Final
 
 import numpy as np
 
-from shared.record import (
+from barstream.shared.record import (
     FLAG_DAY_END,
     FLAG_LIVE,
     FLAG_PROVISIONAL,
     FLAG_REVISED,
     RECORD_DTYPE,
 )
-from shared.timeframe import (
+from barstream.shared.timeframe import (
     DAY_MS,
     MINUTE_MS,
     UTC,

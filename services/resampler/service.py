@@ -19,13 +19,13 @@ from collections.abc import Collection
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from services.resampler.resample import M1, Cascade
-from shared import protocol as p
-from shared.config import Config, SessionConfig
-from shared.record import FLAG_PROVISIONAL
-from shared.service import Service
-from shared.store import Store, StoreMeta
-from shared.timeframe import PRESETS, Session, Timeframe
+from barstream.services.resampler.resample import M1, Cascade
+from barstream.shared import protocol as p
+from barstream.shared.config import Config, SessionConfig
+from barstream.shared.record import FLAG_PROVISIONAL
+from barstream.shared.service import Service
+from barstream.shared.store import Store, StoreMeta
+from barstream.shared.timeframe import PRESETS, Session, Timeframe
 
 
 def sessions_of(configs: list[SessionConfig]) -> list[Session]:

@@ -1,4 +1,4 @@
-from services.transformer.service import Transformer
-from shared.service import main
+from barstream.services.transformer.service import Transformer
+from barstream.shared.service import main
 
 raise SystemExit(main(Transformer))

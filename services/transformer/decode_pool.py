@@ -1,7 +1,7 @@
 """A helper process that decodes candle days for the transformer, on the second core.
 
 Decoding is the transformer's work during a catch-up (≈ 0.5 ms per day file, one core).
-``DecodeHelper`` starts ``python -m services.transformer.decode_pool`` (lean: numpy,
+``DecodeHelper`` starts ``python -m barstream.services.transformer.decode_pool`` (lean: numpy,
 msgspec and the decoder only) and hands it part of a batch's days while the transformer
 decodes the rest itself; both decode their share with ``decode_days`` (many days at once). Decoding is pure, so the result does not depend on which process
 decoded what; the transformer still applies the days strictly in journal order.
@@ -26,14 +26,13 @@ import select
 import struct
 import subprocess
 import sys
-from pathlib import Path
 from typing import IO, Final
 
 import msgspec
 import numpy as np
 
-from services.transformer.transform import decode_days
-from shared.record import RECORD_DTYPE, RECORD_SIZE
+from barstream.services.transformer.transform import decode_days
+from barstream.shared.record import RECORD_DTYPE, RECORD_SIZE
 
 log = logging.getLogger("barstream.transformer")
 
@@ -41,7 +40,6 @@ _LEN2: Final = struct.Struct("<QQ")
 _LEN1: Final = struct.Struct("<Q")
 #: Minutes in a day: the most records one day file decodes to (times strictly increase).
 MAX_RECORDS_PER_DAY: Final = 1440
-_REPO: Final = Path(__file__).resolve().parents[2]
 
 Item = tuple[int, bool, int, bytes]  # day_ms, live, src_offset, body
 
@@ -65,8 +63,12 @@ class DecodeHelper:
         try:
             self._memfd = os.memfd_create("barstream-decode", os.MFD_CLOEXEC)
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "services.transformer.decode_pool", str(self._memfd)],
-                cwd=_REPO,
+                [
+                    sys.executable,
+                    "-m",
+                    "barstream.services.transformer.decode_pool",
+                    str(self._memfd),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 pass_fds=(self._memfd,),

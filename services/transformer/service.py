@@ -25,18 +25,18 @@ import time
 import numpy as np
 from prometheus_client import Gauge
 
-from services.transformer.decode_pool import DecodeHelper
-from services.transformer.transform import decode_days
-from shared import protocol as p
-from shared.config import Config
-from shared.errors import PayloadInvalid
-from shared.record import (
+from barstream.services.transformer.decode_pool import DecodeHelper
+from barstream.services.transformer.transform import decode_days
+from barstream.shared import protocol as p
+from barstream.shared.config import Config
+from barstream.shared.errors import PayloadInvalid
+from barstream.shared.record import (
     JOURNAL_DAY,
     JOURNAL_LIVE,
     KIND_JOURNAL,
 )
-from shared.service import Service
-from shared.store import Store, StoreMeta
+from barstream.shared.service import Service
+from barstream.shared.store import Store, StoreMeta
 
 DAY_MS = 86_400_000
 #: Batches with at least this many days to decode are shared with the helper process.

@@ -69,8 +69,8 @@ from typing import Annotated, Final
 import msgspec
 import numpy as np
 
-from shared.errors import PayloadInvalid
-from shared.record import FLAG_DAY_END, FLAG_LIVE, FLAG_PROVISIONAL, RECORD_DTYPE
+from barstream.shared.errors import PayloadInvalid
+from barstream.shared.record import FLAG_DAY_END, FLAG_LIVE, FLAG_PROVISIONAL, RECORD_DTYPE
 
 __all__ = ["DAY_MS", "MINUTE_MS", "decode_candles", "decode_days", "multiplier_decimals"]
 

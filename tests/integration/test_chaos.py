@@ -56,12 +56,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from barstream.supervise import CONF, Supervisor, service_programs
-from services.downloader.source import RawCache, body_digest
-from shared.checkpoint import Checkpoint, CheckpointState
-from shared.config import SERVICES
-from shared.record import JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE, RECORD_DTYPE
-from shared.store import Store
+from barstream.services.downloader.source import RawCache, body_digest
+from barstream.shared.checkpoint import Checkpoint, CheckpointState
+from barstream.shared.config import SERVICES
+from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE, RECORD_DTYPE
+from barstream.shared.store import Store
+from barstream.supervise import Supervisor, default_conf, service_programs
 from tests.support import pipeline as clean_pipeline
 from tests.support.ops import free_port, pipeline_config, write_config
 
@@ -138,7 +138,7 @@ class Chaos:
 
     def ctl(self, *args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(CONF), *args],
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(default_conf()), *args],
             env=self.sup.env(),
             capture_output=True,
             text=True,
@@ -320,7 +320,7 @@ class Consumer:
             self._loop.close()
 
     async def _main(self) -> None:
-        from services.gateway.client import AsyncGatewayClient
+        from barstream.services.gateway.client import AsyncGatewayClient
 
         self._task = asyncio.current_task()
         self._ready.set()
@@ -597,10 +597,10 @@ def _body(data: Path, symbol: str, rec: np.void) -> bytes:
 
 def _check_reference(chaos: Chaos) -> None:
     """Every store equals the uninterrupted computation over the final journal."""
-    from services.aggregator.aggregate import merge
-    from services.resampler.resample import resample_all
-    from services.transformer.transform import decode_candles
-    from shared.timeframe import PRESETS, Timeframe
+    from barstream.services.aggregator.aggregate import merge
+    from barstream.services.resampler.resample import resample_all
+    from barstream.services.transformer.transform import decode_candles
+    from barstream.shared.timeframe import PRESETS, Timeframe
 
     tfs = [Timeframe.parse(t) for t in TIMEFRAMES]
     for symbol in SYMBOLS:

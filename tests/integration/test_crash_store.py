@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.store import Store, StoreSet
+from barstream.shared.store import Store, StoreSet
 from tests.conftest import REPO
 from tests.support.plan import Model
 

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from services.downloader.fake_upstream import FakeUpstream, Fault, SimClock
-from services.downloader.source import (
+from barstream.services.downloader.fake_upstream import FakeUpstream, Fault, SimClock
+from barstream.services.downloader.source import (
     FetchResult,
     HttpSource,
     RawCache,
@@ -29,9 +29,9 @@ from services.downloader.source import (
     SourceSettings,
     day_start_ms,
 )
-from services.transformer.transform import decode_candles
-from shared.errors import NotFound, PayloadInvalid, SourceError, TransientSourceError
-from shared.record import FLAG_PROVISIONAL
+from barstream.services.transformer.transform import decode_candles
+from barstream.shared.errors import NotFound, PayloadInvalid, SourceError, TransientSourceError
+from barstream.shared.record import FLAG_PROVISIONAL
 from tests.conftest import REPO
 
 T = TypeVar("T")
@@ -313,7 +313,7 @@ def fake_process() -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "services.downloader.fake_upstream",
+            "barstream.services.downloader.fake_upstream",
             "--port",
             "0",
             "--start",
@@ -389,7 +389,7 @@ def test_cli_server_is_driven_from_another_process(fake_process: str) -> None:
 
 def test_cli_help_and_generate_cache(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "services.downloader.fake_upstream", "--help"],
+        [sys.executable, "-m", "barstream.services.downloader.fake_upstream", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -400,7 +400,7 @@ def test_cli_help_and_generate_cache(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "services.downloader.fake_upstream",
+            "barstream.services.downloader.fake_upstream",
             "generate-cache",
             str(tmp_path),
             "USD-JPY",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.record import JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE
+from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE
 from tests.support.pipeline import Pipeline, pipeline
 
 START = dt.date(2026, 1, 12)
@@ -73,15 +73,15 @@ def test_a_404_carries_the_upstreams_clock() -> None:
     import asyncio
     import random
 
-    from services.downloader.fake_upstream import FakeUpstream, SimClock
-    from services.downloader.source import (
+    from barstream.services.downloader.fake_upstream import FakeUpstream, SimClock
+    from barstream.services.downloader.source import (
         HttpSource,
         RequestBudget,
         RetryPolicy,
         SourceSettings,
         day_start_ms,
     )
-    from shared.errors import NotFound
+    from barstream.shared.errors import NotFound
 
     sim_ms = day_start_ms(TODAY) + 12 * 3_600_000
     with FakeUpstream(clock=SimClock(sim_ms, speed=0.0), seed=1, real_dir=None) as up:

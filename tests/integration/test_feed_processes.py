@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.store import Store
+from barstream.shared.store import Store
 from tests.conftest import REPO
 from tests.support.plan import contents
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.gateway.client import BarUpdate, GatewayClient
+from barstream.services.gateway.client import BarUpdate, GatewayClient
 from tests.support.bar_source import Procs
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import zmq
 
-from services.gateway.client import GatewayClient, GatewayError
-from shared import gateway_protocol as gp
+from barstream.services.gateway.client import GatewayClient, GatewayError
+from barstream.shared import gateway_protocol as gp
 from tests.support.bar_source import Procs
 
 pytestmark = pytest.mark.timeout(90)
@@ -324,7 +324,7 @@ def test_history_pages_join_when_over_max_request_records(ipc_dir: Path) -> None
 
 
 def test_cli_history_csv_parquet_and_errors(gateway: Procs, tmp_path: Path, capsys) -> None:
-    from services.gateway.cli import history_main
+    from barstream.services.gateway.cli import history_main
 
     ends = ["--publish", gateway.publish, "--requests", gateway.requests, "--timeout", "3"]
     out = tmp_path / "bars.csv"
@@ -370,7 +370,7 @@ def test_cli_tail_prints_history_then_stops(gateway: Procs, capsys) -> None:
     import argparse
     import io
 
-    from services.gateway import cli
+    from barstream.services.gateway import cli
 
     parser = argparse.ArgumentParser()
     cli.add_tail_parser(parser.add_subparsers())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.gateway.client import GatewayClient
+from barstream.services.gateway.client import GatewayClient
 from tests.support.bar_source import Procs
 
 pytestmark = pytest.mark.timeout(120)

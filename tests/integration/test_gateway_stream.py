@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.gateway.client import AsyncGatewayClient, BarUpdate, GatewayClient
-from shared.record import FLAG_PROVISIONAL, FLAG_REVISED
+from barstream.services.gateway.client import AsyncGatewayClient, BarUpdate, GatewayClient
+from barstream.shared.record import FLAG_PROVISIONAL, FLAG_REVISED
 from tests.support.bar_source import Procs
 
 pytestmark = pytest.mark.timeout(120)

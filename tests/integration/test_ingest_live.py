@@ -18,10 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.downloader.source import RawCache, body_digest
-from services.transformer.transform import decode_candles
-from shared.record import FLAG_REVISED, JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE, RECORD_DTYPE
-from shared.store import Store
+from barstream.services.downloader.source import RawCache, body_digest
+from barstream.services.transformer.transform import decode_candles
+from barstream.shared.record import (
+    FLAG_REVISED,
+    JOURNAL_DAY,
+    JOURNAL_GAP,
+    JOURNAL_LIVE,
+    RECORD_DTYPE,
+)
+from barstream.shared.store import Store
 from tests.support.pipeline import Pipeline, pipeline, wait_caught_up
 
 START = dt.date(2026, 1, 7)

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from shared import config as config_mod
-from shared.config import SERVICES
+from barstream.shared import config as config_mod
+from barstream.shared.config import SERVICES
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is in the dev extras (pip install -e '.[dev]')")
 
 REPO = Path(__file__).resolve().parents[2]
-PROGRAMS = {**{s: f"services.{s}" for s in SERVICES}, "fake_upstream": "barstream.fake"}
+PROGRAMS = {**{s: f"barstream.services.{s}" for s in SERVICES}, "fake_upstream": "barstream.fake"}
 
 
 def compose() -> dict[str, Any]:
@@ -45,13 +45,13 @@ def test_same_programs_and_module_command_lines() -> None:
     for name, module in PROGRAMS.items():
         sup_cmd = shlex.split(cp.get(f"program:{name}", "command"))
         assert sup_cmd == [
-            "%(here)s/.venv/bin/python",
+            "%(ENV_BARSTREAM_PYTHON)s",
             "-m",
             module,
             "--config",
             "%(ENV_BARSTREAM_CONFIG)s",
         ]
-        assert cp.get(f"program:{name}", "directory") == "%(here)s"
+        assert cp.get(f"program:{name}", "directory") == "%(ENV_BARSTREAM_HOME)s"
         cmd = services[name]["command"]
         assert cmd[:4] == ["python", "-m", module, "--config"], name
         default = "config/compose-demo.toml" if name == "fake_upstream" else "config/compose.toml"

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from barstream.supervise import CONF, Supervisor, service_programs
-from shared.config import SERVICES
-from shared.store import Store
+from barstream.shared.config import SERVICES
+from barstream.shared.store import Store
+from barstream.supervise import Supervisor, default_conf, service_programs
 from tests.support.ops import (
     cli,
     free_port,
@@ -55,7 +55,7 @@ class Pipeline:
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(CONF), *args],
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(default_conf()), *args],
             env=self.sup.env(),
             capture_output=True,
             text=True,

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import zmq
 
-from services.transformer.transform import decode_candles
-from shared.feed import FeedServer
-from shared.record import JOURNAL_DAY, JOURNAL_DTYPE, KIND_JOURNAL, RECORD_DTYPE
-from shared.store import Store, StoreMeta, StoreSet
+from barstream.services.transformer.transform import decode_candles
+from barstream.shared.feed import FeedServer
+from barstream.shared.record import JOURNAL_DAY, JOURNAL_DTYPE, KIND_JOURNAL, RECORD_DTYPE
+from barstream.shared.store import Store, StoreMeta, StoreSet
 from tests.support.pipeline import REPO, free_port
 from tests.unit.test_transform import BAD, DAY_MS0, GOOD
 
@@ -109,7 +109,7 @@ def test_every_bad_payload_is_rejected_and_held_and_the_service_keeps_running(
     log = tmp_path / "transformer.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.transformer", "--config", str(config)],
+            [sys.executable, "-m", "barstream.services.transformer", "--config", str(config)],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=out,

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.aggregator.aggregate import merge
-from services.transformer.transform import decode_candles
-from shared.errors import PayloadInvalid
-from shared.record import JOURNAL_DAY, JOURNAL_LIVE, RECORD_DTYPE
-from shared.store import Store
+from barstream.services.aggregator.aggregate import merge
+from barstream.services.transformer.transform import decode_candles
+from barstream.shared.errors import PayloadInvalid
+from barstream.shared.record import JOURNAL_DAY, JOURNAL_LIVE, RECORD_DTYPE
+from barstream.shared.store import Store
 from tests.integration.test_ingest_live import _body
 from tests.support.pipeline import Pipeline, pipeline, wait_caught_up
 

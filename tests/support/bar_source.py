@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from shared.feed import FeedServer
-from shared.record import FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
-from shared.store import StoreMeta, StoreSet
+from barstream.shared.feed import FeedServer
+from barstream.shared.record import FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
+from barstream.shared.store import StoreMeta, StoreSet
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "W": 7 * 86_400_000}
@@ -220,7 +220,7 @@ class Procs:
         return self._start("source", args)
 
     def start_gateway(self, *extra: str) -> subprocess.Popen[bytes]:
-        args = [PYTHON, "-m", "services.gateway", "--config", str(self.config), *extra]
+        args = [PYTHON, "-m", "barstream.services.gateway", "--config", str(self.config), *extra]
         return self._start("gateway", args)
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -253,14 +253,14 @@ class Procs:
 
     def source_records(self, topic: str) -> np.ndarray:
         """The source's committed series of ``topic`` (read-only open, copied)."""
-        from shared.store import Store
+        from barstream.shared.store import Store
 
         path = StoreSet(root=self.source_dir, service="bar_source").path_for(topic)
         with Store.open(path, writable=False) as store:
             return store.snapshot()
 
     def gateway_records(self, topic: str) -> np.ndarray:
-        from shared.store import Store
+        from barstream.shared.store import Store
 
         path = StoreSet(root=self.data_root / "data" / "gateway", service="gateway").path_for(topic)
         with Store.open(path, writable=False) as store:

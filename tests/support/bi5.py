@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.record import RECORD_DTYPE
+from barstream.shared.record import RECORD_DTYPE
 
 BI5_CANDLE_DTYPE = np.dtype(
     [

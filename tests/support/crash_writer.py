@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from shared.store import StoreMeta, StoreSet
+from barstream.shared.store import StoreMeta, StoreSet
 from tests.support.plan import apply, ops_for
 
 META = StoreMeta("EUR-USD", "BID", "1m")

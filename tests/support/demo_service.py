@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import sys
 
-from shared import service
-from shared.errors import StoreCorrupt
-from shared.store import StoreMeta
+from barstream.shared import service
+from barstream.shared.errors import StoreCorrupt
+from barstream.shared.store import StoreMeta
 from tests.support.plan import make_records
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from shared import protocol as p
-from shared.feed import FeedClient, FeedServer
-from shared.store import StoreMeta, StoreSet
+from barstream.shared import protocol as p
+from barstream.shared.feed import FeedClient, FeedServer
+from barstream.shared.store import StoreMeta, StoreSet
 from tests.support.plan import apply, ops_for
 
 META = StoreMeta("EUR-USD", "BID", "1m")

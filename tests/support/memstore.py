@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.record import RECORD_DTYPE
+from barstream.shared.record import RECORD_DTYPE
 
 
 class MemoryStore:

@@ -7,7 +7,7 @@ import datetime as dt
 
 import numpy as np
 
-from shared.record import RECORD_DTYPE
+from barstream.shared.record import RECORD_DTYPE
 
 
 def utc_ms(*args: int) -> int:

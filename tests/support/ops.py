@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from barstream import tomlw
+from barstream.shared.config import SERVICES
 from barstream.status import Samples, parse_metrics
-from shared.config import SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

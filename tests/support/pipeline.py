@@ -108,7 +108,7 @@ class Pipeline:
         cmd = [
             sys.executable,
             "-m",
-            "services.downloader.fake_upstream",
+            "barstream.services.downloader.fake_upstream",
             "--port",
             str(self.fake_port),
             *args,
@@ -150,7 +150,7 @@ class Pipeline:
         cmd = [
             sys.executable,
             "-m",
-            f"services.{service}",
+            f"barstream.services.{service}",
             "--config",
             str(self.config_path),
             *args,
@@ -195,7 +195,7 @@ class Pipeline:
     # -- stores ---------------------------------------------------------------------------
 
     def store_records(self, service: str, key: str) -> np.ndarray:
-        from shared.store import Store
+        from barstream.shared.store import Store
 
         symbol, side, tf = key.split("/")
         path = self.root / "data" / service / symbol / side / f"{tf}.bars"
@@ -217,9 +217,9 @@ def reference_days(
 ) -> np.ndarray:
     """Decode every cached final day directly: what the transformer's store must read when
     every day was fetched once, in order."""
-    from services.downloader.source import RawCache
-    from services.transformer.transform import decode_candles
-    from shared.record import RECORD_DTYPE
+    from barstream.services.downloader.source import RawCache
+    from barstream.services.transformer.transform import decode_candles
+    from barstream.shared.record import RECORD_DTYPE
 
     cache = RawCache(data_dir / "raw", today=lambda: dt.date(9999, 1, 1))
     parts = []
@@ -243,7 +243,7 @@ def caught_up(p: Pipeline, service: str, upstream_service: str) -> bool:
     """``service``'s checkpoint has consumed exactly what ``upstream_service`` committed:
     every upstream store's length *and generation* (a live record rewritten in place keeps
     the length and bumps the generation)."""
-    from shared.checkpoint import Checkpoint
+    from barstream.shared.checkpoint import Checkpoint
 
     up = Checkpoint(p.root / "data" / upstream_service / "checkpoint.json").load()
     down = Checkpoint(p.root / "data" / service / "checkpoint.json").load()

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from shared.record import RECORD_DTYPE, RECORD_SIZE
+from barstream.shared.record import RECORD_DTYPE, RECORD_SIZE
 
 
 @dataclass(frozen=True)

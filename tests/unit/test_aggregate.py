@@ -1,4 +1,4 @@
-"""services.aggregator.aggregate.merge: the canonical 1m series from a log of day versions."""
+"""barstream.services.aggregator.aggregate.merge: the canonical 1m series from a log of day versions."""
 
 from __future__ import annotations
 
@@ -9,9 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.aggregator.aggregate import merge
-from shared.record import FLAG_DAY_END, FLAG_LIVE, FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
-from shared.timeframe import DAY_MS, MINUTE_MS
+from barstream.services.aggregator.aggregate import merge
+from barstream.shared.record import (
+    FLAG_DAY_END,
+    FLAG_LIVE,
+    FLAG_PROVISIONAL,
+    FLAG_REVISED,
+    RECORD_DTYPE,
+)
+from barstream.shared.timeframe import DAY_MS, MINUTE_MS
 from tests.support.memstore import MemoryStore
 from tests.support.minutes import records_at, utc_ms
 

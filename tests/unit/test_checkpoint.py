@@ -7,14 +7,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shared.checkpoint import (
+from barstream.shared.checkpoint import (
     CHECKPOINT_VERSION,
     Checkpoint,
     CheckpointState,
     StoreMark,
     UpstreamMark,
 )
-from shared.errors import CheckpointCorrupt
+from barstream.shared.errors import CheckpointCorrupt
 
 
 def state(commits: int = 3) -> CheckpointState:

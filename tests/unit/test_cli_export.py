@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from barstream import cli, export
-from shared.record import FLAG_PROVISIONAL, RECORD_DTYPE
-from shared.store import StoreMeta, StoreSet
+from barstream.shared.record import FLAG_PROVISIONAL, RECORD_DTYPE
+from barstream.shared.store import StoreMeta, StoreSet
 
 
 def ms(text: str) -> int:

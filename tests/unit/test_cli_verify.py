@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from barstream import cli
+from barstream.shared.record import JOURNAL_DTYPE, KIND_JOURNAL, RECORD_DTYPE, RECORD_SIZE
+from barstream.shared.store import HEADER_SIZE, StoreMeta, StoreSet
 from barstream.verify import check_bars
-from shared.record import JOURNAL_DTYPE, KIND_JOURNAL, RECORD_DTYPE, RECORD_SIZE
-from shared.store import HEADER_SIZE, StoreMeta, StoreSet
 
 T0 = 1_780_000_020_000 // 60_000 * 60_000
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import config
-from shared.errors import ConfigError
+from barstream.shared import config
+from barstream.shared.errors import ConfigError
 
 
 def test_defaults_are_valid_and_wired() -> None:

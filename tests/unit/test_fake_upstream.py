@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.downloader import fake_upstream as fu
-from services.downloader.fake_upstream import (
+from barstream.services.downloader import fake_upstream as fu
+from barstream.services.downloader.fake_upstream import (
     FakeUpstream,
     Fault,
     RandomWalkGenerator,
@@ -19,9 +19,9 @@ from services.downloader.fake_upstream import (
     encode_candles,
     provisional_until,
 )
-from services.downloader.source import RawCache, day_start_ms
-from services.transformer.transform import decode_candles
-from shared.record import FLAG_LIVE, FLAG_PROVISIONAL
+from barstream.services.downloader.source import RawCache, day_start_ms
+from barstream.services.transformer.transform import decode_candles
+from barstream.shared.record import FLAG_LIVE, FLAG_PROVISIONAL
 from tests.support import bi5
 
 MON = dt.date(2025, 3, 3)

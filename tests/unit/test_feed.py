@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import zmq
 
-from shared import protocol as p
-from shared.feed import BATCH_MAX_RECORDS, FeedClient, FeedServer, start_offset
-from shared.store import StoreMeta, StoreSet
+from barstream.shared import protocol as p
+from barstream.shared.feed import BATCH_MAX_RECORDS, FeedClient, FeedServer, start_offset
+from barstream.shared.store import StoreMeta, StoreSet
 from tests.support.plan import make_records
 
 META = StoreMeta("EUR-USD", "BID", "1m")

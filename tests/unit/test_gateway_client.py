@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.gateway.client import _Follower, _ms, to_pandas, to_polars
-from shared import gateway_protocol as gp
-from shared.record import FLAG_PROVISIONAL, empty
+from barstream.services.gateway.client import _Follower, _ms, to_pandas, to_polars
+from barstream.shared import gateway_protocol as gp
+from barstream.shared.record import FLAG_PROVISIONAL, empty
 
 E = "epoch"
 

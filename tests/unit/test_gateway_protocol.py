@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared import gateway_protocol as gp
+from barstream.shared import gateway_protocol as gp
 
 REQUESTS = [
     gp.History(topic="EUR-USD/BID/1h", start_ms=1, end_ms=2, id=5),

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.gateway import query
-from services.gateway.query import QueryError, SeqLog, Span
-from shared import gateway_protocol as gp
-from shared.record import FLAG_PROVISIONAL, empty
+from barstream.services.gateway import query
+from barstream.services.gateway.query import QueryError, SeqLog, Span
+from barstream.shared import gateway_protocol as gp
+from barstream.shared.record import FLAG_PROVISIONAL, empty
 
 TIMES = np.arange(10, dtype=np.int64) * 60_000  # bars at 0, 1, ... 9 minutes
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 
-from shared.metrics import PREFIX, Metrics
+from barstream.shared.metrics import PREFIX, Metrics
 
 
 def test_serves_barstream_metrics_over_http() -> None:

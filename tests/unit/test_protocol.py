@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import protocol as p
+from barstream.shared import protocol as p
 
 names = st.text(max_size=20)
 ints = st.integers(-(2**63), 2**63 - 1)

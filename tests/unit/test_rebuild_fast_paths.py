@@ -17,16 +17,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.aggregator.aggregate import merge
-from services.aggregator.service import append_only
-from services.downloader.fake_upstream import RandomWalkGenerator, encode_candles
-from services.downloader.source import day_start_ms
-from services.transformer.decode_pool import DecodeHelper
-from services.transformer.transform import decode_candles
-from shared.errors import PayloadInvalid
-from shared.record import FLAG_DAY_END, FLAG_LIVE, FLAG_PROVISIONAL, RECORD_DTYPE, RECORD_SIZE
-from shared.store import GROW_MIN_BYTES, Store, StoreMeta
-from shared.timeframe import DAY_MS
+from barstream.services.aggregator.aggregate import merge
+from barstream.services.aggregator.service import append_only
+from barstream.services.downloader.fake_upstream import RandomWalkGenerator, encode_candles
+from barstream.services.downloader.source import day_start_ms
+from barstream.services.transformer.decode_pool import DecodeHelper
+from barstream.services.transformer.transform import decode_candles
+from barstream.shared.errors import PayloadInvalid
+from barstream.shared.record import (
+    FLAG_DAY_END,
+    FLAG_LIVE,
+    FLAG_PROVISIONAL,
+    RECORD_DTYPE,
+    RECORD_SIZE,
+)
+from barstream.shared.store import GROW_MIN_BYTES, Store, StoreMeta
+from barstream.shared.timeframe import DAY_MS
 
 START = dt.date(2024, 3, 4)
 
@@ -182,10 +188,10 @@ def test_transformer_release_inside_one_batch_keeps_the_held_days(tmp_path: Path
     stored after the release (the records are in the batch; a resend would be a no-op)."""
     import asyncio
 
-    from services.transformer.service import Transformer
-    from shared import protocol as p
-    from shared.config import from_dict
-    from shared.record import JOURNAL_DAY, JOURNAL_DTYPE, KIND_JOURNAL
+    from barstream.services.transformer.service import Transformer
+    from barstream.shared import protocol as p
+    from barstream.shared.config import from_dict
+    from barstream.shared.record import JOURNAL_DAY, JOURNAL_DTYPE, KIND_JOURNAL
 
     days = _bodies(3)
     bad = days[1][1].replace(b'"shift":60000', b'"shift":60001')

@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from shared import record
-from shared.record import JOURNAL_DTYPE, RECORD_DTYPE, RECORD_SIZE
+from barstream.shared import record
+from barstream.shared.record import JOURNAL_DTYPE, RECORD_DTYPE, RECORD_SIZE
 
 # (field, byte offset, struct code) — the golden layout; a change here is a format change.
 RECORD_LAYOUT = [

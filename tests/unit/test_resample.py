@@ -1,4 +1,4 @@
-"""services.resampler.resample: direct resampling, the cascade, the incremental Cascade."""
+"""barstream.services.resampler.resample: direct resampling, the cascade, the incremental Cascade."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from services.resampler.resample import (
+from barstream.services.resampler.resample import (
     Cascade,
     _reduceat_sum,
     parent_of,
@@ -19,14 +19,14 @@ from services.resampler.resample import (
     resample_all,
     watermark_ms,
 )
-from shared.record import (
+from barstream.shared.record import (
     FLAG_DAY_END,
     FLAG_LIVE,
     FLAG_PROVISIONAL,
     FLAG_REVISED,
     RECORD_DTYPE,
 )
-from shared.timeframe import (
+from barstream.shared.timeframe import (
     DAY_MS,
     MINUTE_MS,
     MT4,

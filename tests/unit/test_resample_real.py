@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.resampler.resample import resample, resample_all
-from shared.timeframe import UTC, Timeframe
+from barstream.services.resampler.resample import resample, resample_all
+from barstream.shared.timeframe import UTC, Timeframe
 from tests.support.bi5 import day_path, read_candle_points, read_candles
 
 pytestmark = pytest.mark.real_data

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.downloader import source
-from services.downloader.source import (
+from barstream.services.downloader import source
+from barstream.services.downloader.source import (
     FetchResult,
     RawCache,
     RequestBudget,
@@ -26,7 +26,7 @@ from services.downloader.source import (
     day_url,
     live_url,
 )
-from shared.record import JOURNAL_DTYPE
+from barstream.shared.record import JOURNAL_DTYPE
 from tests.conftest import REPO
 
 
@@ -155,7 +155,7 @@ def test_raw_cache_write_is_atomic_when_the_disk_refuses(tmp_path: Path) -> None
     child = textwrap.dedent(
         f"""
         import datetime as dt, resource, signal, sys
-        from services.downloader.source import RawCache
+        from barstream.services.downloader.source import RawCache
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
         c = RawCache({str(tmp_path / "raw")!r}, today=lambda: dt.date(2026, 7, 12))

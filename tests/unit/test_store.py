@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import store as store_mod
-from shared.errors import StoreClosed, StoreCorrupt, StoreError, StoreMismatch
-from shared.record import JOURNAL_DTYPE, KIND_JOURNAL
-from shared.store import HEADER_SIZE, Store, StoreMeta, StoreSet
+from barstream.shared import store as store_mod
+from barstream.shared.errors import StoreClosed, StoreCorrupt, StoreError, StoreMismatch
+from barstream.shared.record import JOURNAL_DTYPE, KIND_JOURNAL
+from barstream.shared.store import HEADER_SIZE, Store, StoreMeta, StoreSet
 from tests.conftest import REPO
 from tests.support.plan import Model, make_records
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.errors import ConfigError
-from shared.timeframe import (
+from barstream.shared.errors import ConfigError
+from barstream.shared.timeframe import (
     DAY_MS,
     MINUTE_MS,
     MT4,

@@ -12,17 +12,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.downloader.fake_upstream import DayBars, encode_candles
-from services.transformer import transform
-from services.transformer.transform import (
+from barstream.services.downloader.fake_upstream import DayBars, encode_candles
+from barstream.services.transformer import transform
+from barstream.services.transformer.transform import (
     CHUNK_DAYS,
     DAY_MS,
     decode_candles,
     decode_days,
     multiplier_decimals,
 )
-from shared.errors import PayloadInvalid
-from shared.record import FLAG_DAY_END, FLAG_LIVE, FLAG_PROVISIONAL, RECORD_DTYPE
+from barstream.shared.errors import PayloadInvalid
+from barstream.shared.record import FLAG_DAY_END, FLAG_LIVE, FLAG_PROVISIONAL, RECORD_DTYPE
 from tests.support import bi5
 
 DAY = dt.date(2024, 1, 2)
