@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from barstream.services.downloader.fake_upstream import RandomWalkGenerator, encode_candles
+from barstream.fake.encoding import encode_candles
+from barstream.fake.generators import RandomWalkGenerator
 from barstream.services.downloader.source import day_start_ms
 from barstream.services.transformer.transform import decode_candles, decode_days
 

@@ -1,7 +1,7 @@
 """Full rebuild benchmark: 20 years of EUR-USD BID through the real service processes.
 
 The raw cache (≈ 7,300 day files in the JSON API's format, ≈ 7.5 M 1m bars, tiled from the
-real HistData bars by ``fake_upstream.generate_cache``) is generated once and kept under
+real HistData bars by ``barstream.fake.cache.generate_cache``) is generated once and kept under
 ``bench/out/`` (gitignored). Each run then starts the real processes over ipc:// in drain
 mode — downloader (``cache_only``) → transformer → aggregator → resampler (1m + 5m 15m 30m
 1h 4h 1d 1W 1M 1Y) — and times them from the first process start until the resampler's
@@ -88,7 +88,8 @@ def cache_dir() -> Path:
 
 def ensure_cache() -> tuple[Path, float]:
     """The raw cache (generated on first use). Returns (root, seconds spent generating)."""
-    from barstream.services.downloader.fake_upstream import generate_cache
+    from barstream import paths
+    from barstream.fake.cache import generate_cache
 
     root = cache_dir()
     if (root / "COMPLETE").exists():
@@ -96,7 +97,7 @@ def ensure_cache() -> tuple[Path, float]:
     tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     began = time.perf_counter()
-    n = generate_cache(tmp, SYMBOL, SIDE, START, END)
+    n = generate_cache(tmp, SYMBOL, SIDE, START, END, real_dir=paths.real_data_dir())
     (tmp / "COMPLETE").write_text(f"{n} days\n")
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)

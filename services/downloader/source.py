@@ -4,7 +4,7 @@ Contract
 --------
 - ``Source`` is the protocol the downloader service talks to: ``fetch_day`` (a final past
   day) and ``fetch_live`` (the current day so far). ``HttpSource`` is the real client; tests
-  and demos point it at ``services.downloader.fake_upstream`` by ``base_url``.
+  and demos point it at ``barstream.fake`` by ``base_url``.
 - URLs (month and day 1-based, not zero padded)::
 
       past day     {base}/v1/candles/minute/{SYMBOL}/{SIDE}/{Y}/{M}/{D}

@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from barstream.services.downloader.fake_upstream import FakeUpstream, Fault, SimClock
+from barstream.fake.clock import SimClock
+from barstream.fake.faults import Fault
+from barstream.fake.upstream import FakeUpstream
 from barstream.services.downloader.source import (
     FetchResult,
     HttpSource,
@@ -313,7 +315,8 @@ def fake_process() -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "barstream.services.downloader.fake_upstream",
+            "barstream.fake",
+            "serve",
             "--port",
             "0",
             "--start",
@@ -389,7 +392,7 @@ def test_cli_server_is_driven_from_another_process(fake_process: str) -> None:
 
 def test_cli_help_and_generate_cache(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "barstream.services.downloader.fake_upstream", "--help"],
+        [sys.executable, "-m", "barstream.fake", "serve", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -400,7 +403,7 @@ def test_cli_help_and_generate_cache(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "barstream.services.downloader.fake_upstream",
+            "barstream.fake",
             "generate-cache",
             str(tmp_path),
             "USD-JPY",

@@ -73,7 +73,8 @@ def test_a_404_carries_the_upstreams_clock() -> None:
     import asyncio
     import random
 
-    from barstream.services.downloader.fake_upstream import FakeUpstream, SimClock
+    from barstream.fake.clock import SimClock
+    from barstream.fake.upstream import FakeUpstream
     from barstream.services.downloader.source import (
         HttpSource,
         RequestBudget,

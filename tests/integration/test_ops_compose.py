@@ -134,7 +134,7 @@ def test_prometheus_targets_match_configs() -> None:
 
 
 def test_demo_config_is_consistent_with_the_fake() -> None:
-    from barstream.fake import check, sim_start_ms
+    from barstream.fake.cli import check, sim_start_ms
 
     cfg = config_mod.load(REPO / "config/demo.toml")
     check(cfg)  # base_url points at the fake's port

@@ -108,7 +108,8 @@ class Pipeline:
         cmd = [
             sys.executable,
             "-m",
-            "barstream.services.downloader.fake_upstream",
+            "barstream.fake",
+            "serve",
             "--port",
             str(self.fake_port),
             *args,

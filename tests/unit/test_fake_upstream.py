@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from barstream.services.downloader import fake_upstream as fu
-from barstream.services.downloader.fake_upstream import (
-    FakeUpstream,
-    Fault,
-    RandomWalkGenerator,
-    SimClock,
-    encode_candles,
-    provisional_until,
-)
+from barstream.fake import histdata
+from barstream.fake.bars import empty_bars, point_decimals, provisional_until
+from barstream.fake.cache import generate_cache
+from barstream.fake.clock import SimClock
+from barstream.fake.encoding import decode_points, encode_candles
+from barstream.fake.faults import Fault, FaultPlan
+from barstream.fake.generators import HistDataGenerator, RandomWalkGenerator
+from barstream.fake.upstream import RECORDED, FakeUpstream
 from barstream.services.downloader.source import RawCache, day_start_ms
 from barstream.services.transformer.transform import decode_candles
 from barstream.shared.record import FLAG_LIVE, FLAG_PROVISIONAL
@@ -85,7 +84,7 @@ def test_ask_is_above_bid() -> None:
 
 
 def test_multipliers_follow_the_instrument() -> None:
-    assert [fu.point_decimals(s) for s in ("EUR-USD", "USD-JPY", "XAU-USD", "BTC-USD")] == [
+    assert [point_decimals(s) for s in ("EUR-USD", "USD-JPY", "XAU-USD", "BTC-USD")] == [
         5,
         3,
         3,
@@ -97,7 +96,7 @@ def test_multipliers_follow_the_instrument() -> None:
 
 
 def test_empty_day_encoding_is_dukascopys() -> None:
-    body = encode_candles(fu.empty_bars(5), empty_timestamp_ms=1783728000000)
+    body = encode_candles(empty_bars(5), empty_timestamp_ms=1783728000000)
     assert body == (
         b'{"timestamp":1783728000000,"multiplier":1.0E-5,"open":null,"high":null,"low":null,'
         b'"close":null,"shift":60000,"times":[],"opens":[],"highs":[],"lows":[],"closes":[],'
@@ -193,13 +192,13 @@ def test_fault_spec_parsing() -> None:
 
 def test_fault_plan_counts_and_probability_are_seeded() -> None:
     def fired(seed: int) -> list[bool]:
-        plan = fu._FaultPlan(seed)
+        plan = FaultPlan(seed)
         plan.add(Fault("500", "/a*", count=None, probability=0.3))
         return [plan.pick("/abc") is not None for _ in range(200)]
 
     assert fired(1) == fired(1) and fired(1) != fired(2)
     assert 30 < sum(fired(1)) < 90
-    plan = fu._FaultPlan(1)
+    plan = FaultPlan(1)
     plan.add(Fault("503", "/x", count=2))
     assert [plan.pick("/x") is not None for _ in range(4)] == [True, True, False, False]
     assert plan.pick("/y") is None
@@ -219,9 +218,7 @@ def test_sim_clock_runs_at_speed_and_can_be_set() -> None:
 
 def test_generate_cache_writes_the_raw_cache_layout(tmp_path: Path) -> None:
     start, end = dt.date(2024, 12, 27), dt.date(2025, 1, 2)
-    n = fu.generate_cache(
-        tmp_path, "EUR-USD", "BID", start, end, seed=1, real_dir=None, durable=False
-    )
+    n = generate_cache(tmp_path, "EUR-USD", "BID", start, end, seed=1, real_dir=None, durable=False)
     assert n == 7
     cache = RawCache(tmp_path, today=lambda: dt.date.max)
     assert list(cache.days("EUR-USD", "BID")) == [start + dt.timedelta(days=i) for i in range(7)]
@@ -240,7 +237,7 @@ def test_generate_cache_writes_the_raw_cache_layout(tmp_path: Path) -> None:
 @pytest.mark.real_data
 def test_recorded_bodies_are_served_byte_for_byte(real_data: Path) -> None:
     up = upstream(real_data, now_ms=at(dt.date(2026, 8, 1)))
-    for (symbol, side, day), name in fu._RECORDED.items():
+    for (symbol, side, day), name in RECORDED.items():
         target = f"/v1/candles/minute/{symbol}/{side}/{day.year}/{day.month}/{day.day}"
         assert up.reply(target).body == (real_data / "dukascopy-json" / name).read_bytes()
 
@@ -248,7 +245,7 @@ def test_recorded_bodies_are_served_byte_for_byte(real_data: Path) -> None:
 @pytest.mark.real_data
 def test_encoder_reproduces_a_real_response_byte_for_byte(real_data: Path) -> None:
     real = (real_data / "dukascopy-json/bp.markets.ingest/EUR-USD_20190204.json").read_bytes()
-    bars = fu.decode_points(real)
+    bars = decode_points(real)
     assert encode_candles(bars, empty_timestamp_ms=day_start_ms(dt.date(2019, 2, 4))) == real
 
 
@@ -256,7 +253,7 @@ def test_encoder_reproduces_a_real_response_byte_for_byte(real_data: Path) -> No
 @pytest.mark.parametrize("day", [dt.date(2019, 2, 4), dt.date(2019, 2, 5)])
 def test_histdata_converted_to_utc_equals_dukascopy_bi5(real_data: Path, day: dt.date) -> None:
     """The README finding: HistData clock = Berlin local − 6 h; converted, it is Dukascopy BID."""
-    gen = fu.HistDataGenerator(real_data / "histdata-m1", seed=1)
+    gen = HistDataGenerator(real_data / "histdata-m1", seed=1)
     bars = gen.day("EUR-USD", "BID", day)
     oracle = bi5.read_candle_points(bi5.day_path(real_data / "dukascopy-bi5", "EURUSD", day))
     traded = oracle[oracle["volume"] > 0]
@@ -270,7 +267,7 @@ def test_histdata_converted_to_utc_equals_dukascopy_bi5(real_data: Path, day: dt
 @pytest.mark.real_data
 def test_histdata_summer_day_uses_daylight_time(real_data: Path) -> None:
     """In summer 2019 the shift is +4 h: Monday 2019-07-01 trades from 00:00 UTC."""
-    series = fu._load_histdata(str(real_data / "histdata-m1"), "EUR-USD")
+    series = histdata.load(str(real_data / "histdata-m1"), "EUR-USD")
     assert series is not None
     sunday = dt.date(2019, 6, 30)
     a, _ = series.day_index[(sunday - dt.date(1970, 1, 1)).days]
@@ -281,7 +278,7 @@ def test_histdata_summer_day_uses_daylight_time(real_data: Path) -> None:
 @pytest.mark.real_data
 @pytest.mark.parametrize("symbol", ["EUR-USD", "GBP-USD", "USD-JPY", "XAU-USD"])
 def test_histdata_tiling_any_year_decodes(real_data: Path, symbol: str) -> None:
-    gen = fu.HistDataGenerator(real_data / "histdata-m1", seed=1)
+    gen = HistDataGenerator(real_data / "histdata-m1", seed=1)
     for day in (
         dt.date(2007, 3, 5),
         dt.date(2016, 2, 29),

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from barstream.fake.encoding import encode_candles
+from barstream.fake.generators import RandomWalkGenerator
 from barstream.services.aggregator.aggregate import merge
 from barstream.services.aggregator.service import append_only
-from barstream.services.downloader.fake_upstream import RandomWalkGenerator, encode_candles
 from barstream.services.downloader.source import day_start_ms
 from barstream.services.transformer.decode_pool import DecodeHelper
 from barstream.services.transformer.transform import decode_candles

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from barstream.services.downloader.fake_upstream import DayBars, encode_candles
+from barstream.fake.bars import DayBars
+from barstream.fake.encoding import encode_candles
 from barstream.services.transformer import transform
 from barstream.services.transformer.transform import (
     CHUNK_DAYS,

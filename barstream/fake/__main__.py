@@ -1,0 +1,3 @@
+from barstream.fake.cli import main
+
+raise SystemExit(main())
