@@ -1,0 +1,231 @@
+"""What each ``barstream`` subcommand does: one function a command, parsed arguments in,
+exit code out (the parser and the error handling around these are in ``barstream.cli``).
+
+A handler loads the configuration itself (so a bad file fails with the key path before
+anything starts), prints its results to stdout and its summary and progress to stderr, and
+raises ``ConfigError`` for a bad value (``main`` turns it into exit 2). Heavy modules
+(status, backfill, rebuild, verify, export, tqdm) are imported inside the handler, so
+``barstream --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from barstream import configs
+from barstream.shared.config import SIDES
+from barstream.shared.errors import ConfigError
+from barstream.supervise import Supervisor, default_var_dir, service_programs
+
+#: Exit codes of the CLI: 0 ok, 1 a fault was found or the operation failed, 2 usage or
+#: configuration error.
+EXIT_OK = 0
+EXIT_FAULT = 1
+EXIT_USAGE = 2
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from barstream import demo
+
+    path = args.config or (configs.LIVE_CONFIG if args.live else configs.DEMO_CONFIG)
+    return demo.run(
+        path,
+        live=args.live,
+        keep=args.keep or args.live,
+        duration_s=args.duration,
+        var_dir=args.var or default_var_dir(),
+        events_port=args.events_port,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    configs.load(args.config)  # fail here, with the key path, not inside five services
+    sup = _supervisor(args, demo=args.fake_upstream)
+    proc = sup.start(foreground=not args.detach)
+    names = service_programs(demo=args.fake_upstream)
+    states = sup.wait_running(names, 30.0)
+    print(
+        "barstream: "
+        + ", ".join(f"{n} {s}" for n, s in states.items())
+        + f"; logs in {sup.log_dir}",
+        file=sys.stderr,
+    )
+    if args.detach:
+        print(
+            "barstream: supervisord runs detached; stop it with `barstream stop`", file=sys.stderr
+        )
+        return EXIT_OK if all(s == "RUNNING" for s in states.values()) else EXIT_FAULT
+    assert proc is not None
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nbarstream: stopping every service …", file=sys.stderr)
+        sup.shutdown(proc)
+        return EXIT_OK
+    print(f"barstream: supervisord exited {proc.returncode}", file=sys.stderr)
+    return EXIT_FAULT
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    sup = _supervisor(args)
+    if not sup.running():
+        print(f"barstream: no supervisord answers on {sup.socket_path}", file=sys.stderr)
+        return EXIT_OK
+    sup.shutdown()
+    print("barstream: supervisord and every service stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    sup = _supervisor(args)
+    return sup.ctl(args.ctl_args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from barstream import status
+
+    cfg = configs.load(args.config)
+    statuses = status.collect(cfg, _supervisor(args))
+    if args.json:
+        print(json.dumps(status.as_json(statuses), indent=2))
+    else:
+        print(status.render(statuses))
+    return EXIT_FAULT if any(s.faults for s in statuses) else EXIT_OK
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from barstream.backfill import backfill
+
+    cfg = configs.load(args.config)
+    if args.end < args.start:
+        raise ConfigError("--end", str(args.end), "is before --start")
+    symbols = args.symbols.split(",") if args.symbols else list(cfg.pipeline.symbols)
+    sides = args.sides.split(",") if args.sides else list(cfg.pipeline.sides)
+    for side in sides:
+        if side not in SIDES:
+            raise ConfigError("--sides", side, "must be BID or ASK")
+    res = asyncio.run(backfill(cfg, symbols, sides, args.start, args.end, progress=not args.quiet))
+    print(
+        f"backfill: {res.fetched} days fetched ({res.bytes / 1e6:.1f} MB in {res.elapsed_s:.1f}s), "
+        f"{res.cached_already} already cached, {res.not_final} not final yet, "
+        f"{len(res.not_found)} not found, {len(res.failed)} failed",
+        file=sys.stderr,
+    )
+    for line in [*res.not_found, *res.failed][:20]:
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_FAULT if res.failed or res.not_found else EXIT_OK
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from barstream.rebuild import RebuildError, rebuild
+
+    cfg = configs.load(args.config)
+    sup = _supervisor(args)
+    try:
+        res = rebuild(
+            args.config,
+            cfg,
+            sup,
+            timeout_s=args.timeout,
+            log_dir=sup.log_dir,
+            progress=not args.quiet,
+        )
+    except RebuildError as e:
+        print(f"rebuild failed: {e}", file=sys.stderr)
+        return EXIT_FAULT
+    print(
+        f"rebuild: {res.bars_1m:,} 1m bars in {res.elapsed_s:.1f}s = {res.bars_per_s:,.0f} bars/s; "
+        + ", ".join(f"{n} {c:,}" for n, c in res.records.items())
+        + " records committed",
+        file=sys.stderr,
+    )
+    if res.aside is not None:
+        print(f"rebuild: the old stores are in {res.aside} (delete when happy)", file=sys.stderr)
+    if res.restarted:
+        print(f"rebuild: restarted {', '.join(res.restarted)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from barstream.verify import plan, verify_store
+
+    root = _data_root(args)
+    if not root.is_dir():
+        print(f"verify: {root}: no such data directory", file=sys.stderr)
+        return EXIT_USAGE
+    items = [(s, m, pre) for s, m, pre in plan(root) if ".aside-" not in str(s) or args.all]
+    faults = 0
+    records = 0
+    stores = 0
+    for store, mark, pre in tqdm(items, unit="store", desc="verify", disable=args.quiet):
+        found = list(pre)
+        if store.suffix == ".bars":
+            report = verify_store(store, mark)
+            found += report.faults
+            records += report.records
+            stores += 1
+        for f in found:
+            print(f"FAULT {f}")
+        faults += len(found)
+    print(
+        f"verify: {stores} stores, {records:,} records under {root}: "
+        + (f"{faults} fault(s)" if faults else "ok"),
+        file=sys.stderr,
+    )
+    return EXIT_FAULT if faults else EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from barstream import export
+
+    root = _data_root(args)
+    path = export.store_path(root, args.symbol, args.side, args.timeframe)
+    try:
+        start = export.parse_time_ms(args.start) if args.start else None
+        end = export.parse_time_ms(args.end) if args.end else None
+    except ValueError as e:
+        raise ConfigError("--start/--end", args.start or args.end, str(e)) from None
+    records = export.read(path, start_ms=start, end_ms=end, provisional=args.provisional)
+    if args.format == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            print("export: parquet needs pyarrow (pip install pyarrow)", file=sys.stderr)
+            return EXIT_USAGE
+        out = args.output or Path(f"{args.symbol}-{args.side}-{args.timeframe}.parquet")
+        export.write_parquet(records, out)
+    else:
+        lines = export.csv_lines(records) if args.format == "csv" else export.mt4_lines(records)
+        if args.output is None:
+            export.write_text(lines, sys.stdout)
+        else:
+            with args.output.open("w", newline="") as f:
+                export.write_text(lines, f)
+    where = args.output or ("stdout" if args.format != "parquet" else out)
+    print(f"export: {len(records)} bars of {path} → {where}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _supervisor(args: argparse.Namespace, *, demo: bool = False) -> Supervisor:
+    return Supervisor(
+        args.config or configs.LIVE_CONFIG,
+        args.var or default_var_dir(),
+        demo=demo,
+        events_port=args.events_port,
+    )
+
+
+def _data_root(args: argparse.Namespace) -> Path:
+    """``--data-dir``, else the configuration's ``pipeline.data_dir`` (made absolute)."""
+    if args.data_dir is not None:
+        path: Path = args.data_dir
+        return path
+    return configs.data_root(configs.load(args.config))
