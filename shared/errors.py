@@ -9,6 +9,7 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     ├── CheckpointCorrupt         a checkpoint file that cannot be parsed (file)
     ├── ConfigError               a configuration value is invalid (key path, value)
     ├── ProtocolError             a malformed or unexpected message on a socket (peer, reason)
+    ├── UpstreamInvalid           well-framed upstream records a stage cannot take (stream, offset)
     ├── SourceError               the upstream HTTP source failed (symbol, side, day, url)
     │   ├── NotFound              HTTP 404 / before the instrument's history start
     │   └── TransientSourceError  429 / 5xx / timeout / connection error (retry)
@@ -76,6 +77,20 @@ class ProtocolError(BarstreamError):
     def __init__(self, message: str, *, peer: str = "") -> None:
         self.peer = peer
         super().__init__(f"{peer}: {message}" if peer else message)
+
+
+class UpstreamInvalid(BarstreamError):
+    """Records from the upstream feed that break the stage's contract (a stream name it
+    does not serve, a day version that is not one UTC day of increasing minutes …): the
+    batch is counted, logged and dropped; the service keeps running."""
+
+    hint = "the upstream store is not what this stage expects: run `barstream verify` on it"
+
+    def __init__(self, message: str, *, stream: str = "", offset: int | None = None) -> None:
+        self.stream = stream
+        self.offset = offset
+        where = stream + (f" @ {offset}" if offset is not None else "")
+        super().__init__(f"{where}: {message}" if where else message)
 
 
 class SourceError(BarstreamError):

@@ -112,6 +112,12 @@ class Metrics:
         self.records_written = Counter(
             PREFIX + "records_written", "Records appended to own stores.", registry=r
         )
+        self.rewinds = Counter(
+            PREFIX + "rewinds",
+            "Rewrites of this service's committed records (provisional updates, revisions, late days).",
+            ["stream"],
+            registry=r,
+        )
         self.errors = Counter(PREFIX + "errors", "Errors by kind.", ["kind"], registry=r)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None

@@ -6,6 +6,13 @@ FeedServer (what it serves downstream) and usually a FeedClient (its upstream). 
 (``--drain``): ``main()`` returns once the upstream is exhausted and every downstream peer
 has what it needs — tests use it to run a stage to completion without sleeps.
 
+The stage contract: a stage's handler is a pure-ish function of one upstream batch that
+*returns* its changes — ``[Change(store key, from offset X, records)]``, each saying "from
+offset X on, this store now reads these records" — and ``Service.apply`` is the one place
+that carries them out: the write (``replace_from`` or truncate + vectored append), rewind
+counting, the records-written metric, marking the store for the next commit, and
+``maybe_commit``. The handlers never write a store themselves.
+
 Logs are one line per event, prefixed with the service name.
 """
 
@@ -16,21 +23,25 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import sys
 import time
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Final
 
+import numpy as np
 import zmq
 
 from barstream.shared import config as config_mod
+from barstream.shared import protocol as p
 from barstream.shared.config import Config
-from barstream.shared.errors import BarstreamError
-from barstream.shared.feed import Attachments, BatchHandler, Cut, FeedClient, FeedServer
+from barstream.shared.errors import BarstreamError, UpstreamInvalid
+from barstream.shared.feed import Attachments, Cut, FeedClient, FeedServer
 from barstream.shared.metrics import Metrics
-from barstream.shared.store import StoreSet
+from barstream.shared.store import StoreMeta, StoreSet
 
 LOG_FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
 
@@ -43,6 +54,28 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 #: Least time between commits while the upstream is behind (see ``Service.maybe_commit``).
 CATCHUP_COMMIT_INTERVAL_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """ "From offset ``start`` on, store ``key`` now reads ``parts``" (their concatenation;
+    nothing after it). ``diff``: rewrite only from the first record that differs from what
+    the store holds (``Store.replace_from``) — for stages whose output often repeats itself
+    (a re-sent batch, an unchanged bar); without it the store is truncated at ``start`` and
+    ``parts`` appended in one vectored write, for stages that already know ``start`` is the
+    first change (``merge``) or that only append."""
+
+    key: str
+    start: int
+    parts: Sequence[np.ndarray]
+    diff: bool = False
+
+
+#: A symbol or side as it may appear in a stream name (and so in a store's path).
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+#: What a stage's handler returns for one upstream batch: its changes, applied in order.
+Changes = Sequence[Change]
 
 
 class _ServiceFilter(logging.Filter):
@@ -106,20 +139,37 @@ class Service(abc.ABC):
         )
         return self.server
 
-    async def follow_and_serve(self, handler: BatchHandler, *, cut: Cut | None = None) -> None:
-        """The middle stages' main(): follow the upstream feed through ``handler``, commit
-        at each burst's end, serve this service's stores downstream — until stopped, or in
-        drain mode until the upstream is exhausted and every downstream peer has it all."""
-        server = self.serve_feed(cut=cut)
+    def handle(self, batch: p.Batch, records: np.ndarray, attachments: list[bytes]) -> Changes:
+        """The stage: "from offset ``batch.start`` on, the upstream store ``batch.stream``
+        now reads ``records``" → this service's changes. Stages that follow a feed
+        override it; ``Service.apply`` carries the changes out."""
+        raise NotImplementedError(f"{type(self).__name__} follows no upstream feed")
+
+    def follow_upstream(self) -> FeedClient:
+        """The client of the upstream feed: each batch goes through ``handle`` and
+        ``apply``; the end of each burst commits."""
+
+        async def on_batch(batch: p.Batch, records: np.ndarray, attachments: list[bytes]) -> None:
+            self.apply(self.handle(batch, records, attachments))
+
         self.upstream = FeedClient(
             self.ctx,
             self.endpoints.upstream,
             self.stores.upstream,
-            handler,
+            on_batch,
             name=self.name,
             metrics=self.metrics,
             on_idle=self.idle,
         )
+        return self.upstream
+
+    async def follow_and_serve(self, *, cut: Cut | None = None) -> None:
+        """The middle stages' main(): follow the upstream feed through ``handle``, commit
+        at each burst's end, serve this service's stores downstream — until stopped, or in
+        drain mode until the upstream is exhausted and every downstream peer has it all."""
+        server = self.serve_feed(cut=cut)
+        self.follow_upstream()
+        assert self.upstream is not None
         serving = asyncio.create_task(server.run())
         following = asyncio.create_task(self.upstream.run(until_caught_up=self.drain))
         if self.drain:
@@ -199,7 +249,67 @@ class Service(abc.ABC):
             return asyncio.run(self._run())
         return int(uvloop.run(self._run()))
 
-    # -- commits ------------------------------------------------------------------------
+    # -- changes and commits ------------------------------------------------------------
+
+    def apply(self, changes: Changes, *, commit: bool = True) -> None:
+        """Carry out a stage's changes (see the module docstring), then ``maybe_commit``
+        (unless ``commit`` is False: a caller that commits at its own points)."""
+        stores = self.stores.stores
+        for change in changes:
+            store = stores[change.key]
+            before = store.length
+            parts = change.parts
+            if change.diff and change.start < before:
+                records = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                first = store.replace_from(change.start, records)
+            else:
+                first = change.start
+                if first >= before and not any(len(part) for part in parts):
+                    continue  # nothing to append, nothing to drop
+                store.write_parts(first, parts)
+            if first == before == store.length:
+                continue  # the store already read so
+            if first < store.committed_length:
+                self.metrics.rewinds.labels(change.key).inc()
+            self.stores.touch(change.key)
+            self.metrics.records_written.inc(store.length - first)
+            self.changed(change.key, first)
+        if commit:
+            self.maybe_commit()
+
+    def upstream_meta(self, batch: p.Batch, kind: str) -> StoreMeta | None:
+        """The (symbol, side) of an upstream batch whose stream is ``SYMBOL/SIDE/<kind>``;
+        anything else is a counted, logged rejection (None)."""
+        try:
+            meta = StoreMeta.from_key(batch.stream)
+        except ValueError as e:
+            self.reject(batch, UpstreamInvalid(str(e), stream=batch.stream))
+            return None
+        if not (_NAME.fullmatch(meta.symbol) and _NAME.fullmatch(meta.side)):
+            why = "symbol and side must be names ([A-Za-z0-9][A-Za-z0-9._-]*)"
+            self.reject(batch, UpstreamInvalid(why, stream=batch.stream))
+            return None
+        if meta.timeframe != kind:
+            self.reject(batch, UpstreamInvalid(f"not a {kind!r} stream", stream=batch.stream))
+            return None
+        return meta
+
+    def reject(self, batch: p.Batch, error: BarstreamError) -> None:
+        """Drop an upstream batch this stage cannot take: counted (errors{kind=
+        "upstream_invalid"}) and logged, never a crash."""
+        self.metrics.errors.labels("upstream_invalid").inc()
+        self.log.error(
+            "dropped upstream batch %s [%d, %d): %s",
+            batch.stream,
+            batch.start,
+            batch.start + batch.count,
+            error,
+        )
+
+    def changed(self, key: str, first: int) -> None:
+        """Store ``key`` changed from offset ``first`` on (called by ``apply``; the gateway
+        publishes from it)."""
+        return None
 
     def commit(self) -> None:
         """Flush stores and write the checkpoint; update gauges; the feed server is told."""

@@ -30,6 +30,7 @@ from typing import Final
 
 import numpy as np
 
+from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.record import FLAG_LIVE, FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
 from barstream.shared.timeframe import DAY_MS
 
@@ -76,6 +77,44 @@ def merge(
     return x0 + k, tail[k:]
 
 
+def append_only(
+    last_ts_ms: int | None, incoming: np.ndarray, base_offset: int, *, in_place: bool = False
+) -> np.ndarray | None:
+    """``merge``'s result when ``incoming`` only appends: every day version in it is a new
+    day after the canonical series' last minute (``last_ts_ms``; None when empty), each in
+    one UTC day with strictly increasing minutes — the shape of a backfill or rebuild.
+    Then nothing is replaced, so the canonical records are the incoming ones with
+    ``src_offset`` = their transformer offset, ``src_count`` = 1 and FLAG_LIVE dropped (as
+    ``merge`` does; ``tests/unit/test_rebuild_fast_paths.py`` holds the two equal), appended:
+    exactly ``merge(canonical, incoming, base_offset)`` = ``(len(canonical), R)``, without
+    its per-day work. Returns None for anything else (``merge`` handles it, and raises the
+    precise error for an invalid version). ``in_place``: write the two fields into
+    ``incoming`` itself (when it is writable) instead of a copy."""
+    n = len(incoming)
+    if not n:
+        return None
+    ts = incoming["ts_ms"]
+    if last_ts_ms is not None and int(ts[0]) // DAY_MS <= last_ts_ms // DAY_MS:
+        return None  # touches a day the canonical series already has
+    if n > 1:
+        if not bool(np.all(ts[1:] > ts[:-1])):
+            return None
+        day = ts // DAY_MS
+        src = incoming["src_offset"]
+        # A new day version starts exactly where a new day starts: one version per day,
+        # each within its day (minutes increase, so days only move forward).
+        if not np.array_equal(src[1:] != src[:-1], day[1:] != day[:-1]):
+            return None
+    if in_place and incoming.flags.writeable and incoming.dtype == RECORD_DTYPE:
+        out = incoming
+    else:
+        out = np.array(incoming, dtype=RECORD_DTYPE, copy=True)
+    out["src_offset"] = np.arange(base_offset, base_offset + n, dtype=np.int64)
+    out["src_count"] = 1
+    out["flags"] &= np.uint16(0xFFFF ^ FLAG_LIVE)  # as merge: provenance is not canonical
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -91,13 +130,13 @@ def _day_of(version: np.ndarray, offset: int) -> int:
     ts = version["ts_ms"]
     day = int(ts[0]) // DAY_MS
     if int(ts[-1]) // DAY_MS != day:
-        raise ValueError(
+        raise UpstreamInvalid(
             f"transformer offset {offset}: day version {int(version['src_offset'][0])} spans "
             f"more than one UTC day ({int(ts[0])} .. {int(ts[-1])})"
         )
     if len(ts) > 1 and not bool(np.all(ts[1:] > ts[:-1])):
         bad = int(np.flatnonzero(ts[1:] <= ts[:-1])[0]) + 1
-        raise ValueError(
+        raise UpstreamInvalid(
             f"transformer offset {offset + bad}: ts_ms {int(ts[bad])} is not after "
             f"{int(ts[bad - 1])} in day version {int(version['src_offset'][0])}"
         )

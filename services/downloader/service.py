@@ -61,7 +61,7 @@ from barstream.shared.record import (
     JOURNAL_LIVE,
     KIND_JOURNAL,
 )
-from barstream.shared.service import Service
+from barstream.shared.service import Change, Service
 from barstream.shared.store import Store, StoreMeta
 
 DAY_MS = 86_400_000
@@ -510,7 +510,7 @@ class Downloader(Service):
             if int(rec["kind"][0]) != JOURNAL_LIVE and live_day > day_ms:
                 recs = np.concatenate([rec, live])  # a late/revised day goes before the live one
             # else: the live day changed, finished (its final record), or a new day began
-        store.write(at, recs)
+        self.apply((Change(st.key, at, (recs,)),), commit=False)
         for i, r in enumerate(recs):
             self._set_day(
                 st,
@@ -519,8 +519,6 @@ class Downloader(Service):
             )
         if body and int(rec["kind"][0]) == JOURNAL_DAY:
             self._remember(st, at, int(rec["digest"][0]), body)
-        self.stores.touch(st.key)
-        self.metrics.records_written.inc()
 
     def _replay_cached(self, st: StreamState, day: dt.date, last: dt.date) -> int:
         """Journal a run of consecutive cached days from ``day`` (at most ``REPLAY_DAYS``,
@@ -569,12 +567,10 @@ class Downloader(Service):
             recs["kind"] = JOURNAL_DAY
             recs["src_offset"] = -1
             recs["flags"] = flags
-            store.write(n, recs)
+            self.apply((Change(st.key, n, (recs,)),), commit=False)
             for i in range(len(ts)):
                 self._set_day(st, ts[i], DayState(n + i, JOURNAL_DAY, digests[i], versions[i]))
                 self._remember(st, n + i, digests[i], bodies[i])
-            self.stores.touch(st.key)
-            self.metrics.records_written.inc(len(ts))
             self.gap_days.labels(st.key).set(self._gaps(st))
         return consumed
 

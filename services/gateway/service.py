@@ -36,11 +36,11 @@ from barstream.services.gateway import query
 from barstream.shared import gateway_protocol as gp
 from barstream.shared import protocol as feed_protocol
 from barstream.shared.config import Config
-from barstream.shared.feed import DRAIN_MAX, FeedClient, Wakeup
+from barstream.shared.feed import DRAIN_MAX, Wakeup
 from barstream.shared.metrics import PREFIX
 from barstream.shared.record import KIND_BARS
-from barstream.shared.service import Service
-from barstream.shared.store import Store, StoreMeta
+from barstream.shared.service import Change, Changes, Service
+from barstream.shared.store import StoreMeta
 
 #: Request peers seen within this many seconds count as connected consumers.
 CONSUMER_TTL_S: Final = 60.0
@@ -157,15 +157,8 @@ class Gateway(Service):
             # Stores just created (a first start, a new topic): commit them before serving,
             # so the ids consumers see as epochs survive a crash (else "store rebuilt").
             self.commit()
-        self.upstream = FeedClient(
-            self.ctx,
-            self.endpoints.upstream,
-            self.stores.upstream,
-            self._on_batch,
-            name=self.name,
-            metrics=self.metrics,
-            on_idle=self._on_idle,
-        )
+        self.follow_upstream()
+        assert self.upstream is not None
         self._hb_wake = asyncio.Event()
         self.log.info(
             "publishing on %s, requests on %s, upstream %s",
@@ -201,36 +194,30 @@ class Gateway(Service):
 
     # -- upstream -> replica stores -----------------------------------------------------
 
-    async def _on_batch(
+    def handle(
         self, batch: feed_protocol.Batch, records: np.ndarray, attachments: list[bytes]
-    ) -> None:
+    ) -> Changes:
+        """From offset ``batch.start`` on, the resampler's store now reads ``records``: so
+        does the replica (rewritten only from the first record that differs)."""
         if batch.kind != KIND_BARS:
             self._count_error("upstream-kind")
             self.log.error(
                 "upstream stream %s holds kind %d, not bars; ignored", batch.stream, batch.kind
             )
-            return
+            return ()
         try:
             meta = StoreMeta.from_key(batch.stream)
         except ValueError as e:
             self._count_error("upstream-key")
             self.log.error("upstream stream name refused: %s; ignored", e)
-            return
-        store = self.stores.ensure(meta)
-        key = meta.key
+            return ()
+        key = self.stores.ensure(meta).meta.key
         if key not in self.seqlogs:
             self.seqlogs[key] = query.SeqLog()
-        before = store.length
-        first = replace_from(store, batch.start, records)
-        if first == before == store.length:
-            return  # the batch repeats what the replica already holds
-        self._changed[key] = min(self._changed.get(key, first), first)
-        self.stores.touch(key)
-        self.metrics.records_written.inc(store.length - first)
-        self.maybe_commit()
+        return (Change(key, batch.start, (records,), diff=True),)
 
-    async def _on_idle(self) -> None:
-        self.maybe_commit(idle=True)
+    def changed(self, key: str, first: int) -> None:
+        self._changed[key] = min(self._changed.get(key, first), first)
 
     def commit(self) -> None:
         """Assign seqs to the pending changes, commit them with the records, then publish."""
@@ -498,21 +485,3 @@ class Gateway(Service):
     def __repr__(self) -> str:
         base = super().__repr__()[:-1]
         return f"{base} published={self.published} consumers={len(self._peers)}>"
-
-
-def replace_from(store: Store, offset: int, records: np.ndarray) -> int:
-    """ "From ``offset`` on, the store now reads ``records``", rewriting only from the first
-    record that differs; returns that offset. Uses ``Store.replace_from`` when the store
-    has it (it avoids no-op rewinds the same way)."""
-    native: Callable[[int, np.ndarray], int] | None = getattr(store, "replace_from", None)
-    if native is not None:
-        return native(offset, records)
-    held = store.view(offset, min(store.length, offset + len(records)))
-    same = query.first_difference(held, records)
-    first = offset + same
-    if same == len(records):
-        if store.length > first:
-            store.truncate(first)
-        return first
-    store.write(first, records[same:])
-    return first

@@ -23,7 +23,7 @@ from barstream.services.resampler.resample import M1, Cascade
 from barstream.shared import protocol as p
 from barstream.shared.config import Config, SessionConfig
 from barstream.shared.record import FLAG_PROVISIONAL
-from barstream.shared.service import Service
+from barstream.shared.service import Change, Changes, Service
 from barstream.shared.store import Store, StoreMeta
 from barstream.shared.timeframe import PRESETS, Session, Timeframe
 
@@ -65,12 +65,6 @@ class Resampler(Service):
         self.bars_out = Counter(
             "barstream_bars_out", "Bars written, by timeframe.", ["timeframe"], registry=r
         )
-        self.rewinds_out = Counter(
-            "barstream_rewinds",
-            "Rewrites of committed bars (provisional updates, revisions).",
-            ["stream"],
-            registry=r,
-        )
         self.last_closed = Gauge(
             "barstream_last_closed_bar_time_seconds",
             "Open time of the last closed (non-provisional) bar per store.",
@@ -79,7 +73,7 @@ class Resampler(Service):
         )
 
     async def main(self) -> None:
-        await self.follow_and_serve(self.apply)
+        await self.follow_and_serve()
 
     def cascade(self, symbol: str, side: str) -> Cascade:
         key = f"{symbol}/{side}"
@@ -108,35 +102,23 @@ class Resampler(Service):
             self._stores[(symbol, side, tf)] = store
         return store
 
-    async def apply(self, batch: p.Batch, records: np.ndarray, _bodies: list[bytes]) -> None:
-        """From 1m offset ``batch.start`` on, the aggregator's store now reads ``records``."""
-        symbol, side, tf = batch.stream.split("/")
-        if tf != "1m":
-            self.log.warning("ignoring stream %s: not a 1m series", batch.stream)
-            return
+    def handle(self, batch: p.Batch, records: np.ndarray, attachments: list[bytes]) -> Changes:
+        """From 1m offset ``batch.start`` on, the aggregator's store now reads ``records``:
+        the 1m replica and every timeframe, each rewritten only from its first changed bar."""
+        meta = self.upstream_meta(batch, "1m")
+        if meta is None:
+            return ()
+        symbol, side = meta.symbol, meta.side
         cascade = self.cascade(symbol, side)
         changes = cascade.update(batch.start, records)  # reads the stores *before* the update
-        self._write(self._store(symbol, side, M1), batch.start, records)
+        out = [Change(self._store(symbol, side, M1).meta.key, batch.start, (records,), diff=True)]
         for tf_i, (x, new) in changes.items():
-            store = self._store(symbol, side, tf_i)
-            self._write(store, x, new)
+            out.append(Change(self._store(symbol, side, tf_i).meta.key, x, (new,), diff=True))
             counter = self._bars_out.get(tf_i)
             if counter is None:
                 counter = self._bars_out[tf_i] = self.bars_out.labels(str(tf_i))
             counter.inc(len(new))
-        self.maybe_commit()
-
-    def _write(self, store: Store, x: int, new: np.ndarray) -> None:
-        if x >= store.length and not len(new):
-            return
-        before = store.length
-        first = store.replace_from(x, new)  # rewrites only from the first changed bar
-        if first == store.length == before:
-            return
-        if first < store.committed_length:
-            self.rewinds_out.labels(store.meta.key).inc()
-        self.stores.touch(store.meta.key)
-        self.metrics.records_written.inc(store.length - first)
+        return out
 
     def update_store_gauges(self, keys: Collection[str] | None = None) -> None:
         super().update_store_gauges(keys)

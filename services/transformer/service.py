@@ -29,14 +29,14 @@ from barstream.services.transformer.decode_pool import DecodeHelper
 from barstream.services.transformer.transform import decode_days
 from barstream.shared import protocol as p
 from barstream.shared.config import Config
-from barstream.shared.errors import PayloadInvalid
+from barstream.shared.errors import PayloadInvalid, UpstreamInvalid
 from barstream.shared.record import (
     JOURNAL_DAY,
     JOURNAL_LIVE,
     KIND_JOURNAL,
 )
-from barstream.shared.service import Service
-from barstream.shared.store import Store, StoreMeta
+from barstream.shared.service import Change, Changes, Service
+from barstream.shared.store import StoreMeta
 
 DAY_MS = 86_400_000
 #: Batches with at least this many days to decode are shared with the helper process.
@@ -78,7 +78,7 @@ class Transformer(Service):
         self.helper_days = 0
 
     async def main(self) -> None:
-        await self.follow_and_serve(self.apply, cut=version_cut)
+        await self.follow_and_serve(cut=version_cut)
 
     async def close(self) -> None:
         try:
@@ -150,12 +150,16 @@ class Transformer(Service):
                 out[item[0]] = records
         return out
 
-    async def apply(self, batch: p.Batch, journal: np.ndarray, bodies: list[bytes]) -> None:
-        """From journal offset ``batch.start`` on, the journal now reads ``journal``."""
-        symbol, side, kind = batch.stream.split("/")
-        if batch.kind != KIND_JOURNAL or kind != "fetch":
-            self.log.warning("ignoring stream %s: not a fetch journal", batch.stream)
-            return
+    def handle(self, batch: p.Batch, journal: np.ndarray, bodies: list[bytes]) -> Changes:
+        """From journal offset ``batch.start`` on, the journal now reads ``journal``: this
+        store, from the first record decoded from there, reads the valid days' records."""
+        meta = self.upstream_meta(batch, "fetch")
+        if meta is None:
+            return ()
+        if batch.kind != KIND_JOURNAL:
+            self.reject(batch, UpstreamInvalid("not a fetch journal", stream=batch.stream))
+            return ()
+        symbol, side = meta.symbol, meta.side
         store = self.stores.ensure(StoreMeta(symbol, side, "days"))
         src = store.records["src_offset"]
         cut = int(np.searchsorted(src, batch.start, side="left"))
@@ -200,21 +204,12 @@ class Transformer(Service):
                             i = resume - batch.start - 1
                             continue
                         assert self.upstream is not None
-                        self._store_parts(store, cut, parts)
                         self.upstream.request_resend(batch.stream, resume)
-                        return
+                        break
                 else:
                     continue  # held: later days wait for the bad day
             parts.append(decoded)
-        self._store_parts(store, cut, parts)
-
-    def _store_parts(self, store: Store, cut: int, parts: list[np.ndarray]) -> None:
-        n = sum(len(part) for part in parts)
-        if cut < store.length or n:
-            store.write_parts(cut, parts)  # one vectored write, no concatenation
-            self.stores.touch(store.meta.key)
-            self.metrics.records_written.inc(n)
-        self.maybe_commit()
+        return (Change(store.meta.key, cut, parts),)
 
     def _hold(self, stream: str, day_ms: int, offset: int, error: str) -> None:
         self.held[stream] = {"day_ms": day_ms, "offset": offset, "error": error}

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from barstream.services.aggregator.aggregate import merge
+from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.record import (
     FLAG_DAY_END,
     FLAG_LIVE,
@@ -178,7 +179,7 @@ def test_version_spanning_two_days_is_rejected() -> None:
     rng = np.random.default_rng(5)
     bad = records_at(rng, np.array([DAY0 + DAY_MS - MINUTE_MS, DAY0 + DAY_MS]))
     bad["src_offset"] = 7
-    with pytest.raises(ValueError, match="transformer offset 40: day version 7 spans"):
+    with pytest.raises(UpstreamInvalid, match="transformer offset 40: day version 7 spans"):
         merge(np.zeros(0, RECORD_DTYPE), bad, 40)
 
 

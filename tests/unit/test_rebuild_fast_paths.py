@@ -19,12 +19,11 @@ import pytest
 
 from barstream.fake.encoding import encode_candles
 from barstream.fake.generators import RandomWalkGenerator
-from barstream.services.aggregator.aggregate import merge
-from barstream.services.aggregator.service import append_only
+from barstream.services.aggregator.aggregate import append_only, merge
 from barstream.services.downloader.source import day_start_ms
 from barstream.services.transformer.decode_pool import DecodeHelper
 from barstream.services.transformer.transform import decode_candles
-from barstream.shared.errors import PayloadInvalid
+from barstream.shared.errors import PayloadInvalid, UpstreamInvalid
 from barstream.shared.record import (
     FLAG_DAY_END,
     FLAG_LIVE,
@@ -95,7 +94,7 @@ def test_append_only_declines_what_is_not_a_pure_append() -> None:
     back = batch.copy()
     back["ts_ms"][3] = back["ts_ms"][2]
     assert append_only(None, back, 0) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(UpstreamInvalid):
         merge(np.zeros(0, RECORD_DTYPE), back, 0)
     assert int(batch["ts_ms"][0]) // DAY_MS < last_day_ts // DAY_MS
 
@@ -187,7 +186,6 @@ def test_decode_helper_equals_decode_candles() -> None:
 def test_transformer_release_inside_one_batch_keeps_the_held_days(tmp_path: Path) -> None:
     """[good, bad, held, good version of the bad day] in ONE batch: the held day is
     stored after the release (the records are in the batch; a resend would be a no-op)."""
-    import asyncio
 
     from barstream.services.transformer.service import Transformer
     from barstream.shared import protocol as p
@@ -215,7 +213,7 @@ def test_transformer_release_inside_one_batch_keeps_the_held_days(tmp_path: Path
             kind=KIND_JOURNAL,
             attachments=len(entries),
         )
-        asyncio.run(service.apply(batch, journal, bodies))
+        service.apply(service.handle(batch, journal, bodies))
         got = service.stores.stores["EUR-USD/BID/days"].records
         expected = np.concatenate(
             [
