@@ -45,12 +45,12 @@ from barstream.services.downloader.source import (
     RetryPolicy,
     Source,
     SourceSettings,
-    atomic_write,
     body_digest,
     day_start_ms,
 )
 from barstream.shared.config import Config
 from barstream.shared.errors import NotFound, SourceError, TransientSourceError
+from barstream.shared.fsio import atomic_write
 from barstream.shared.record import (
     FLAG_LIVE,
     FLAG_PROVISIONAL,
