@@ -30,7 +30,7 @@ from barstream.shared.config import Config
 from barstream.shared.errors import BarstreamError
 from barstream.shared.feed import Attachments, BatchHandler, Cut, FeedClient, FeedServer
 from barstream.shared.metrics import Metrics
-from barstream.shared.store import StoreSet
+from barstream.shared.storeset import StoreSet
 
 LOG_FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
 

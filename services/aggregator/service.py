@@ -19,9 +19,9 @@ from prometheus_client import Counter
 from barstream.services.aggregator.aggregate import merge
 from barstream.shared import protocol as p
 from barstream.shared.config import Config
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import FLAG_LIVE, RECORD_DTYPE
 from barstream.shared.service import Service
-from barstream.shared.store import StoreMeta
 from barstream.shared.timeframe import DAY_MS
 
 

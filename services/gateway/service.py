@@ -37,10 +37,11 @@ from barstream.shared import gateway_protocol as gp
 from barstream.shared import protocol as feed_protocol
 from barstream.shared.config import Config
 from barstream.shared.feed import DRAIN_MAX, FeedClient, Wakeup
+from barstream.shared.header import StoreMeta
 from barstream.shared.metrics import PREFIX
 from barstream.shared.record import KIND_BARS
 from barstream.shared.service import Service
-from barstream.shared.store import Store, StoreMeta
+from barstream.shared.store import Store
 
 #: Request peers seen within this many seconds count as connected consumers.
 CONSUMER_TTL_S: Final = 60.0

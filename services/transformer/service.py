@@ -30,13 +30,14 @@ from barstream.services.transformer.transform import decode_days
 from barstream.shared import protocol as p
 from barstream.shared.config import Config
 from barstream.shared.errors import PayloadInvalid
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import (
     JOURNAL_DAY,
     JOURNAL_LIVE,
     KIND_JOURNAL,
 )
 from barstream.shared.service import Service
-from barstream.shared.store import Store, StoreMeta
+from barstream.shared.store import Store
 
 DAY_MS = 86_400_000
 #: Batches with at least this many days to decode are shared with the helper process.
