@@ -25,6 +25,7 @@ import numpy as np
 
 from barstream.shared.checkpoint import Checkpoint, StoreMark
 from barstream.shared.errors import CheckpointCorrupt, StoreCorrupt
+from barstream.shared.header import HEADER_SIZE, decode_header
 from barstream.shared.record import (
     DTYPES,
     JOURNAL_DAY,
@@ -35,7 +36,6 @@ from barstream.shared.record import (
     KIND_JOURNAL,
     RECORD_SIZE,
 )
-from barstream.shared.store import HEADER_SIZE, decode_header
 
 DAY_MS = 86_400_000
 #: Faults reported per check per store (the count says how many more).

@@ -26,8 +26,10 @@ import numpy as np
 import zmq
 
 from barstream.shared.feed import FeedClient, FeedServer
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import RECORD_DTYPE
-from barstream.shared.store import Store, StoreMeta, StoreSet
+from barstream.shared.store import Store
+from barstream.shared.storeset import StoreSet
 
 REPO = Path(__file__).resolve().parent.parent
 N = 8_000_000

@@ -41,8 +41,9 @@ import zmq
 
 from barstream.services.gateway.client import AsyncGatewayClient, GatewayClient
 from barstream.shared.feed import FeedServer
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import empty
-from barstream.shared.store import StoreMeta, StoreSet
+from barstream.shared.storeset import StoreSet
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import RECORD_DTYPE
-from barstream.shared.store import Store, StoreMeta, StoreSet
+from barstream.shared.store import Store
+from barstream.shared.storeset import StoreSet
 
 REPO = Path(__file__).resolve().parent.parent
 N = 4_000_000

@@ -6,20 +6,22 @@ One checkpoint file per service directory holds, atomically together:
 - every upstream stream's consumed position (``UpstreamMark``: store id, offset, generation);
 - small service state (e.g. the downloader's gaps), as plain JSON values.
 
-``save`` writes ``<file>.tmp``, fsyncs it, renames it over ``<file>`` and fsyncs the
-directory, so a reader sees the old checkpoint or the new one, never a mix. The caller
-flushes the data the checkpoint points at *before* saving (``StoreSet.commit``).
+``save`` replaces the file atomically (``fsio.atomic_write``), so a reader — and the
+service after a crash — sees the old checkpoint or the new one, never a mix. Where a save
+sits in a commit (after the data flush, before the headers are published) is the crash
+rule of docs/FORMAT.md §4, written there once (``StoreSet.commit`` follows it); the file's
+fields are FORMAT.md §3. ``load`` raises ``CheckpointCorrupt`` naming the file.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
 from barstream.shared.errors import CheckpointCorrupt
+from barstream.shared.fsio import atomic_write
 
 CHECKPOINT_VERSION: Final = 1
 
@@ -92,21 +94,6 @@ class Checkpoint:
         return state
 
     def save(self, state: CheckpointState) -> None:
-        """Atomically replace the checkpoint: tmp → fsync → rename → fsync(dir)."""
-        data = _encoder.encode(state)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        """Atomically and durably replace the checkpoint (``fsio.atomic_write``: tmp →
+        fsync → rename → fsync(dir)), step 2 of docs/FORMAT.md §4."""
+        atomic_write(self.path, _encoder.encode(state))

@@ -5,6 +5,8 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     ├── StoreError
     │   ├── StoreCorrupt          a header or record that cannot be valid (file, offset)
     │   ├── StoreMismatch         a store holds something other than what was asked (file, key)
+    │   ├── StoreRangeError       an offset or record range outside a store (file, start,
+    │   │                         stop, length); also an IndexError
     │   └── StoreClosed
     ├── CheckpointCorrupt         a checkpoint file that cannot be parsed (file)
     ├── ConfigError               a configuration value is invalid (key path, value)
@@ -48,6 +50,29 @@ class StoreCorrupt(StoreError):
 
 class StoreMismatch(StoreError):
     hint = "the file belongs to another store; check data paths in the configuration"
+
+
+class StoreRangeError(StoreError, IndexError):
+    """An offset or record range ``[start, stop)`` asked of a store holding ``length`` records."""
+
+    def __init__(
+        self,
+        path: str,
+        start: int,
+        stop: int,
+        length: int,
+        message: str = "",
+        *,
+        offset: int | None = None,
+    ) -> None:
+        self.start = start
+        self.stop = stop
+        self.length = length
+        super().__init__(
+            path,
+            message or f"records [{start}, {stop}) outside the store's [0, {length})",
+            offset=offset,
+        )
 
 
 class StoreClosed(StoreError):

@@ -39,7 +39,8 @@ from barstream.shared.checkpoint import UpstreamMark
 from barstream.shared.errors import ProtocolError
 from barstream.shared.metrics import Metrics
 from barstream.shared.record import DTYPES, KIND_BARS, RECORD_SIZE
-from barstream.shared.store import Store, StoreSet
+from barstream.shared.store import Store
+from barstream.shared.storeset import StoreSet
 
 log = logging.getLogger("barstream.feed")
 

@@ -40,8 +40,9 @@ from barstream.shared import protocol as p
 from barstream.shared.config import Config
 from barstream.shared.errors import BarstreamError, UpstreamInvalid
 from barstream.shared.feed import Attachments, Cut, FeedClient, FeedServer
+from barstream.shared.header import StoreMeta
 from barstream.shared.metrics import Metrics
-from barstream.shared.store import StoreMeta, StoreSet
+from barstream.shared.storeset import StoreSet
 
 LOG_FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
 

@@ -18,8 +18,8 @@ import numpy as np
 from barstream.services.aggregator.aggregate import append_only, merge
 from barstream.shared import protocol as p
 from barstream.shared.errors import UpstreamInvalid
+from barstream.shared.header import StoreMeta
 from barstream.shared.service import Change, Changes, Service
-from barstream.shared.store import StoreMeta
 
 
 class Aggregator(Service):

@@ -45,12 +45,13 @@ from barstream.services.downloader.source import (
     RetryPolicy,
     Source,
     SourceSettings,
-    atomic_write,
     body_digest,
     day_start_ms,
 )
 from barstream.shared.config import Config
 from barstream.shared.errors import NotFound, SourceError, TransientSourceError
+from barstream.shared.fsio import atomic_write
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import (
     FLAG_LIVE,
     FLAG_PROVISIONAL,
@@ -62,7 +63,7 @@ from barstream.shared.record import (
     KIND_JOURNAL,
 )
 from barstream.shared.service import Change, Service
-from barstream.shared.store import Store, StoreMeta
+from barstream.shared.store import Store
 
 DAY_MS = 86_400_000
 #: Bytes of raw bodies per feed batch at most (a batch never splits a record from its body).

@@ -42,7 +42,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -50,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
+from barstream.shared import fsio
 from barstream.shared.errors import NotFound, SourceError, TransientSourceError
 
 __all__ = [
@@ -63,7 +63,6 @@ __all__ = [
     "RetryPolicy",
     "Source",
     "SourceSettings",
-    "atomic_write",
     "body_digest",
     "day_start_ms",
     "day_url",
@@ -436,7 +435,7 @@ class RawCache:
                 f"{symbol}/{side}/{day.isoformat()}: not final (today is {today.isoformat()}); "
                 "the current day is never cached"
             )
-        atomic_write(self.path(symbol, side, day), body, durable=self._durable)
+        fsio.atomic_write(self.path(symbol, side, day), body, durable=self._durable)
         return body_digest(body)
 
     def put_result(self, result: FetchResult) -> int:
@@ -457,49 +456,3 @@ class RawCache:
                     yield dt.datetime.strptime(stamp, "%Y%m%d").date()
                 except ValueError:
                     continue
-
-
-def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``path`` so a reader sees the old file or the whole new one, never a torn one:
-    tmp file, fsync, rename over, fsync the directory (and any directory created)."""
-    _make_dirs(path.parent, durable=durable)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def _make_dirs(path: Path, *, durable: bool) -> None:
-    if path.is_dir():
-        return
-    _make_dirs(path.parent, durable=durable)
-    try:
-        path.mkdir()
-    except FileExistsError:
-        return
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

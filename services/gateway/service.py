@@ -37,10 +37,10 @@ from barstream.shared import gateway_protocol as gp
 from barstream.shared import protocol as feed_protocol
 from barstream.shared.config import Config
 from barstream.shared.feed import DRAIN_MAX, Wakeup
+from barstream.shared.header import StoreMeta
 from barstream.shared.metrics import PREFIX
 from barstream.shared.record import KIND_BARS
 from barstream.shared.service import Change, Changes, Service
-from barstream.shared.store import StoreMeta
 
 #: Request peers seen within this many seconds count as connected consumers.
 CONSUMER_TTL_S: Final = 60.0

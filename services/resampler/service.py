@@ -22,9 +22,10 @@ from prometheus_client import Counter, Gauge
 from barstream.services.resampler.resample import M1, Cascade
 from barstream.shared import protocol as p
 from barstream.shared.config import Config, SessionConfig
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import FLAG_PROVISIONAL
 from barstream.shared.service import Change, Changes, Service
-from barstream.shared.store import Store, StoreMeta
+from barstream.shared.store import Store
 from barstream.shared.timeframe import PRESETS, Session, Timeframe
 
 

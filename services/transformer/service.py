@@ -30,13 +30,13 @@ from barstream.services.transformer.transform import decode_days
 from barstream.shared import protocol as p
 from barstream.shared.config import Config
 from barstream.shared.errors import PayloadInvalid, UpstreamInvalid
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import (
     JOURNAL_DAY,
     JOURNAL_LIVE,
     KIND_JOURNAL,
 )
 from barstream.shared.service import Change, Changes, Service
-from barstream.shared.store import StoreMeta
 
 DAY_MS = 86_400_000
 #: Batches with at least this many days to decode are shared with the helper process.

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from barstream.shared.store import Store, StoreSet
+from barstream.shared.store import Store
+from barstream.shared.storeset import StoreSet
 from tests.conftest import REPO
 from tests.support.plan import Model
 

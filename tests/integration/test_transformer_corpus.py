@@ -25,8 +25,10 @@ import zmq
 
 from barstream.services.transformer.transform import decode_candles
 from barstream.shared.feed import FeedServer
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_DTYPE, KIND_JOURNAL, RECORD_DTYPE
-from barstream.shared.store import Store, StoreMeta, StoreSet
+from barstream.shared.store import Store
+from barstream.shared.storeset import StoreSet
 from tests.support.pipeline import REPO, free_port
 from tests.unit.test_transform import BAD, DAY_MS0, GOOD
 

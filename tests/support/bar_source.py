@@ -31,8 +31,9 @@ import numpy as np
 import zmq
 
 from barstream.shared.feed import FeedServer
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
-from barstream.shared.store import StoreMeta, StoreSet
+from barstream.shared.storeset import StoreSet
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "W": 7 * 86_400_000}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from barstream.shared.store import StoreMeta, StoreSet
+from barstream.shared.header import StoreMeta
+from barstream.shared.storeset import StoreSet
 from tests.support.plan import apply, ops_for
 
 META = StoreMeta("EUR-USD", "BID", "1m")

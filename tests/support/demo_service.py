@@ -15,7 +15,7 @@ import sys
 
 from barstream.shared import service
 from barstream.shared.errors import StoreCorrupt
-from barstream.shared.store import StoreMeta
+from barstream.shared.header import StoreMeta
 from tests.support.plan import make_records
 
 

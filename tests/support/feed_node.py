@@ -27,7 +27,8 @@ import zmq
 
 from barstream.shared import protocol as p
 from barstream.shared.feed import FeedClient, FeedServer
-from barstream.shared.store import StoreMeta, StoreSet
+from barstream.shared.header import StoreMeta
+from barstream.shared.storeset import StoreSet
 from tests.support.plan import apply, ops_for
 
 META = StoreMeta("EUR-USD", "BID", "1m")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from barstream import cli, export
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import FLAG_PROVISIONAL, RECORD_DTYPE
-from barstream.shared.store import StoreMeta, StoreSet
+from barstream.shared.storeset import StoreSet
 
 
 def ms(text: str) -> int:

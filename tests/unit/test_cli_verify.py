@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from barstream import cli
+from barstream.shared.header import HEADER_SIZE, StoreMeta
 from barstream.shared.record import JOURNAL_DTYPE, KIND_JOURNAL, RECORD_DTYPE, RECORD_SIZE
-from barstream.shared.store import HEADER_SIZE, StoreMeta, StoreSet
+from barstream.shared.storeset import StoreSet
 from barstream.verify import check_bars
 
 T0 = 1_780_000_020_000 // 60_000 * 60_000

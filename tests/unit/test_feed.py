@@ -12,7 +12,8 @@ import zmq
 
 from barstream.shared import protocol as p
 from barstream.shared.feed import BATCH_MAX_RECORDS, FeedClient, FeedServer, start_offset
-from barstream.shared.store import StoreMeta, StoreSet
+from barstream.shared.header import StoreMeta
+from barstream.shared.storeset import StoreSet
 from tests.support.plan import make_records
 
 META = StoreMeta("EUR-USD", "BID", "1m")

@@ -24,6 +24,7 @@ from barstream.services.downloader.source import day_start_ms
 from barstream.services.transformer.decode_pool import DecodeHelper
 from barstream.services.transformer.transform import decode_candles
 from barstream.shared.errors import PayloadInvalid, UpstreamInvalid
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import (
     FLAG_DAY_END,
     FLAG_LIVE,
@@ -31,7 +32,7 @@ from barstream.shared.record import (
     RECORD_DTYPE,
     RECORD_SIZE,
 )
-from barstream.shared.store import GROW_MIN_BYTES, Store, StoreMeta
+from barstream.shared.store import GROW_MIN_BYTES, Store
 from barstream.shared.timeframe import DAY_MS
 
 START = dt.date(2024, 3, 4)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from barstream.shared import config, service
-from barstream.shared.store import StoreSet
+from barstream.shared.storeset import StoreSet
 from tests.conftest import REPO
 from tests.support.demo_service import Demo
 
@@ -86,7 +86,7 @@ def test_repr_shows_counters(tmp_path: Path, ipc_dir: Path) -> None:
     demo = Demo(cfg, serve_metrics=False)
     try:
         assert repr(demo) == "<Demo in=0 out=0 records=0 stores=0>"
-        from barstream.shared.store import StoreMeta
+        from barstream.shared.header import StoreMeta
         from tests.support.plan import make_records
 
         s = demo.stores.ensure(StoreMeta("EUR-USD", "BID", "1m"))

@@ -18,10 +18,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from barstream.shared import store as store_mod
-from barstream.shared.errors import StoreClosed, StoreCorrupt, StoreError, StoreMismatch
+from barstream.shared import header
+from barstream.shared.errors import (
+    BarstreamError,
+    StoreClosed,
+    StoreCorrupt,
+    StoreError,
+    StoreMismatch,
+    StoreRangeError,
+)
+from barstream.shared.header import HEADER_SIZE, StoreMeta
 from barstream.shared.record import JOURNAL_DTYPE, KIND_JOURNAL
-from barstream.shared.store import HEADER_SIZE, Store, StoreMeta, StoreSet
+from barstream.shared.store import Store
+from barstream.shared.storeset import StoreSet
 from tests.conftest import REPO
 from tests.support.plan import Model, make_records
 
@@ -198,6 +207,56 @@ def test_write_errors(tmp_path: Path) -> None:
         s.append(recs(5, 1))
 
 
+@pytest.mark.parametrize(
+    ("start", "stop"), [(0, 6), (3, 9), (-1, 2), (4, 2), (5, 6)], ids=lambda v: str(v)
+)
+def test_view_of_a_bad_range_is_a_located_store_range_error(
+    tmp_path: Path, start: int, stop: int
+) -> None:
+    ss, s = new_set(tmp_path)
+    s.append(recs(0, 5))
+    for read in (s.view, s.read_bytes, s.read_into):
+        with pytest.raises(StoreRangeError) as info:
+            read(start, stop)
+        e = info.value
+        assert (e.path, e.start, e.stop, e.length) == (str(s.path), start, stop, 5)
+        assert str(e) == f"{s.path}: records [{start}, {stop}) outside the store's [0, 5)"
+        assert isinstance(e, StoreError) and isinstance(e, BarstreamError)
+        assert isinstance(e, IndexError)  # what these raised before: callers keep working
+    assert len(s.view(5, 5)) == 0 and len(s.view(0, 5)) == 5  # the edges are in range
+    ss.close()
+
+
+def test_reader_view_past_the_published_length_is_a_store_range_error(tmp_path: Path) -> None:
+    ss, s = new_set(tmp_path)
+    s.append(recs(0, 8))
+    ss.commit()
+    s.append(recs(8, 4))  # not committed: a reader does not see it
+    with Store.open(s.path, writable=False) as reader:
+        with pytest.raises(
+            StoreRangeError, match=r"records \[0, 12\) outside the store's \[0, 8\)"
+        ):
+            reader.view(0, 12)
+        assert reader.view(0, 8).tobytes() == s.view(0, 8).tobytes()
+    ss.close()
+
+
+def test_rewinds_outside_the_store_are_store_range_errors(tmp_path: Path) -> None:
+    ss, s = new_set(tmp_path)
+    s.append(recs(0, 5))
+    with pytest.raises(StoreRangeError, match=r"truncate at 6 outside \[0, 5\]") as info:
+        s.truncate(6)
+    assert (info.value.path, info.value.start, info.value.length) == (str(s.path), 6, 5)
+    with pytest.raises(StoreRangeError, match="record 7: write at 7 would leave a hole") as info:
+        s.write(7, recs(7, 2))
+    assert (info.value.start, info.value.stop, info.value.length) == (7, 9, 5)
+    assert info.value.offset == 7
+    with pytest.raises(StoreRangeError, match=r"replace at -1 outside \[0, 5\]"):
+        s.replace_from(-1, recs(0, 1))
+    assert s.length == 5 and s.records.tobytes() == recs(0, 5).tobytes()  # nothing changed
+    ss.close()
+
+
 def test_search_and_range(tmp_path: Path) -> None:
     _ss, s = new_set(tmp_path)
     s.append(recs(0, 10))  # ts_ms == offset
@@ -346,8 +405,8 @@ def patch(path: Path, at: int, data: bytes) -> None:
 
 def recrc(path: Path) -> None:
     raw = path.read_bytes()
-    fixed = raw[: store_mod._FIXED.size]
-    patch(path, store_mod._CRC_AT, struct.pack("<I", zlib.crc32(fixed)))
+    fixed = raw[: header.FIXED.size]
+    patch(path, header.CRC_AT, struct.pack("<I", zlib.crc32(fixed)))
 
 
 def test_bad_magic(tmp_path: Path) -> None:
@@ -404,7 +463,7 @@ def test_committed_length_beyond_file(tmp_path: Path) -> None:
 
 def test_negative_published_length(tmp_path: Path) -> None:
     path = make_store(tmp_path)
-    patch(path, store_mod._LENGTH_AT, struct.pack("<q", -5))
+    patch(path, header.LENGTH_AT, struct.pack("<q", -5))
     with pytest.raises(StoreCorrupt, match="negative committed length"):
         Store.open(path, writable=False)
 
