@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from barstream.services.resampler.resample import Cascade, resample_all
+from barstream.services.resampler.cascade import Cascade
+from barstream.services.resampler.resample import resample_all
+from barstream.shared.alignment import MT4, UTC, Alignment
 from barstream.shared.record import RECORD_DTYPE
-from barstream.shared.timeframe import MT4, UTC, Alignment, Timeframe
+from barstream.shared.timeframe import Timeframe
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"

@@ -600,7 +600,8 @@ def _check_reference(chaos: Chaos) -> None:
     from barstream.services.aggregator.aggregate import merge
     from barstream.services.resampler.resample import resample_all
     from barstream.services.transformer.transform import decode_candles
-    from barstream.shared.timeframe import PRESETS, Timeframe
+    from barstream.shared.alignment import PRESETS
+    from barstream.shared.timeframe import Timeframe
 
     tfs = [Timeframe.parse(t) for t in TIMEFRAMES]
     for symbol in SYMBOLS:

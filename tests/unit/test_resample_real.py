@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from barstream.services.resampler.resample import resample, resample_all
-from barstream.shared.timeframe import UTC, Timeframe
+from barstream.shared.alignment import UTC
+from barstream.shared.timeframe import Timeframe
 from tests.support.bi5 import day_path, read_candle_points, read_candles
 
 pytestmark = pytest.mark.real_data
