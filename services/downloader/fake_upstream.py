@@ -79,6 +79,7 @@ import numpy as np
 
 from barstream import paths
 from barstream.services.downloader.source import RawCache, day_start_ms
+from barstream.shared.timeframe import DAY_MS, HOUR_MS, MINUTE_MS
 
 __all__ = [
     "DEFAULT_REAL_DIR",
@@ -97,8 +98,6 @@ __all__ = [
     "point_decimals",
 ]
 
-MINUTE_MS: Final = 60_000
-DAY_MS: Final = 86_400_000
 DEFAULT_REAL_DIR: Final = paths.real_data_dir()
 DEFAULT_HISTORY_START: Final = dt.date(2000, 1, 1)
 SYMBOLS: Final = ("EUR-USD", "GBP-USD", "USD-JPY", "XAU-USD", "EUR-JPY", "DEU.IDX-EUR", "BTC-USD")
@@ -402,9 +401,9 @@ def _load_histdata_once(folder: str, symbol: str) -> _HistSeries | None:
     # HistData clock + 6 h = Berlin local time; local -> UTC with the day's Berlin offset.
     local_ms = (
         days.astype(np.int64) * DAY_MS
-        + (hms // 10000) * 3_600_000
+        + (hms // 10000) * HOUR_MS
         + (hms // 100 % 100) * MINUTE_MS
-        + 6 * 3_600_000
+        + 6 * HOUR_MS
     )
     local_day = local_ms // DAY_MS
     uniq, inverse = np.unique(local_day, return_inverse=True)
