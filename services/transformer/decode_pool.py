@@ -31,7 +31,7 @@ from typing import IO, Final
 import msgspec
 import numpy as np
 
-from barstream.services.transformer.transform import decode_days
+from barstream.services.transformer.bulk import decode_days
 from barstream.shared.record import RECORD_DTYPE, RECORD_SIZE
 
 log = logging.getLogger("barstream.transformer")

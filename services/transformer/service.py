@@ -25,8 +25,8 @@ import time
 import numpy as np
 from prometheus_client import Gauge
 
+from barstream.services.transformer.bulk import decode_days
 from barstream.services.transformer.decode_pool import DecodeHelper
-from barstream.services.transformer.transform import decode_days
 from barstream.shared import protocol as p
 from barstream.shared.config import Config
 from barstream.shared.errors import PayloadInvalid
@@ -38,7 +38,6 @@ from barstream.shared.record import (
 from barstream.shared.service import Service
 from barstream.shared.store import Store, StoreMeta
 
-DAY_MS = 86_400_000
 #: Batches with at least this many days to decode are shared with the helper process.
 HELPER_MIN_DAYS = 16
 
