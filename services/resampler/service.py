@@ -2,7 +2,7 @@
 
 Wiring: follow the aggregator's feed (``SYMBOL/SIDE/1m``) → keep a replica of it (the
 cascade needs the minutes of a rewound bar, and the gateway is served 1m from here too) →
-``resample.Cascade.update`` per (symbol, side) → one store per (symbol, side, timeframe),
+``cascade.Cascade.update`` per (symbol, side) → one store per (symbol, side, timeframe),
 ``SYMBOL/SIDE/5m`` … ``SYMBOL/SIDE/1Y`` → serve all of them.
 
 Each timeframe's store equals ``resample.resample_all`` over the 1m store (tested byte for
