@@ -25,12 +25,13 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from barstream.shared.alignment import MT4
 from barstream.shared.record import FLAG_PROVISIONAL
 from barstream.shared.store import Store
+from barstream.shared.timeframe import HOUR_MS
 
 NEW_YORK: Final = ZoneInfo("America/New_York")
-MT4_SHIFT_MS: Final = 7 * 3_600_000
-HOUR_MS: Final = 3_600_000
+MT4_SHIFT_MS: Final = MT4.clock_shift_ms  # server time = New York + 7 h
 FORMATS: Final = ("csv", "mt4", "parquet")
 
 

@@ -36,8 +36,8 @@ from barstream.shared.record import (
     KIND_JOURNAL,
     RECORD_SIZE,
 )
+from barstream.shared.timeframe import DAY_MS
 
-DAY_MS = 86_400_000
 #: Faults reported per check per store (the count says how many more).
 MAX_EXAMPLES = 3
 

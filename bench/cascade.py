@@ -27,16 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-from barstream.services.resampler.resample import Cascade, resample_all
+from barstream.services.resampler.cascade import Cascade
+from barstream.services.resampler.resample import resample_all
+from barstream.shared.alignment import MT4, UTC, Alignment
 from barstream.shared.record import RECORD_DTYPE
-from barstream.shared.timeframe import MT4, UTC, Alignment, Timeframe
+from barstream.shared.timeframe import DAY_MS, WEEK_MS, Timeframe
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 REAL = Path(os.environ.get("BARSTREAM_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
 TIMEFRAMES = ["5m", "15m", "30m", "1h", "4h", "1d", "1W", "1M", "1Y"]
 BLOCKS = 10
-BLOCK_SHIFT_MS = 105 * 7 * 86_400_000
+BLOCK_SHIFT_MS = 105 * WEEK_MS
 INCREMENTAL_MINUTES = 5_000
 
 
@@ -99,7 +101,7 @@ def _random_walk() -> np.ndarray:
     rng = np.random.default_rng(11)
     start = int(np.datetime64("2018-01-01", "ms").astype(np.int64))
     ts = start + np.arange(2 * 365 * 1440, dtype=np.int64) * 60_000
-    weekday = (ts // 86_400_000 + 3) % 7
+    weekday = (ts // DAY_MS + 3) % 7
     ts = ts[weekday < 5]
     close = 1.15 + np.cumsum(rng.normal(0, 2e-5, len(ts)))
     out = np.zeros(len(ts), RECORD_DTYPE)

@@ -15,7 +15,8 @@ import time
 from barstream.fake.encoding import encode_candles
 from barstream.fake.generators import RandomWalkGenerator
 from barstream.services.downloader.source import day_start_ms
-from barstream.services.transformer.transform import decode_candles, decode_days
+from barstream.services.transformer.bulk import decode_days
+from barstream.services.transformer.transform import decode_candles
 
 DAYS = 250
 PASSES = 5

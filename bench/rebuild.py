@@ -297,7 +297,8 @@ def _records(data: Path, service: str, tf: str) -> np.ndarray:
 def verify_stores(data: Path) -> None:
     """Every resampler store equals ``resample_all`` over the aggregator's 1m store."""
     from barstream.services.resampler.resample import resample_all
-    from barstream.shared.timeframe import PRESETS, Timeframe
+    from barstream.shared.alignment import PRESETS
+    from barstream.shared.timeframe import Timeframe
 
     m1 = _records(data, "aggregator", "1m")
     if len(m1) < 1_000_000:

@@ -64,8 +64,8 @@ from barstream.shared.record import (
 )
 from barstream.shared.service import Change, Service
 from barstream.shared.store import Store
+from barstream.shared.timeframe import DAY_MS
 
-DAY_MS = 86_400_000
 #: Bytes of raw bodies per feed batch at most (a batch never splits a record from its body).
 BATCH_BODY_BYTES = 8 << 20
 #: Days fetched ahead concurrently per stream during a backfill (published in order).

@@ -51,6 +51,7 @@ from typing import Final, Protocol
 
 from barstream.shared import fsio
 from barstream.shared.errors import NotFound, SourceError, TransientSourceError
+from barstream.shared.timeframe import DAY_MS
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -187,7 +188,7 @@ class SourceSettings:
 
 def day_start_ms(day: dt.date) -> int:
     """UTC midnight of ``day`` in ms since the epoch."""
-    return (day - _EPOCH).days * 86_400_000
+    return (day - _EPOCH).days * DAY_MS
 
 
 def day_url(base_url: str, symbol: str, side: str, day: dt.date) -> str:

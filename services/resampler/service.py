@@ -2,7 +2,7 @@
 
 Wiring: follow the aggregator's feed (``SYMBOL/SIDE/1m``) → keep a replica of it (the
 cascade needs the minutes of a rewound bar, and the gateway is served 1m from here too) →
-``resample.Cascade.update`` per (symbol, side) → one store per (symbol, side, timeframe),
+``cascade.Cascade.update`` per (symbol, side) → one store per (symbol, side, timeframe),
 ``SYMBOL/SIDE/5m`` … ``SYMBOL/SIDE/1Y`` → serve all of them.
 
 Each timeframe's store equals ``resample.resample_all`` over the 1m store (tested byte for
@@ -13,42 +13,22 @@ The open bar of every timeframe is flagged provisional until its window has clos
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Collection
 
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from barstream.services.resampler.resample import M1, Cascade
+from barstream.services.resampler.cascade import Cascade
+from barstream.services.resampler.resample import M1
 from barstream.shared import protocol as p
-from barstream.shared.config import Config, SessionConfig
+from barstream.shared.alignment import PRESETS
+from barstream.shared.config import Config
 from barstream.shared.header import StoreMeta
 from barstream.shared.record import FLAG_PROVISIONAL
 from barstream.shared.service import Change, Changes, Service
+from barstream.shared.sessions import sessions_of
 from barstream.shared.store import Store
-from barstream.shared.timeframe import PRESETS, Session, Timeframe
-
-
-def sessions_of(configs: list[SessionConfig]) -> list[Session]:
-    """Config sessions → timeframe Sessions (validated by both)."""
-
-    def hhmm(text: str) -> dt.time:
-        h, m = text.split(":")
-        return dt.time(int(h), int(m))
-
-    return [
-        Session(
-            name=c.name,
-            tz=c.timezone,
-            start=hhmm(c.start),
-            end=hhmm(c.end),
-            weekdays=frozenset(c.weekdays),
-            first_day=c.valid_from,
-            last_day=c.valid_to,
-            origins=tuple((tf, hhmm(at)) for tf, at in sorted(c.origins.items())),
-        )
-        for c in configs
-    ]
+from barstream.shared.timeframe import Timeframe
 
 
 class Resampler(Service):

@@ -1,53 +1,104 @@
-"""A helper process that decodes candle days for the transformer, on the second core.
+"""The transformer's decode helper: a sixth process that decodes part of each large batch.
 
 Decoding is the transformer's work during a catch-up (≈ 0.5 ms per day file, one core).
-``DecodeHelper`` starts ``python -m barstream.services.transformer.decode_pool`` (lean: numpy,
-msgspec and the decoder only) and hands it part of a batch's days while the transformer
-decodes the rest itself; both decode their share with ``decode_days`` (many days at once). Decoding is pure, so the result does not depend on which process
-decoded what; the transformer still applies the days strictly in journal order.
+:class:`DecodeHelper` owns the helper process and the split of the work:
+``DecodeHelper.decode(symbol, side, items)`` returns, for each day, its records or its
+``PayloadInvalid`` — exactly ``bulk.decode_days`` over ``items`` — whichever process decoded it.
 
-Wire (the helper's stdin/stdout pipes; no pickle): a request is ``<QQ`` (header length,
-bodies length), a msgpack header ``[symbol, side, capacity, [[day_ms, live, src_offset,
-body_len], ...]]`` and the bodies back to back. The helper writes the decoded records back
-to back into a shared memory file (memfd, ``capacity`` bytes, grown by the transformer) and
-answers ``<Q`` + a msgpack list with each day's record count, or -1 when the day failed to
-decode: the transformer decodes that one again itself, which raises the exact error (bad
-payloads are rare). When the helper is gone (killed, crashed) the transformer decodes
-everything itself; nothing is lost either way.
+Contract
+--------
+* Batches of fewer than ``min_days`` days are decoded in the transformer. A larger batch is
+  split by body bytes: the transformer decodes the first ``1 - share`` itself while the helper
+  decodes the rest; ``share`` adapts after each batch (less when the transformer waited for
+  the helper, more when the helper was done first) within [0.1, 0.9].
+* Decoding is pure, so the result does not depend on which process decoded what; the caller
+  still applies the days strictly in journal order. A day the helper could not decode (count
+  -1) is decoded again in the transformer, which gives the exact error.
+* The helper starts lazily on the first large batch (``python -m
+  barstream.services.transformer.decode_process``: numpy, msgspec and the decoder only) and
+  is used once it is ready; until then batches are decoded locally.
+* **Bounded waits.** Sending a request and reading its answer each have a deadline of
+  ``answer_timeout_s + timeout_per_day_s × days`` (the answer's counted from when the
+  transformer has finished its own share). A helper that exits or dies is seen at once (EOF
+  or a broken pipe); one that hangs (stopped, stuck) when the deadline passes. Either way the
+  helper is killed, marked unusable for the life of this object, one warning is logged, and
+  the batch — and every later one — is decoded in the transformer. Nothing is lost.
+
+The helper process and the wire (its stdin/stdout pipes, enlarged to 1 MiB where the OS
+allows, and a memfd) are ``decode_process``; docs/PROTOCOL.md draws the frames too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import mmap
 import os
 import select
-import struct
 import subprocess
 import sys
-from typing import IO, Final
+import time
+from collections.abc import Callable
+from typing import Final
 
 import msgspec
 import numpy as np
 
-from barstream.services.transformer.transform import decode_days
+from barstream.services.transformer.bulk import decode_days
+from barstream.services.transformer.decode_process import ANSWER_HEAD, READY, REQUEST_HEAD
+from barstream.shared.errors import PayloadInvalid
 from barstream.shared.record import RECORD_DTYPE, RECORD_SIZE
 
 log = logging.getLogger("barstream.transformer")
 
-_LEN2: Final = struct.Struct("<QQ")
-_LEN1: Final = struct.Struct("<Q")
 #: Minutes in a day: the most records one day file decodes to (times strictly increase).
 MAX_RECORDS_PER_DAY: Final = 1440
+#: Batches with at least this many days to decode are shared with the helper process.
+HELPER_MIN_DAYS: Final = 16
+#: The helper's deadline per request: this much, plus TIMEOUT_PER_DAY_S per day sent (the
+#: helper decodes a day in ≈ 0.5 ms; the slack covers a loaded machine).
+ANSWER_TIMEOUT_S: Final = 2.0
+TIMEOUT_PER_DAY_S: Final = 0.005
+_PIPE_BYTES: Final = 1 << 20
+_IOV_MAX: Final = 1024
 
 Item = tuple[int, bool, int, bytes]  # day_ms, live, src_offset, body
+Decoded = np.ndarray | PayloadInvalid
+LocalDecode = Callable[[str, str, list[Item]], list[Decoded]]
+
+
+def decode_here(symbol: str, side: str, items: list[Item]) -> list[Decoded]:
+    """``items`` decoded in this process (``bulk.decode_days``)."""
+    return decode_days(
+        [body for *_, body in items],
+        symbol=symbol,
+        side=side,
+        day_ms=[day_ms for day_ms, _, _, _ in items],
+        live=[live for _, live, _, _ in items],
+        src_offsets=[offset for _, _, offset, _ in items],
+    )
 
 
 class DecodeHelper:
-    """The transformer's side of the helper process (start with ``start()``)."""
+    """The helper process and the split of each batch between it and the transformer."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        min_days: int = HELPER_MIN_DAYS,
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
+        timeout_per_day_s: float = TIMEOUT_PER_DAY_S,
+        decode_local: LocalDecode = decode_here,
+    ) -> None:
+        self.min_days = min_days
+        self.answer_timeout_s = answer_timeout_s
+        self.timeout_per_day_s = timeout_per_day_s
+        self.decode_local = decode_local
+        #: Share of a large batch's body bytes given to the helper (adapted per batch).
+        self.share = 0.5
+        #: Days the helper answered for (its share of every batch it took).
+        self.days = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._memfd = -1
         self._map: mmap.mmap | None = None
@@ -55,6 +106,52 @@ class DecodeHelper:
         self._ready = False
         self._pending: list[int] | None = None  # request in flight: body lengths
         self._failed = False  # once failed, never started again (decode in-process)
+
+    def __repr__(self) -> str:
+        state = "failed" if self._failed else "ready" if self._ready else "idle"
+        return f"<DecodeHelper {state} days={self.days} share={self.share:.2f}>"
+
+    @property
+    def usable(self) -> bool:
+        """False once the helper failed: every batch is then decoded in the transformer."""
+        return not self._failed
+
+    def decode(self, symbol: str, side: str, items: list[Item]) -> list[Decoded]:
+        """For each item, its records or its ``PayloadInvalid`` (``bulk.decode_days``),
+        shared with the helper when the batch is large and the helper is ready."""
+        local = self.decode_local
+        if len(items) < self.min_days:
+            return local(symbol, side, items)
+        self.start()  # once; used as soon as it is ready
+        total = sum(len(b) for *_, b in items)
+        k, acc = 0, 0
+        while k < len(items) and acc < total * (1 - self.share):
+            acc += len(items[k][3])
+            k += 1
+        mine, theirs = items[:k], items[k:]
+        if not self.submit(symbol, side, theirs):
+            return local(symbol, side, items)
+        t0 = time.perf_counter()
+        out = local(symbol, side, mine)
+        t1 = time.perf_counter()
+        got = self.result()
+        waited = time.perf_counter() - t1
+        # Balance the next batch: give the helper less when we waited for it, more when
+        # it was done first (the transformer also writes, serves and commits).
+        if waited > max(0.002, 0.05 * (t1 - t0)):
+            self.share = max(0.1, self.share - 0.05)
+        elif waited < 0.0005:
+            self.share = min(0.9, self.share + 0.05)
+        if got is None:
+            out.extend(local(symbol, side, theirs))
+            return out
+        self.days += len(theirs)
+        for item, records in zip(theirs, got, strict=True):
+            # None: failed there; decode here for the exact error
+            out.append(local(symbol, side, [item])[0] if records is None else records)
+        return out
+
+    # --- the helper process ---------------------------------------------------------------
 
     def start(self) -> None:
         """Start the helper (returns at once; ``ready()`` says when it can take work)."""
@@ -66,15 +163,22 @@ class DecodeHelper:
                 [
                     sys.executable,
                     "-m",
-                    "barstream.services.transformer.decode_pool",
+                    "barstream.services.transformer.decode_process",
                     str(self._memfd),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
+                bufsize=0,  # raw pipes: select() and os.read/os.writev see every byte
                 pass_fds=(self._memfd,),
             )
         except (OSError, AttributeError) as e:  # no memfd_create / cannot spawn
             self._fail(f"could not start: {e}")
+            return
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            with contextlib.suppress(OSError):  # a smaller pipe only costs more wake-ups
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        os.set_blocking(self._proc.stdin.fileno(), False)  # writes wait in select, bounded
 
     def ready(self) -> bool:
         """Whether the helper has started (it writes one byte once imported)."""
@@ -83,9 +187,10 @@ class DecodeHelper:
             return False
         if not self._ready:
             assert proc.stdout is not None
-            readable, _, _ = select.select([proc.stdout], [], [], 0)
+            fd = proc.stdout.fileno()
+            readable, _, _ = select.select([fd], [], [], 0)
             if readable:
-                self._ready = proc.stdout.read(1) == b"R"
+                self._ready = os.read(fd, len(READY)) == READY
                 if not self._ready:
                     self._fail("did not start")
         return self._ready
@@ -108,11 +213,10 @@ class DecodeHelper:
             [symbol, side, self._capacity, [[d, live, o, len(b)] for d, live, o, b in items]]
         )
         bodies = [b for _, _, _, b in items]
+        lengths = REQUEST_HEAD.pack(len(header), sum(map(len, bodies)))
         try:
-            _write_all(proc.stdin, [_LEN2.pack(len(header), sum(map(len, bodies))), header])
-            _write_all(proc.stdin, bodies)
-            proc.stdin.flush()
-        except (BrokenPipeError, OSError) as e:
+            _send(proc.stdin.fileno(), [lengths, header, *bodies], self._deadline(len(items)))
+        except (OSError, TimeoutError) as e:  # BrokenPipeError: the helper is gone
             self._fail(f"could not send work: {e}")
             return False
         self._pending = [len(b) for b in bodies]
@@ -121,15 +225,18 @@ class DecodeHelper:
     def result(self) -> list[np.ndarray | None] | None:
         """The decoded records of the submitted items, in order (None: decode it yourself).
         The arrays are views of shared memory, valid until the next ``submit``. None when
-        the helper failed (decode everything yourself)."""
+        the helper failed, did not answer in time or answered nonsense (decode everything
+        yourself)."""
         pending, self._pending = self._pending, None
         proc = self._proc
         if pending is None or proc is None or proc.stdout is None:
             return None
+        fd = proc.stdout.fileno()
+        deadline = self._deadline(len(pending))
         try:
-            (size,) = _LEN1.unpack(_read_exact(proc.stdout, _LEN1.size))
-            counts = msgspec.msgpack.decode(_read_exact(proc.stdout, size), type=list[int])
-        except (EOFError, OSError, msgspec.DecodeError) as e:
+            (size,) = ANSWER_HEAD.unpack(_recv_exact(fd, ANSWER_HEAD.size, deadline))
+            counts = msgspec.msgpack.decode(_recv_exact(fd, size, deadline), type=list[int])
+        except (EOFError, OSError, TimeoutError, msgspec.DecodeError) as e:
             self._fail(f"no answer: {e}")
             return None
         if len(counts) != len(pending) or sum(max(c, 0) for c in counts) * RECORD_SIZE > (
@@ -170,100 +277,52 @@ class DecodeHelper:
             self._memfd = -1
         self._ready = False
 
+    def _deadline(self, days: int) -> float:
+        return time.monotonic() + self.answer_timeout_s + days * self.timeout_per_day_s
+
     def _fail(self, why: str) -> None:
-        log.warning("decode helper %s; decoding in the transformer from now on", why)
+        if not self._failed:
+            log.warning("decode helper %s; decoding in the transformer from now on", why)
         self._failed = True
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            proc.kill()
+            proc.kill()  # also ends a stopped (SIGSTOP) helper
         self._ready = False
         self._pending = None
         self.close()
 
 
-def _write_all(stream: IO[bytes], parts: list[bytes]) -> None:
-    for part in parts:
-        stream.write(part)
-
-
-def _read_exact(stream: IO[bytes], n: int) -> bytes:
-    data = stream.read(n)
-    if data is None or len(data) != n:
-        raise EOFError(f"helper pipe closed ({0 if data is None else len(data)} of {n} bytes)")
-    return data
-
-
-# --- the helper process ------------------------------------------------------------------
-
-
-class _Request(msgspec.Struct, array_like=True):
-    symbol: str
-    side: str
-    capacity: int
-    items: list[tuple[int, bool, int, int]]
-
-
-def helper_main(memfd: int) -> int:
-    """Serve decode requests on stdin/stdout until stdin closes."""
-    stdin = sys.stdin.buffer
-    stdout = sys.stdout.buffer
-    decoder = msgspec.msgpack.Decoder(_Request)
-    mapped: mmap.mmap | None = None
-    capacity = 0
-    stdout.write(b"R")
-    stdout.flush()
-    while True:
-        head = stdin.read(_LEN2.size)
-        if len(head) < _LEN2.size:
-            return 0  # the transformer closed the pipe: done
-        header_len, bodies_len = _LEN2.unpack(head)
-        req = decoder.decode(_read_exact(stdin, header_len))
-        bodies = _read_exact(stdin, bodies_len)
-        if req.capacity != capacity:
-            if mapped is not None:
-                mapped.close()
-            capacity = req.capacity
-            mapped = mmap.mmap(memfd, capacity, access=mmap.ACCESS_WRITE)
-        assert mapped is not None
-        counts: list[int] = []
-        pos = 0
-        at = 0
-        bodies_each: list[bytes] = []
-        for *_, n in req.items:
-            bodies_each.append(bodies[at : at + n])
-            at += n
-        decoded: list[np.ndarray | Exception]
+def _send(fd: int, parts: list[bytes], deadline: float) -> None:
+    """Write ``parts`` to the non-blocking ``fd`` by ``deadline`` (TimeoutError if not)."""
+    views = [memoryview(p) for p in parts if len(p)]
+    i = 0
+    while i < len(views):
         try:
-            decoded = list(
-                decode_days(
-                    bodies_each,
-                    symbol=req.symbol,
-                    side=req.side,
-                    day_ms=[d for d, _, _, _ in req.items],
-                    live=[lv for _, lv, _, _ in req.items],
-                    src_offsets=[o for _, _, o, _ in req.items],
-                )
-            )
-        except Exception as e:  # the transformer decodes them again and reports any error
-            decoded = [e] * len(bodies_each)
-        for records in decoded:
-            if not isinstance(records, np.ndarray):
-                counts.append(-1)  # the transformer decodes it again and reports the error
-                continue
-            size = len(records) * RECORD_SIZE
-            if pos + size > capacity:
-                counts.append(-1)
-                continue
-            if size:
-                np.frombuffer(mapped, dtype=RECORD_DTYPE, count=len(records), offset=pos)[:] = (
-                    records
-                )
-            pos += size
-            counts.append(len(records))
-        answer = msgspec.msgpack.encode(counts)
-        stdout.write(_LEN1.pack(len(answer)) + answer)
-        stdout.flush()
+            n = os.writev(fd, views[i : i + _IOV_MAX])
+        except BlockingIOError:
+            n = 0
+        while n and i < len(views):
+            if n >= len(views[i]):
+                n -= len(views[i])
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
+        if i < len(views):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
+                raise TimeoutError("the helper took no more work before the deadline")
 
 
-if __name__ == "__main__":
-    sys.exit(helper_main(int(sys.argv[1])))
+def _recv_exact(fd: int, n: int, deadline: float) -> bytes:
+    """Read exactly ``n`` bytes from ``fd`` by ``deadline`` (TimeoutError, EOFError if not)."""
+    buf = bytearray()
+    while len(buf) < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise TimeoutError(f"no answer before the deadline ({len(buf)} of {n} bytes)")
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise EOFError(f"helper pipe closed ({len(buf)} of {n} bytes)")
+        buf += chunk
+    return bytes(buf)

@@ -1,7 +1,7 @@
 """Transformer service: the downloader's fetch journal → decoded 1-minute records.
 
 Wiring: follow the downloader's feed (streams ``SYMBOL/SIDE/fetch``, one journal record per
-fetched day, its raw body attached) → ``transform.decode_days`` (many days at once, each the
+fetched day, its raw body attached) → ``bulk.decode_days`` (many days at once, each the
 same as ``decode_candles``) → one store per
 (symbol, side), ``SYMBOL/SIDE/days``: the decoded day versions in journal order → serve it.
 
@@ -20,13 +20,11 @@ in ``barstream_held_streams`` and in ``status``.
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import numpy as np
 from prometheus_client import Gauge
 
-from barstream.services.transformer.decode_pool import DecodeHelper
-from barstream.services.transformer.transform import decode_days
+from barstream.services.transformer.decode_pool import DecodeHelper, Item
 from barstream.shared import protocol as p
 from barstream.shared.config import Config
 from barstream.shared.errors import PayloadInvalid, UpstreamInvalid
@@ -37,10 +35,6 @@ from barstream.shared.record import (
     KIND_JOURNAL,
 )
 from barstream.shared.service import Change, Changes, Service
-
-DAY_MS = 86_400_000
-#: Batches with at least this many days to decode are shared with the helper process.
-HELPER_MIN_DAYS = 16
 
 
 def _day(ts_ms: int) -> str:
@@ -72,10 +66,9 @@ class Transformer(Service):
             registry=self.metrics.registry,
         )
         self.payload_errors = self.metrics.errors.labels("payload_invalid")
-        #: Helper process decoding part of each large batch on the other core.
+        #: Helper process decoding part of each large batch on the other core (it splits
+        #: the work between the two processes).
         self.helper = DecodeHelper()
-        self.helper_share = 0.5  # of a batch's body bytes given to the helper (adapted)
-        self.helper_days = 0
 
     async def main(self) -> None:
         await self.follow_and_serve(cut=version_cut)
@@ -92,63 +85,16 @@ class Transformer(Service):
         """Decode every day of a journal batch: {index in batch: records or the error}.
         Large batches are shared with the helper process (decoding is pure: the same
         records whichever process decodes a day)."""
-        items: list[tuple[int, int, bool, bytes]] = []  # index, day_ms, live, body
+        items: list[Item] = []  # day_ms, live, src_offset, body
+        index: list[int] = []  # each item's index in the batch
         for i, rec in enumerate(journal):
             kind_i = int(rec["kind"])
             if kind_i in (JOURNAL_DAY, JOURNAL_LIVE):
                 body = bodies[i] if i < len(bodies) else b""
-                items.append((i, int(rec["ts_ms"]), kind_i == JOURNAL_LIVE, body))
-        out: dict[int, np.ndarray | PayloadInvalid] = {}
-
-        def local(part: list[tuple[int, int, bool, bytes]]) -> None:
-            decoded = decode_days(
-                [body for *_, body in part],
-                symbol=symbol,
-                side=side,
-                day_ms=[day_ms for _, day_ms, _, _ in part],
-                live=[live for _, _, live, _ in part],
-                src_offsets=[start + i for i, *_ in part],
-            )
-            for (i, *_), result in zip(part, decoded, strict=True):
-                out[i] = result
-
-        if len(items) < HELPER_MIN_DAYS:
-            local(items)
-            return out
-        self.helper.start()  # once; used as soon as it is ready
-        total = sum(len(b) for *_, b in items)
-        k, acc = 0, 0
-        while k < len(items) and acc < total * (1 - self.helper_share):
-            acc += len(items[k][3])
-            k += 1
-        mine, theirs = items[:k], items[k:]
-        sent = self.helper.submit(
-            symbol, side, [(d, live, start + i, b) for i, d, live, b in theirs]
-        )
-        if not sent:
-            local(items)
-            return out
-        t0 = time.perf_counter()
-        local(mine)
-        t1 = time.perf_counter()
-        got = self.helper.result()
-        waited = time.perf_counter() - t1
-        # Balance the next batch: give the helper less when we waited for it, more when
-        # it was done first (the transformer also writes, serves and commits).
-        if waited > max(0.002, 0.05 * (t1 - t0)):
-            self.helper_share = max(0.1, self.helper_share - 0.05)
-        elif waited < 0.0005:
-            self.helper_share = min(0.9, self.helper_share + 0.05)
-        if got is None:
-            local(theirs)
-            return out
-        self.helper_days += len(theirs)
-        for item, records in zip(theirs, got, strict=True):
-            if records is None:
-                local([item])  # failed there: decode here for the exact error
-            else:
-                out[item[0]] = records
-        return out
+                index.append(i)
+                items.append((int(rec["ts_ms"]), kind_i == JOURNAL_LIVE, start + i, body))
+        decoded = self.helper.decode(symbol, side, items)
+        return dict(zip(index, decoded, strict=True))
 
     def handle(self, batch: p.Batch, journal: np.ndarray, bodies: list[bytes]) -> Changes:
         """From journal offset ``batch.start`` on, the journal now reads ``journal``: this
@@ -232,5 +178,5 @@ class Transformer(Service):
         base = super().__repr__()[:-1]
         return (
             f"{base} ok={self.payloads_ok} bad={self.payloads_bad} held={len(self.held)} "
-            f"helper={self.helper_days} share={self.helper_share:.2f}>"
+            f"helper={self.helper.days} share={self.helper.share:.2f}>"
         )

@@ -61,6 +61,7 @@ from barstream.shared.checkpoint import Checkpoint, CheckpointState
 from barstream.shared.config import SERVICES
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE, RECORD_DTYPE
 from barstream.shared.store import Store
+from barstream.shared.timeframe import DAY_MS
 from barstream.supervise import Supervisor, default_conf, service_programs
 from tests.support import pipeline as clean_pipeline
 from tests.support.ops import free_port, pipeline_config, write_config
@@ -79,7 +80,6 @@ UPSTREAM = {
     "resampler": "aggregator",
     "gateway": "resampler",
 }
-DAY_MS = 86_400_000
 
 
 def _seed() -> int:
@@ -600,7 +600,8 @@ def _check_reference(chaos: Chaos) -> None:
     from barstream.services.aggregator.aggregate import merge
     from barstream.services.resampler.resample import resample_all
     from barstream.services.transformer.transform import decode_candles
-    from barstream.shared.timeframe import PRESETS, Timeframe
+    from barstream.shared.alignment import PRESETS
+    from barstream.shared.timeframe import Timeframe
 
     tfs = [Timeframe.parse(t) for t in TIMEFRAMES]
     for symbol in SYMBOLS:

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE
+from barstream.shared.timeframe import DAY_MS
 from tests.support.pipeline import Pipeline, pipeline
 
 START = dt.date(2026, 1, 12)
 TODAY = dt.date(2026, 1, 14)  # the upstream's today: far behind this machine's clock
-DAY_MS = 86_400_000
 
 
 def _journal(p: Pipeline) -> np.ndarray:

@@ -28,6 +28,7 @@ from barstream.shared.record import (
     RECORD_DTYPE,
 )
 from barstream.shared.store import Store
+from barstream.shared.timeframe import DAY_MS
 from tests.support.pipeline import Pipeline, pipeline, wait_caught_up
 
 START = dt.date(2026, 1, 7)
@@ -66,7 +67,7 @@ def _body(p: Pipeline, symbol: str, side: str, rec: np.void) -> bytes:
     """The response body a journal record stands for, found as the downloader finds it."""
     data = p.root / "data"
     digest = int(rec["digest"])
-    day = dt.date(1970, 1, 1) + dt.timedelta(days=int(rec["ts_ms"]) // 86_400_000)
+    day = dt.date(1970, 1, 1) + dt.timedelta(days=int(rec["ts_ms"]) // DAY_MS)
     if int(rec["kind"]) == JOURNAL_LIVE:
         return (data / "downloader" / "live" / f"{symbol}-{side}-{digest:016x}.json").read_bytes()
     body = RawCache(data / "raw", today=lambda: dt.date(9999, 1, 1)).get(symbol, side, day)
@@ -84,7 +85,7 @@ def _wait_history(p: Pipeline, symbols: list[str], timeout_s: float) -> None:
         try:
             ok = all(
                 set(range(first, first + 7))
-                <= set((_journal(p, f"{s}/BID/fetch")["ts_ms"] // 86_400_000).tolist())
+                <= set((_journal(p, f"{s}/BID/fetch")["ts_ms"] // DAY_MS).tolist())
                 for s in symbols
             )
         except Exception:  # the store does not exist yet
@@ -151,7 +152,7 @@ def test_live_day_revision_and_503_storm(tmp_path: Path, ipc_dir: Path) -> None:
             journal = _journal(p, f"{symbol}/BID/fetch")
             kinds = journal["kind"]
             assert not (kinds == JOURNAL_GAP).any(), f"{symbol}: the 503 storm left a gap"
-            days = journal["ts_ms"] // 86_400_000
+            days = journal["ts_ms"] // DAY_MS
             first_day = (START - dt.date(1970, 1, 1)).days
             finals = days[kinds == JOURNAL_DAY]
             assert set(range(first_day, first_day + 8)) <= set(finals.tolist()), (

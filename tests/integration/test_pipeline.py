@@ -23,7 +23,8 @@ END = dt.date(2026, 1, 18)
 def test_drain_run_equals_direct_computation(tmp_path: Path, ipc_dir: Path) -> None:
     from barstream.services.aggregator.aggregate import merge
     from barstream.services.resampler.resample import resample_all
-    from barstream.shared.timeframe import PRESETS, Timeframe
+    from barstream.shared.alignment import PRESETS
+    from barstream.shared.timeframe import Timeframe
 
     with pipeline(
         tmp_path, ipc_dir, symbols=SYMBOLS, sides=SIDES, start_date=START, end_date=END
@@ -69,8 +70,9 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
     from barstream.services.aggregator.aggregate import merge
     from barstream.services.gateway.client import BarUpdate, GatewayClient
     from barstream.services.resampler.resample import resample_all
+    from barstream.shared.alignment import PRESETS
     from barstream.shared.record import FLAG_PROVISIONAL
-    from barstream.shared.timeframe import PRESETS, Timeframe
+    from barstream.shared.timeframe import Timeframe
 
     tfs = ["5m", "15m", "1h", "4h", "1d", "1W"]
     with pipeline(

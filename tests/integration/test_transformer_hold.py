@@ -23,6 +23,7 @@ from barstream.services.transformer.transform import decode_candles
 from barstream.shared.errors import PayloadInvalid
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_LIVE, RECORD_DTYPE
 from barstream.shared.store import Store
+from barstream.shared.timeframe import DAY_MS
 from tests.integration.test_ingest_live import _body
 from tests.support.pipeline import Pipeline, pipeline, wait_caught_up
 
@@ -107,7 +108,7 @@ def test_bad_payload_holds_one_symbol_until_a_good_version(tmp_path: Path, ipc_d
             assert (got["low"] <= got["high"]).all(), "an invalid bar was stored"
             _, m1 = merge(np.zeros(0, RECORD_DTYPE), got, 0)
             assert p.store_records("aggregator", f"{symbol}/BID/1m").tobytes() == m1.tobytes()
-            days = set((m1["ts_ms"] // 86_400_000).tolist())
+            days = set((m1["ts_ms"] // DAY_MS).tolist())
             assert (BAD_DAY - dt.date(1970, 1, 1)).days in days, (
                 f"{symbol}: the held day is missing"
             )

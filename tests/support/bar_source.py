@@ -34,9 +34,10 @@ from barstream.shared.feed import FeedServer
 from barstream.shared.header import StoreMeta
 from barstream.shared.record import FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
 from barstream.shared.storeset import StoreSet
+from barstream.shared.timeframe import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-_UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "W": 7 * 86_400_000}
+_UNIT_MS = {"m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "W": WEEK_MS}
 
 
 def interval_ms(timeframe: str) -> int:

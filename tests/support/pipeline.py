@@ -221,6 +221,7 @@ def reference_days(
     from barstream.services.downloader.source import RawCache
     from barstream.services.transformer.transform import decode_candles
     from barstream.shared.record import RECORD_DTYPE
+    from barstream.shared.timeframe import DAY_MS
 
     cache = RawCache(data_dir / "raw", today=lambda: dt.date(9999, 1, 1))
     parts = []
@@ -229,7 +230,7 @@ def reference_days(
     while day <= end:
         body = cache.get(symbol, side, day)
         assert body is not None, f"{symbol}/{side}/{day}: not in the raw cache"
-        day_ms = (day - dt.date(1970, 1, 1)).days * 86_400_000
+        day_ms = (day - dt.date(1970, 1, 1)).days * DAY_MS
         parts.append(
             decode_candles(
                 body, symbol=symbol, side=side, day_ms=day_ms, live=False, src_offset=offset

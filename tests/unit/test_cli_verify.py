@@ -14,6 +14,7 @@ from barstream import cli
 from barstream.shared.header import HEADER_SIZE, StoreMeta
 from barstream.shared.record import JOURNAL_DTYPE, KIND_JOURNAL, RECORD_DTYPE, RECORD_SIZE
 from barstream.shared.storeset import StoreSet
+from barstream.shared.timeframe import DAY_MS
 from barstream.verify import check_bars
 
 T0 = 1_780_000_020_000 // 60_000 * 60_000
@@ -44,7 +45,7 @@ def data_dir(tmp_path: Path) -> Path:
     ss.close()
     dl = StoreSet.open(root / "downloader", "downloader")
     j = np.zeros(3, dtype=JOURNAL_DTYPE)
-    j["ts_ms"] = np.array([0, 1, 2]) * 86_400_000 + 20_000 * 86_400_000
+    j["ts_ms"] = np.array([0, 1, 2]) * DAY_MS + 20_000 * DAY_MS
     j["kind"] = 1
     j["body_len"] = 100
     dl.ensure(StoreMeta("EUR-USD", "BID", "fetch", kind=KIND_JOURNAL)).append(j)
@@ -145,7 +146,7 @@ def test_journal_fault(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> No
     path = data_dir / "downloader" / "EUR-USD" / "BID" / "fetch.bars"
     with path.open("r+b") as f:
         f.seek(HEADER_SIZE + 1 * RECORD_SIZE)
-        f.write(struct.pack("<q", 20_001 * 86_400_000 + 5))
+        f.write(struct.pack("<q", 20_001 * DAY_MS + 5))
     code, out = run_verify(data_dir, capsys)
     assert code == 1 and f"{path}: record 1: ts_ms is not a UTC midnight" in out
 

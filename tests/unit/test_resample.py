@@ -1,4 +1,4 @@
-"""barstream.services.resampler.resample: direct resampling, the cascade, the incremental Cascade."""
+"""resampler.resample and .cascade: direct resampling, the cascade, the incremental Cascade."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from barstream.services.resampler.cascade import Cascade, _reduceat_sum
 from barstream.services.resampler.resample import (
-    Cascade,
-    _reduceat_sum,
     parent_of,
     plan,
     resample,
     resample_all,
     watermark_ms,
 )
+from barstream.shared.alignment import MT4, UTC, Alignment
 from barstream.shared.record import (
     FLAG_DAY_END,
     FLAG_LIVE,
@@ -26,15 +26,8 @@ from barstream.shared.record import (
     FLAG_REVISED,
     RECORD_DTYPE,
 )
-from barstream.shared.timeframe import (
-    DAY_MS,
-    MINUTE_MS,
-    MT4,
-    UTC,
-    Alignment,
-    Session,
-    Timeframe,
-)
+from barstream.shared.sessions import Session
+from barstream.shared.timeframe import DAY_MS, MINUTE_MS, Timeframe
 from tests.support.memstore import MemoryStore
 from tests.support.minutes import random_minutes, records_at, utc_ms
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from barstream.services.resampler.resample import resample, resample_all
-from barstream.shared.timeframe import UTC, Timeframe
+from barstream.shared.alignment import UTC
+from barstream.shared.timeframe import DAY_MS, Timeframe
 from tests.support.bi5 import day_path, read_candle_points, read_candles
 
 pytestmark = pytest.mark.real_data
@@ -34,7 +35,7 @@ def test_hourly_candles_equal_resampled_minutes(real_data: Path) -> None:
     hours = read_candles(hour_file, period_start=dt.datetime(2019, 2, 1))
     points = read_candle_points(hour_file)
     lo = int(dt.datetime(2019, 2, 4, tzinfo=dt.UTC).timestamp() * 1000)
-    hi = lo + 2 * 86_400_000
+    hi = lo + 2 * DAY_MS
     want = (hours["ts_ms"] >= lo) & (hours["ts_ms"] < hi) & (hours["volume"] > 0)
     assert int(want.sum()) == 48 and len(bars) == 48
     assert bars["ts_ms"].tolist() == hours["ts_ms"][want].tolist()

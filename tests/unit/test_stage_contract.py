@@ -13,9 +13,9 @@ from barstream.services.aggregator.service import Aggregator
 from barstream.services.resampler.service import Resampler
 from barstream.shared import protocol as p
 from barstream.shared.config import from_dict
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import KIND_BARS, RECORD_DTYPE
 from barstream.shared.service import Change, Service
-from barstream.shared.header import StoreMeta
 from barstream.shared.timeframe import MINUTE_MS
 
 T0 = 1_700_000_040_000 // 60_000 * 60_000

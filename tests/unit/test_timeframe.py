@@ -1,4 +1,4 @@
-"""shared.timeframe: parsing, presets, DST-correct bucket edges against a per-minute oracle."""
+"""shared.timeframe, .alignment, .sessions: parsing, presets, DST-correct edges vs a minute oracle."""
 
 from __future__ import annotations
 
@@ -10,20 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from barstream.shared.alignment import MT4, UTC, Alignment, bucket_end_ms, bucket_start_ms
 from barstream.shared.errors import ConfigError
-from barstream.shared.timeframe import (
-    DAY_MS,
-    MINUTE_MS,
-    MT4,
-    UTC,
-    Alignment,
-    Session,
-    Timeframe,
-    bucket_edges,
-    bucket_end_ms,
-    bucket_start_ms,
-    session_ids,
-)
+from barstream.shared.sessions import Session, bucket_edges, session_ids
+from barstream.shared.timeframe import DAY_MS, MINUTE_MS, Timeframe
 from tests.support.minutes import utc_ms
 
 NY = ZoneInfo("America/New_York")

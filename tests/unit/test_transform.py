@@ -14,16 +14,13 @@ from hypothesis import strategies as st
 
 from barstream.fake.bars import DayBars
 from barstream.fake.encoding import encode_candles
-from barstream.services.transformer import transform
-from barstream.services.transformer.transform import (
-    CHUNK_DAYS,
-    DAY_MS,
-    decode_candles,
-    decode_days,
-    multiplier_decimals,
-)
+from barstream.services.transformer import bulk
+from barstream.services.transformer.bulk import CHUNK_DAYS, decode_days
+from barstream.services.transformer.rules import multiplier_decimals
+from barstream.services.transformer.transform import decode_candles
 from barstream.shared.errors import PayloadInvalid
 from barstream.shared.record import FLAG_DAY_END, FLAG_LIVE, FLAG_PROVISIONAL, RECORD_DTYPE
+from barstream.shared.timeframe import DAY_MS
 from tests.support import bi5
 
 DAY = dt.date(2024, 1, 2)
@@ -506,7 +503,7 @@ def test_decode_days_equals_decode_candles_on_good_days(
     flags = [live[i % len(live)] for i in range(len(sizes))]
     offsets = sorted(int(x) for x in rng.integers(0, 2**40, size=len(sizes)))
     # The batch path itself accepts these (the equality below is not the fallback's).
-    assert transform._decode_chunk(bodies, days, flags, offsets) is not None
+    assert bulk._decode_chunk(bodies, days, flags, offsets) is not None
     got = decode_days(
         bodies, symbol="EUR-USD", side="BID", day_ms=days, live=flags, src_offsets=offsets
     )
