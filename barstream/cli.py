@@ -31,8 +31,6 @@ from typing import Any, Final
 
 from barstream import configs
 from barstream.commands import (
-    EXIT_FAULT,
-    EXIT_USAGE,
     cmd_backfill,
     cmd_ctl,
     cmd_demo,
@@ -44,8 +42,14 @@ from barstream.commands import (
     cmd_verify,
 )
 from barstream.shared.config import SIDES
-from barstream.shared.errors import BarstreamError, ConfigError
-from barstream.supervise import DEFAULT_EVENTS_PORT, SupervisorError
+from barstream.shared.errors import (
+    EXIT_ERROR,
+    EXIT_USAGE,
+    BarstreamError,
+    ConfigError,
+    SupervisorError,
+)
+from barstream.supervise import DEFAULT_EVENTS_PORT
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -63,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.traceback:
             traceback.print_exc()
         print(f"barstream {args.command}: {e}", file=sys.stderr)
-        return EXIT_FAULT
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
 
@@ -309,7 +313,7 @@ def _unavailable(name: str, why: str) -> Command:
             f"available: {why}",
             file=sys.stderr,
         )
-        return EXIT_FAULT
+        return EXIT_ERROR
 
     return Command(
         name,

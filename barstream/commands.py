@@ -19,14 +19,8 @@ from pathlib import Path
 
 from barstream import configs
 from barstream.shared.config import SIDES
-from barstream.shared.errors import ConfigError
+from barstream.shared.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, ConfigError, RebuildError
 from barstream.supervise import Supervisor, default_var_dir, service_programs
-
-#: Exit codes of the CLI: 0 ok, 1 a fault was found or the operation failed, 2 usage or
-#: configuration error.
-EXIT_OK = 0
-EXIT_FAULT = 1
-EXIT_USAGE = 2
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -59,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             "barstream: supervisord runs detached; stop it with `barstream stop`", file=sys.stderr
         )
-        return EXIT_OK if all(s == "RUNNING" for s in states.values()) else EXIT_FAULT
+        return EXIT_OK if all(s == "RUNNING" for s in states.values()) else EXIT_ERROR
     assert proc is not None
     try:
         while proc.poll() is None:
@@ -69,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sup.shutdown(proc)
         return EXIT_OK
     print(f"barstream: supervisord exited {proc.returncode}", file=sys.stderr)
-    return EXIT_FAULT
+    return EXIT_ERROR
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -96,7 +90,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status.as_json(statuses), indent=2))
     else:
         print(status.render(statuses))
-    return EXIT_FAULT if any(s.faults for s in statuses) else EXIT_OK
+    return EXIT_ERROR if any(s.faults for s in statuses) else EXIT_OK
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -119,11 +113,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     )
     for line in [*res.not_found, *res.failed][:20]:
         print(f"  {line}", file=sys.stderr)
-    return EXIT_FAULT if res.failed or res.not_found else EXIT_OK
+    return EXIT_ERROR if res.failed or res.not_found else EXIT_OK
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from barstream.rebuild import RebuildError, rebuild
+    from barstream.rebuild import rebuild
 
     cfg = configs.load(args.config)
     sup = _supervisor(args)
@@ -138,7 +132,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         )
     except RebuildError as e:
         print(f"rebuild failed: {e}", file=sys.stderr)
-        return EXIT_FAULT
+        return EXIT_ERROR
     print(
         f"rebuild: {res.bars_1m:,} 1m bars in {res.elapsed_s:.1f}s = {res.bars_per_s:,.0f} bars/s; "
         + ", ".join(f"{n} {c:,}" for n, c in res.records.items())
@@ -180,7 +174,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         + (f"{faults} fault(s)" if faults else "ok"),
         file=sys.stderr,
     )
-    return EXIT_FAULT if faults else EXIT_OK
+    return EXIT_ERROR if faults else EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -42,11 +42,7 @@ def write(path: Path, data: dict[str, Any]) -> Config:
 
 def metrics_url(cfg: Config, service: str) -> str:
     ep = cfg.endpoints(service)
-    host = ep.metrics_host
-    if host in ("0.0.0.0", "", "*"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
+    host = config_mod.connect_host(ep.metrics_host)
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{ep.metrics_port}/metrics"

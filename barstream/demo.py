@@ -29,10 +29,10 @@ import numpy as np
 from barstream import configs, paths, status
 from barstream.export import num
 from barstream.shared.config import Config
-from barstream.shared.errors import BarstreamError, StoreError
+from barstream.shared.errors import BarstreamError, StoreError, SupervisorError
 from barstream.shared.record import FLAG_PROVISIONAL
 from barstream.shared.store import Store
-from barstream.supervise import Supervisor, SupervisorError, service_programs
+from barstream.supervise import Supervisor, service_programs
 
 WAIT_BARS_S = 180.0
 BARS_SHOWN = 12

@@ -31,13 +31,9 @@ from barstream import configs, paths
 from barstream.services.downloader.source import RawCache
 from barstream.shared.checkpoint import Checkpoint
 from barstream.shared.config import SERVICES, Config
-from barstream.shared.errors import CheckpointCorrupt
+from barstream.shared.errors import CheckpointCorrupt, RebuildError
 from barstream.supervise import Supervisor, program
 from barstream.verify import plan, verify_store
-
-
-class RebuildError(Exception):
-    pass
 
 
 @dataclass

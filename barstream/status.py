@@ -93,7 +93,7 @@ def service_status(name: str, url: str, samples: Samples) -> ServiceStatus:
     st.feed_lag_seconds = value(samples, "barstream_feed_lag_seconds")
     st.peers = value(samples, "barstream_feed_peers")
     lengths = by_label(samples, "barstream_store_length_records", "stream")
-    committed = by_label(samples, "barstream_committed_offset_records", "stream")
+    committed = by_label(samples, "barstream_committed_length_records", "stream")
     last = by_label(samples, "barstream_last_bar_time_seconds", "stream")
     lag = by_label(samples, "barstream_feed_lag_records", "stream")
     for key in sorted(set(lengths) | set(committed)):

@@ -29,6 +29,7 @@ from typing import Any, Final, cast
 
 from barstream import paths
 from barstream.shared.config import SERVICES
+from barstream.shared.errors import SupervisorError
 
 GROUP: Final = "barstream"
 FAKE: Final = "fake_upstream"
@@ -50,10 +51,6 @@ def default_conf() -> Path:
 def program(name: str) -> str:
     """The supervisord name of a service or of the fake upstream (``barstream:NAME``)."""
     return name if ":" in name or name == EVENTS else f"{GROUP}:{name}"
-
-
-class SupervisorError(Exception):
-    """supervisord could not be started, reached or stopped."""
 
 
 @dataclass

@@ -142,7 +142,7 @@ def _fill_defaults(cfg: Config) -> None:
         if not ep.feed:
             ep.feed = f"tcp://{host}:{BASE_FEED_PORT + i}"
         if not ep.upstream and prev:
-            ep.upstream = _connect_form(cfg.endpoints(prev).feed)
+            ep.upstream = connect_address(cfg.endpoints(prev).feed)
         if ep.metrics_port is None:
             ep.metrics_port = BASE_METRICS_PORT + i
         prev = name
@@ -152,9 +152,24 @@ def _fill_defaults(cfg: Config) -> None:
         cfg.gateway.requests = f"tcp://{host}:7111"
 
 
-def _connect_form(bind: str) -> str:
-    """A bind address as a peer connects to it (0.0.0.0 / * → 127.0.0.1)."""
-    return bind.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
+#: Wildcard bind hosts → the loopback address a peer on the same host connects to.
+_WILDCARD_HOSTS: Final = {"0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+
+
+def connect_host(host: str) -> str:
+    """A bind host as a peer on this host connects to it (0.0.0.0 / * → 127.0.0.1, :: → ::1)."""
+    return _WILDCARD_HOSTS.get(host, host)
+
+
+def connect_address(bind: str) -> str:
+    """A ZeroMQ bind address as a peer connects to it (``tcp://0.0.0.0:7110`` →
+    ``tcp://127.0.0.1:7110``); ipc:// and explicit hosts are unchanged."""
+    scheme, sep, rest = bind.partition("://")
+    if scheme != "tcp" or not sep or ":" not in rest:
+        return bind
+    host, port = rest.rsplit(":", 1)
+    host = connect_host(host.strip("[]"))
+    return f"tcp://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def _check(cfg: Config) -> None:

@@ -15,13 +15,25 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     ├── SourceError               the upstream HTTP source failed (symbol, side, day, url)
     │   ├── NotFound              HTTP 404 / before the instrument's history start
     │   └── TransientSourceError  429 / 5xx / timeout / connection error (retry)
-    └── PayloadInvalid            a response that failed decoding or validation
-                                  (symbol, side, day, field, index)
+    ├── PayloadInvalid            a response that failed decoding or validation
+    │                             (symbol, side, day, field, index)
+    ├── SupervisorError           supervisord could not be started, reached or stopped
+    └── RebuildError              a rebuild's drain run failed or did not finish (service)
 
 Every error says what happened, where, and (via ``hint``) what to do.
+
+The exit codes of every command and service are defined here too: ``EXIT_OK`` (done),
+``EXIT_ERROR`` (an error: a service is restarted by supervisord; a command left something
+undone, and said what) and ``EXIT_USAGE`` (bad arguments or configuration).
 """
 
 from __future__ import annotations
+
+from typing import Final
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
 
 
 class BarstreamError(Exception):
@@ -162,3 +174,15 @@ class PayloadInvalid(BarstreamError):
         where = "/".join(p for p in (symbol, side, day) if p)
         at = field + (f"[{index}]" if index is not None else "")
         super().__init__(f"{where}: {at}: {message}" if at else f"{where}: {message}")
+
+
+class SupervisorError(BarstreamError):
+    """supervisord could not be started, reached or stopped."""
+
+    hint = "see the supervisord log under the run directory (barstream ctl / --var)"
+
+
+class RebuildError(BarstreamError):
+    """A rebuild's drain run failed or did not finish."""
+
+    hint = "see the rebuild log it names; fix the cause and run `barstream rebuild` again"

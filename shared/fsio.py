@@ -116,7 +116,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileNotFoundError:  # the first file of a new directory: create it, then retry
-        _make_dirs(path.parent, durable=durable)
+        make_dirs(path.parent, durable=durable)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         _write_all(fd, data)
@@ -160,10 +160,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _make_dirs(path: Path, *, durable: bool) -> None:
+def make_dirs(path: Path, *, durable: bool = True) -> None:
+    """``mkdir -p``; ``durable``: fsync the parent of each directory made, so a store or
+    checkpoint created in a new directory survives a power loss with its directory."""
     if path.is_dir():
         return
-    _make_dirs(path.parent, durable=durable)
+    make_dirs(path.parent, durable=durable)
     try:
         path.mkdir()
     except FileExistsError:

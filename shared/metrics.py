@@ -21,6 +21,36 @@ log = logging.getLogger("barstream.metrics")
 PREFIX: Final = "barstream_"
 
 
+class TransformerMetrics:
+    """The transformer's own metrics, on its service's registry."""
+
+    def __init__(self, base: Metrics) -> None:
+        self.held_streams = Gauge(
+            PREFIX + "held_streams",
+            "Streams held by a payload that failed validation (1 = held).",
+            ["stream"],
+            registry=base.registry,
+        )
+
+
+class ResamplerMetrics:
+    """The resampler's own metrics, on its service's registry."""
+
+    def __init__(self, base: Metrics) -> None:
+        self.bars_out = Counter(
+            PREFIX + "bars_out",
+            "Bars written, by timeframe.",
+            ["timeframe"],
+            registry=base.registry,
+        )
+        self.last_closed_bar_time = Gauge(
+            PREFIX + "last_closed_bar_time_seconds",
+            "Open time of the last closed (non-provisional) bar per store.",
+            ["stream"],
+            registry=base.registry,
+        )
+
+
 class Metrics:
     """The metrics of one service process."""
 
@@ -90,8 +120,8 @@ class Metrics:
         self.store_length = Gauge(
             PREFIX + "store_length_records", "Records in each store.", ["stream"], registry=r
         )
-        self.committed_offset = Gauge(
-            PREFIX + "committed_offset_records",
+        self.committed_length = Gauge(
+            PREFIX + "committed_length_records",
             "Committed length of each store.",
             ["stream"],
             registry=r,

@@ -38,7 +38,13 @@ import zmq
 from barstream.shared import config as config_mod
 from barstream.shared import protocol as p
 from barstream.shared.config import Config
-from barstream.shared.errors import BarstreamError, UpstreamInvalid
+from barstream.shared.errors import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    BarstreamError,
+    UpstreamInvalid,
+)
 from barstream.shared.feed import Attachments, Cut, FeedClient, FeedServer
 from barstream.shared.header import StoreMeta
 from barstream.shared.metrics import Metrics
@@ -49,10 +55,6 @@ LOG_FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
 #: On a clean stop, how long connected downstream peers may take to receive the last commit.
 STOP_FLUSH_S = 1.0
 
-#: Exit codes: 0 clean stop, 1 error (supervisord restarts), 2 usage/configuration error.
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
 #: Least time between commits while the upstream is behind (see ``Service.maybe_commit``).
 CATCHUP_COMMIT_INTERVAL_S = 0.2
 
@@ -348,7 +350,7 @@ class Service(abc.ABC):
             if store is None:
                 continue
             self.metrics.store_length.labels(key).set(store.length)
-            self.metrics.committed_offset.labels(key).set(store.committed_length)
+            self.metrics.committed_length.labels(key).set(store.committed_length)
             if store.committed_length:
                 self.metrics.last_bar_time.labels(key).set(
                     int(store.view(store.committed_length - 1, store.committed_length)["ts_ms"][0])

@@ -57,7 +57,7 @@ _I64 = np.int64
 class Session:
     """A trading session in local time of ``tz``: ``start`` ≤ t < ``end`` (``end`` ≤ ``start``
     wraps midnight: the occurrence starting on date D ends on D+1). ``weekdays`` (0 = Monday)
-    and ``first_day``/``last_day`` (inclusive) apply to the date an occurrence starts.
+    and ``valid_from``/``valid_to`` (inclusive, the configuration's keys) apply to the date an occurrence starts.
     ``origins`` maps a timeframe ("1h") to the local time its grid is anchored at (default:
     ``start``)."""
 
@@ -66,8 +66,8 @@ class Session:
     start: dt.time
     end: dt.time
     weekdays: frozenset[int] = frozenset(range(5))
-    first_day: dt.date | None = None
-    last_day: dt.date | None = None
+    valid_from: dt.date | None = None
+    valid_to: dt.date | None = None
     origins: tuple[tuple[str, dt.time], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -118,8 +118,8 @@ def sessions_of(configs: Sequence[SessionConfig]) -> list[Session]:
             start=hhmm(c.start),
             end=hhmm(c.end),
             weekdays=frozenset(c.weekdays),
-            first_day=c.valid_from,
-            last_day=c.valid_to,
+            valid_from=c.valid_from,
+            valid_to=c.valid_to,
             origins=tuple((tf, hhmm(at)) for tf, at in sorted(c.origins.items())),
         )
         for c in configs
@@ -217,10 +217,10 @@ def _match_sessions(
         mask = np.zeros(7, bool)
         mask[list(s.weekdays)] = True
         inside &= mask[weekday(occ_day)]
-        if s.first_day is not None:
-            inside &= occ_day >= _day_number(s.first_day)
-        if s.last_day is not None:
-            inside &= occ_day <= _day_number(s.last_day)
+        if s.valid_from is not None:
+            inside &= occ_day >= _day_number(s.valid_from)
+        if s.valid_to is not None:
+            inside &= occ_day <= _day_number(s.valid_to)
         hit = free[inside]
         if not len(hit):
             continue

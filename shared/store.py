@@ -38,7 +38,7 @@ from barstream.shared.errors import (
     StoreMismatch,
     StoreRangeError,
 )
-from barstream.shared.fsio import create_new, grow_file, pwritev_all, start_writeback
+from barstream.shared.fsio import create_new, grow_file, make_dirs, pwritev_all, start_writeback
 from barstream.shared.header import (
     GENERATION_AT,
     HEADER_SIZE,
@@ -96,7 +96,7 @@ class Store(StoreReader):
     def create(cls, path: str | Path, meta: StoreMeta, *, store_id: bytes | None = None) -> Store:
         """Create an empty store (replacing nothing: an existing file is an error)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)  # durable: a checkpoint may name this store next
         sid = store_id or secrets.token_bytes(16)
         header = encode_header(meta, sid, int(time.time() * 1000), str(path))
         create_new(path, header)  # never clobbers a store

@@ -19,6 +19,7 @@ from pathlib import Path
 from barstream.shared import checkpoint as ckpt
 from barstream.shared import undo
 from barstream.shared.errors import StoreError, StoreMismatch
+from barstream.shared.fsio import make_dirs
 from barstream.shared.header import StoreMeta
 from barstream.shared.store import Store
 
@@ -51,7 +52,7 @@ class StoreSet:
         names at the committed length; files the checkpoint does not know were created
         after the last commit and are removed."""
         root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
+        make_dirs(root)
         self = cls(root=root, service=service)
         point = ckpt.Checkpoint(root / "checkpoint.json").load()
         known: set[Path] = set()

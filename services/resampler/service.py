@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import numpy as np
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 from barstream.services.resampler.cascade import Cascade
 from barstream.services.resampler.resample import M1
@@ -24,6 +24,7 @@ from barstream.shared import protocol as p
 from barstream.shared.alignment import PRESETS
 from barstream.shared.config import Config
 from barstream.shared.header import StoreMeta
+from barstream.shared.metrics import ResamplerMetrics
 from barstream.shared.record import FLAG_PROVISIONAL
 from barstream.shared.service import Change, Changes, Service
 from barstream.shared.sessions import sessions_of
@@ -42,16 +43,8 @@ class Resampler(Service):
         self.cascades: dict[str, Cascade] = {}
         self._stores: dict[tuple[str, str, Timeframe], Store] = {}
         self._bars_out: dict[Timeframe, Counter] = {}
-        r = self.metrics.registry
-        self.bars_out = Counter(
-            "barstream_bars_out", "Bars written, by timeframe.", ["timeframe"], registry=r
-        )
-        self.last_closed = Gauge(
-            "barstream_last_closed_bar_time_seconds",
-            "Open time of the last closed (non-provisional) bar per store.",
-            ["stream"],
-            registry=r,
-        )
+        self.rmetrics = ResamplerMetrics(self.metrics)
+        self.bars_out = self.rmetrics.bars_out
 
     async def main(self) -> None:
         await self.follow_and_serve()
@@ -114,4 +107,4 @@ class Resampler(Service):
             tail = store.view(max(0, n - 2), n)
             closed = tail[(tail["flags"] & FLAG_PROVISIONAL) == 0]
             if len(closed):
-                self.last_closed.labels(key).set(int(closed["ts_ms"][-1]) / 1000)
+                self.rmetrics.last_closed_bar_time.labels(key).set(int(closed["ts_ms"][-1]) / 1000)

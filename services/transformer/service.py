@@ -22,13 +22,13 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
-from prometheus_client import Gauge
 
 from barstream.services.transformer.decode_pool import DecodeHelper, Item
 from barstream.shared import protocol as p
 from barstream.shared.config import Config
 from barstream.shared.errors import PayloadInvalid, UpstreamInvalid
 from barstream.shared.header import StoreMeta
+from barstream.shared.metrics import TransformerMetrics
 from barstream.shared.record import (
     JOURNAL_DAY,
     JOURNAL_LIVE,
@@ -59,12 +59,7 @@ class Transformer(Service):
         self.held: dict[str, dict[str, object]] = dict(held) if isinstance(held, dict) else {}
         self.payloads_ok = 0
         self.payloads_bad = 0
-        self.held_gauge = Gauge(
-            "barstream_held_streams",
-            "Streams held by a payload that failed validation (1 = held).",
-            ["stream"],
-            registry=self.metrics.registry,
-        )
+        self.held_gauge = TransformerMetrics(self.metrics).held_streams
         self.payload_errors = self.metrics.errors.labels("payload_invalid")
         #: Helper process decoding part of each large batch on the other core (it splits
         #: the work between the two processes).

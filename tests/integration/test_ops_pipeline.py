@@ -80,7 +80,7 @@ def pipeline() -> Iterator[Pipeline]:
                 "1m bars at the gateway",
                 lambda: sample(
                     scrape(p.metrics_port("gateway")),
-                    "barstream_committed_offset_records",
+                    "barstream_committed_length_records",
                     stream="EUR-USD/BID/1m",
                 ),
                 60,

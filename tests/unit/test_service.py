@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from barstream.shared import config, service
+from barstream.shared import config, errors
 from barstream.shared.storeset import StoreSet
 from tests.conftest import REPO
 from tests.support.demo_service import Demo
@@ -46,7 +46,7 @@ def test_sigterm_closes_gracefully_and_commits(tmp_path: Path, ipc_dir: Path) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == service.EXIT_OK, err
+    assert proc.returncode == errors.EXIT_OK, err
     # commit_interval_s is 10 s: only the close() commit can have made these durable.
     m = re.search(r"stopped: <Demo in=0 out=\d+ records=(\d+) stores=1>", err)
     assert m, err
@@ -64,10 +64,10 @@ def test_exit_codes(tmp_path: Path, ipc_dir: Path) -> None:
     for mode, code, text in [
         (
             "fail-barstream",
-            service.EXIT_ERROR,
+            errors.EXIT_ERROR,
             "stopped on error: demo.bars: record 3: demo failure",
         ),
-        ("fail-os", service.EXIT_ERROR, "stopped on I/O error: [Errno 28] No space left on device"),
+        ("fail-os", errors.EXIT_ERROR, "stopped on I/O error: [Errno 28] No space left on device"),
     ]:
         proc = spawn(mode, cfg)
         _, err = proc.communicate(timeout=20)
@@ -77,7 +77,7 @@ def test_exit_codes(tmp_path: Path, ipc_dir: Path) -> None:
     bad.write_text("[pipeline]\nsymbols = ['eurusd']\n")
     proc = spawn("run", bad)
     _, err = proc.communicate(timeout=20)
-    assert proc.returncode == service.EXIT_USAGE
+    assert proc.returncode == errors.EXIT_USAGE
     assert "cannot start: " in err and "pipeline.symbols[0] = 'eurusd'" in err
 
 
@@ -93,7 +93,7 @@ def test_repr_shows_counters(tmp_path: Path, ipc_dir: Path) -> None:
         s.append(make_records(1, 1, 0, 0, 5))
         demo.commit()
         assert repr(demo) == "<Demo in=0 out=0 records=5 stores=1>"
-        assert demo.metrics.committed_offset.labels("EUR-USD/BID/1m")._value.get() == 5
+        assert demo.metrics.committed_length.labels("EUR-USD/BID/1m")._value.get() == 5
         assert demo.maybe_commit() is False  # nothing pending
     finally:
         import asyncio

@@ -301,8 +301,8 @@ def test_session_date_window() -> None:
         "Europe/Berlin",
         dt.time(9),
         dt.time(17),
-        first_day=dt.date(2019, 7, 2),
-        last_day=dt.date(2019, 7, 3),
+        valid_from=dt.date(2019, 7, 2),
+        valid_to=dt.date(2019, 7, 3),
     )
     ts = np.array([berlin_ms(2019, 7, d, 10) for d in (1, 2, 3, 4)])
     assert session_ids(ts, [s]).tolist() == [0, 1, 1, 0]
