@@ -22,6 +22,7 @@ import pytest
 from barstream.shared.store import Store, StoreSet
 from tests.conftest import REPO
 from tests.support.plan import Model
+from tests.support.wait import wait_for
 
 KILLS = int(os.environ.get("BARSTREAM_CRASH_KILLS", "50"))
 
@@ -63,11 +64,14 @@ class Child:
                 return
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.ready < 0:
-            assert time.monotonic() < deadline, "crash writer did not start"
+        def ready() -> bool:
+            if self.ready >= 0:
+                return True
             assert self.proc.poll() is None, f"crash writer exited with {self.proc.returncode}"
-            self.pump(0.05)
+            self.pump(0.05)  # the poll interval: a select on the child's output
+            return self.ready >= 0
+
+        wait_for(ready, timeout_s, what="the crash writer to start", every_s=0)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
