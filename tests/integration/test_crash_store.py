@@ -148,6 +148,7 @@ def run_crashes(tmp_path: Path, seed: int, kills: int) -> None:
             stores.close()
 
 
+@pytest.mark.timeout(120)  # ~20 s for the 50 kills
 def test_kill_9_writer_store_equals_a_commit(tmp_path: Path) -> None:
     seed = int(os.environ.get("BARSTREAM_SEED", random.randrange(1 << 30)))
     print(f"crash test seed {seed} (BARSTREAM_SEED={seed} to replay)")
@@ -155,6 +156,7 @@ def test_kill_9_writer_store_equals_a_commit(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # 400 kills, ~8x the 50 above
 def test_kill_9_writer_many(tmp_path: Path) -> None:
     seed = int(os.environ.get("BARSTREAM_SEED", random.randrange(1 << 30)))
     print(f"crash test seed {seed} (BARSTREAM_SEED={seed} to replay)")

@@ -199,6 +199,7 @@ def ensure_prometheus() -> None:
     )
 
 
+@pytest.mark.timeout(300)  # ensure_prometheus may apt-get install it first
 def test_promtool_accepts_every_metrics_endpoint(pipeline: Pipeline) -> None:
     ensure_prometheus()
     ports = {name: pipeline.metrics_port(name) for name in SERVICES}
@@ -226,6 +227,7 @@ def _query(port: int, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+@pytest.mark.timeout(300)  # ensure_prometheus may apt-get install it first
 def test_prometheus_scrapes_every_service(pipeline: Pipeline, tmp_path: Path) -> None:
     ensure_prometheus()
     targets = {name: pipeline.metrics_port(name) for name in SERVICES}
@@ -323,6 +325,7 @@ def test_prometheus_scrapes_every_service(pipeline: Pipeline, tmp_path: Path) ->
 # -- rebuild (runs last in this module: it replaces the stores) -------------------------
 
 
+@pytest.mark.timeout(150)  # the rebuild may take up to 120 s (asserted below)
 def test_rebuild_from_raw_cache_equals_live_stores(pipeline: Pipeline) -> None:
     data_dir = Path(pipeline.data["pipeline"]["data_dir"])
     began = time.monotonic()
