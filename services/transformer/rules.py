@@ -87,8 +87,10 @@ def first_points(p: Parsed, decimals: int, where: Where) -> tuple[int, int, int,
             raise where.error(f"{price!r} is not a finite price", key)
         exact = price * scale
         rounded = round(exact)
-        if abs(exact - rounded) > GRID_TOLERANCE or abs(rounded) > MAX_POINTS:
+        if abs(exact - rounded) > GRID_TOLERANCE:
             raise where.error(f"{price!r} is not a multiple of {p.multiplier!r}", key)
+        if abs(rounded) > MAX_POINTS:
+            raise where.error(f"{price!r} is {abs(rounded)} points, over {MAX_POINTS}", key)
         points.append(rounded)
     return points[0], points[1], points[2], points[3]
 

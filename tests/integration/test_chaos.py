@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from barstream.services.downloader.source import RawCache, body_digest
+from barstream.services.downloader.source import body_digest
 from barstream.shared.checkpoint import Checkpoint, CheckpointState
 from barstream.shared.config import SERVICES
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE, RECORD_DTYPE
@@ -65,6 +65,7 @@ from barstream.shared.timeframe import DAY_MS
 from barstream.supervise import Supervisor, default_conf, service_programs
 from tests.support import pipeline as clean_pipeline
 from tests.support.ops import free_port, pipeline_config, write_config
+from tests.support.wait import wait_for
 
 SYMBOLS = ("EUR-USD", "USD-JPY")
 SIDE = "BID"
@@ -152,22 +153,24 @@ class Chaos:
 
     def wait_running(self, service: str, timeout_s: float, not_pid: int = 0) -> int:
         """Until supervisord reports ``service`` RUNNING (with a pid other than ``not_pid``)."""
-        deadline = time.monotonic() + timeout_s
-        state, pid = "?", 0
-        while time.monotonic() < deadline:
-            state, pid = self.state(service)
-            if state == "RUNNING" and pid and pid != not_pid:
-                return pid
-            if state == "FATAL":
-                break
-            time.sleep(0.05)
-        raise AssertionError(
-            self.why(
+        last = ("?", 0)
+
+        def why() -> str:
+            state, pid = last
+            return self.why(
                 f"{service} is {state} (pid {pid}), not RUNNING again within {timeout_s}s",
                 service,
                 "supervisord",
             )
-        )
+
+        def running() -> int:
+            nonlocal last
+            last = state, pid = self.state(service)
+            if state == "FATAL":
+                raise AssertionError(why())
+            return pid if state == "RUNNING" and pid and pid != not_pid else 0
+
+        return wait_for(running, timeout_s, what=f"{service} RUNNING", on_timeout=why)
 
     def kill(self, service: str, began: float, *, starting: bool = False) -> Kill:
         """SIGKILL the service's current process (pid from ``supervisorctl pid``): once it
@@ -175,15 +178,21 @@ class Chaos:
         previous kill — while it opens its stores and catches up."""
         if starting:
             prev = next(k.pid for k in reversed(self.kills) if k.service == service)
-            deadline = time.monotonic() + 30
-            while True:
+
+            def restarted() -> bool:
                 state, pid = self.state(service)
-                if pid and pid != prev and state in ("STARTING", "RUNNING"):
-                    break
-                assert time.monotonic() < deadline, self.why(
-                    f"{service} was not restarted after a kill ({state})", service
-                )
-                time.sleep(0.02)
+                return bool(pid) and pid != prev and state in ("STARTING", "RUNNING")
+
+            wait_for(
+                restarted,
+                30,
+                what=f"{service} restarted after a kill",
+                every_s=0.02,
+                on_timeout=lambda: self.why(
+                    f"{service} was not restarted after a kill ({self.state(service)[0]})",
+                    service,
+                ),
+            )
         else:
             self.wait_running(service, 30)
         out = self.ctl("pid", f"barstream:{service}")
@@ -376,17 +385,17 @@ class Consumer:
 # ---------------------------------------------------------------------------------------
 
 
-def _wait(chaos: Chaos, what: str, probe: Callable[[], str], timeout_s: float, *logs: str) -> None:
-    """Poll ``probe`` (returns "" when done, else what is still missing) until done."""
-    deadline = time.monotonic() + timeout_s
-    missing = "?"
-    while time.monotonic() < deadline:
-        missing = probe()
-        if not missing:
-            return
-        time.sleep(0.1)
-    raise AssertionError(
-        chaos.why(f"timed out after {timeout_s}s waiting for {what}; still: {missing}", *logs)
+def _until_none_missing(
+    chaos: Chaos, what: str, missing: Callable[[], str], timeout_s: float, *logs: str
+) -> None:
+    """``wait_for`` ``missing()`` (what is still missing; "" once done) to return "", then
+    a failure names the seed, the kills and what was still missing, with ``logs``' tails."""
+    wait_for(
+        lambda: not missing(),
+        timeout_s,
+        what=what,
+        every_s=0.1,
+        on_timeout=lambda: chaos.why(f"still: {missing()}", *logs),
     )
 
 
@@ -462,27 +471,27 @@ def _chaos_and_settle(chaos: Chaos, consumer: Consumer, rng: random.Random, roun
     """Round 1 of kills while history is backfilled; the other rounds once live minutes
     flow (the journal's tail is a live day); then freeze the upstream and let all settle."""
     began = time.monotonic()
-    time.sleep(rng.uniform(0.2, 0.6))
+    time.sleep(rng.uniform(0.2, 0.6))  # not a wait: the seeded moment of the first kill
     for r in range(rounds):
         if r == 1:
-            _wait(
-                chaos,
-                "the live day to be polled",
-                lambda: "" if chaos.journal_phase()[1] else "no live day in the journal yet",
+            wait_for(
+                lambda: chaos.journal_phase()[1],
                 90,
-                "downloader",
+                what="the live day to be polled",
+                every_s=0.1,
+                on_timeout=lambda: chaos.why("no live day in the journal yet", "downloader"),
             )
         order = list(SERVICES)
         rng.shuffle(order)
         for service in order:
             chaos.kill(service, began)
             if rng.random() < 0.25:  # and its replacement, before it is RUNNING
-                time.sleep(rng.uniform(0.0, 0.8))
+                time.sleep(rng.uniform(0.0, 0.8))  # not a wait: a seeded moment of its start
                 chaos.kill(service, began, starting=True)
             assert not consumer.errors, chaos.why(
                 f"consumer failed: {consumer.errors!r}", "gateway"
             )
-            time.sleep(rng.uniform(0.1, 1.0))
+            time.sleep(rng.uniform(0.1, 1.0))  # not a wait: the seeded pause between kills
     for k in chaos.kills[-len(SERVICES) :]:
         chaos.wait_running(k.service, 30, not_pid=k.pid)
     backfilling = [k for k in chaos.kills if k.backfilling]
@@ -517,7 +526,7 @@ def _chaos_and_settle(chaos: Chaos, consumer: Consumer, rng: random.Random, roun
                 return f"{symbol}: the live {today} is not the final (paused) version yet"
         return ""
 
-    _wait(
+    _until_none_missing(
         chaos,
         "the downloader's journal to hold the frozen upstream",
         journal_final,
@@ -528,7 +537,7 @@ def _chaos_and_settle(chaos: Chaos, consumer: Consumer, rng: random.Random, roun
     assert "stopped" in out.stdout, chaos.why(
         f"supervisorctl stop: {out.stdout}{out.stderr}", "downloader"
     )
-    _wait(
+    _until_none_missing(
         chaos,
         "every service to catch up with its upstream",
         lambda: "; ".join(chaos.lagging()),
@@ -547,7 +556,9 @@ def _chaos_and_settle(chaos: Chaos, consumer: Consumer, rng: random.Random, roun
                 behind.append(f"{topic}: {len(got)} of {len(want)}")
         return ", ".join(behind)
 
-    _wait(chaos, "the consumer to hold the gateway's series", consumer_done, 30, "gateway")
+    _until_none_missing(
+        chaos, "the consumer to hold the gateway's series", consumer_done, 30, "gateway"
+    )
 
 
 def _check_logs(chaos: Chaos) -> None:
@@ -582,44 +593,17 @@ def _check_consumer(chaos: Chaos, consumer: Consumer) -> None:
             )
 
 
-def _body(data: Path, symbol: str, rec: np.void) -> bytes:
-    """The response body a journal record stands for, found as the downloader finds it."""
-    digest = int(rec["digest"])
-    day = dt.date(1970, 1, 1) + dt.timedelta(days=int(rec["ts_ms"]) // DAY_MS)
-    if int(rec["kind"]) == JOURNAL_LIVE:
-        return (data / "downloader" / "live" / f"{symbol}-{SIDE}-{digest:016x}.json").read_bytes()
-    body = RawCache(data / "raw", today=lambda: dt.date(9999, 1, 1)).get(symbol, SIDE, day)
-    if body is not None and body_digest(body) == digest:
-        return body
-    name = f"{symbol}-{SIDE}-{day:%Y%m%d}.{digest:016x}.json"
-    return (data / "raw" / "_versions" / symbol / SIDE / name).read_bytes()
-
-
 def _check_reference(chaos: Chaos) -> None:
     """Every store equals the uninterrupted computation over the final journal."""
     from barstream.services.aggregator.aggregate import merge
     from barstream.services.resampler.resample import resample_all
-    from barstream.services.transformer.transform import decode_candles
     from barstream.shared.alignment import PRESETS
     from barstream.shared.timeframe import Timeframe
 
     tfs = [Timeframe.parse(t) for t in TIMEFRAMES]
     for symbol in SYMBOLS:
         where = f"{symbol}/{SIDE}"
-        journal = chaos.journal(symbol)
-        parts = [
-            decode_candles(
-                _body(chaos.data_dir, symbol, rec),
-                symbol=symbol,
-                side=SIDE,
-                day_ms=int(rec["ts_ms"]),
-                live=int(rec["kind"]) == JOURNAL_LIVE,
-                src_offset=i,
-            )
-            for i, rec in enumerate(journal)
-            if int(rec["kind"]) in (JOURNAL_DAY, JOURNAL_LIVE)
-        ]
-        days = np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
+        days = clean_pipeline.decode_journal(chaos.data_dir, symbol, SIDE, chaos.journal(symbol))
         got = chaos.store("transformer", f"{where}/days")
         assert got.tobytes() == days.tobytes(), chaos.why(
             f"{where}: transformer store ({len(got)}) differs from decoding the journal "

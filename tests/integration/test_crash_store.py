@@ -23,6 +23,7 @@ from barstream.shared.store import Store
 from barstream.shared.storeset import StoreSet
 from tests.conftest import REPO
 from tests.support.plan import Model
+from tests.support.wait import wait_for
 
 KILLS = int(os.environ.get("BARSTREAM_CRASH_KILLS", "50"))
 
@@ -64,11 +65,14 @@ class Child:
                 return
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.ready < 0:
-            assert time.monotonic() < deadline, "crash writer did not start"
+        def ready() -> bool:
+            if self.ready >= 0:
+                return True
             assert self.proc.poll() is None, f"crash writer exited with {self.proc.returncode}"
-            self.pump(0.05)
+            self.pump(0.05)  # the poll interval: a select on the child's output
+            return self.ready >= 0
+
+        wait_for(ready, timeout_s, what="the crash writer to start", every_s=0)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -145,6 +149,7 @@ def run_crashes(tmp_path: Path, seed: int, kills: int) -> None:
             stores.close()
 
 
+@pytest.mark.timeout(120)  # ~20 s for the 50 kills
 def test_kill_9_writer_store_equals_a_commit(tmp_path: Path) -> None:
     seed = int(os.environ.get("BARSTREAM_SEED", random.randrange(1 << 30)))
     print(f"crash test seed {seed} (BARSTREAM_SEED={seed} to replay)")
@@ -152,6 +157,7 @@ def test_kill_9_writer_store_equals_a_commit(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # 400 kills, ~8x the 50 above
 def test_kill_9_writer_many(tmp_path: Path) -> None:
     seed = int(os.environ.get("BARSTREAM_SEED", random.randrange(1 << 30)))
     print(f"crash test seed {seed} (BARSTREAM_SEED={seed} to replay)")

@@ -209,7 +209,7 @@ def test_retry_after_is_honoured(fake: FakeUpstream) -> None:
     fake.add_fault("429:*:count=1:retry_after=2")
     slept: list[float] = []
 
-    async def sleep(seconds: float) -> None:
+    async def sleep(seconds: float) -> None:  # the source's sleep, recorded instead of slept
         slept.append(seconds)
         await asyncio.sleep(0)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE
 from barstream.shared.timeframe import DAY_MS
 from tests.support.pipeline import Pipeline, pipeline
+from tests.support.wait import wait_for
 
 START = dt.date(2026, 1, 12)
 TODAY = dt.date(2026, 1, 14)  # the upstream's today: far behind this machine's clock
@@ -29,13 +29,29 @@ def _journal(p: Pipeline) -> np.ndarray:
 
 
 def _wait_live(p: Pipeline, timeout_s: float) -> np.ndarray:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        j = _journal(p)
-        if len(j) and int(j["kind"][-1]) == JOURNAL_LIVE:
-            return j
-        time.sleep(0.05)
-    raise AssertionError(f"no live day in the journal:\n{p.log_tail('downloader')}")
+    """The journal, once its tail is a live day."""
+    journal: np.ndarray = np.zeros(0)
+
+    def live() -> bool:
+        nonlocal journal
+        journal = _journal(p)
+        return bool(len(journal)) and int(journal["kind"][-1]) == JOURNAL_LIVE
+
+    wait_for(
+        live,
+        timeout_s,
+        what="a live day in the journal",
+        on_timeout=lambda: p.log_tail("downloader"),
+    )
+    return journal
+
+
+def _served(p: Pipeline) -> int:
+    """Requests the fake upstream has answered, its control plane aside."""
+    stats = p.stats()
+    total, by_route = stats["requests_total"], stats["by_route"]
+    assert isinstance(total, int) and isinstance(by_route, dict)
+    return total - int(by_route.get("control", 0))
 
 
 @pytest.mark.timeout(120)
@@ -51,10 +67,15 @@ def test_restart_takes_the_upstreams_today_not_the_local_clock(
         p.start("downloader")
         before = _wait_live(p, 60)
         p.kill("downloader", sig)
+        served = _served(p)
         p.start("downloader")  # resumes after the last final day: the upstream's today
-        time.sleep(0.5)
+        wait_for(  # a dozen live polls and the next backfill decisions
+            lambda: _served(p) >= served + 12,
+            30,
+            what="a dozen requests of the restarted downloader",
+            on_timeout=lambda: p.log_tail("downloader"),
+        )
         _wait_live(p, 30)
-        time.sleep(1.5)  # a dozen live polls and the next backfill decisions
         p.kill("downloader", signal.SIGTERM)
         journal = _journal(p)
         days = (journal["ts_ms"] // DAY_MS).tolist()

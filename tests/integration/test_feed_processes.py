@@ -23,6 +23,7 @@ import pytest
 from barstream.shared.store import Store
 from tests.conftest import REPO
 from tests.support.plan import contents
+from tests.support.wait import wait_for
 
 KEY_PATH = Path("EUR-USD") / "BID" / "1m.bars"
 
@@ -74,19 +75,29 @@ class Node:
                 self.caught_up = int(rest)
 
     def wait_for(self, cond, what: str, timeout_s: float, where: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not cond():
-            if time.monotonic() > deadline:
-                pytest.fail(f"{where}: {self.role}: timed out waiting for {what}\n{self.stderr()}")
+        """Until ``cond()``, reading what the node prints meanwhile; fails early if it exits."""
+
+        def ready() -> bool:
+            if cond():
+                return True
             if self.proc.poll() is not None:
                 self.pump()
                 if cond():
-                    return
+                    return True
                 pytest.fail(
                     f"{where}: {self.role} exited with {self.proc.returncode} "
                     f"waiting for {what}\n{self.stderr()}"
                 )
-            self.pump(0.05)
+            self.pump(0.05)  # the poll interval: a select on the node's output
+            return bool(cond())
+
+        wait_for(
+            ready,
+            timeout_s,
+            what=f"{where}: {self.role}: {what}",
+            every_s=0,
+            on_timeout=self.stderr,
+        )
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -156,7 +167,7 @@ def chaos(tmp_path: Path, ipc_dir: Path, seed: int, cycles: int) -> None:
                 nodes[role].kill()
                 nodes[role].close()
                 if rng.random() < 0.3:
-                    time.sleep(rng.random() * 0.02)  # a random moment between the two kills
+                    time.sleep(rng.random() * 0.02)  # not a wait: a random moment between kills
             for role in victims if rng.random() < 0.5 else victims[::-1]:
                 start(role)
         where = f"seed {seed}, final"
@@ -193,6 +204,7 @@ def test_kill_9_and_restart_both_sides_downstream_ends_equal(tmp_path: Path, ipc
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # 80 cycles, ~7x the 12 above
 def test_kill_9_and_restart_many(tmp_path: Path, ipc_dir: Path) -> None:
     seed = int(os.environ.get("BARSTREAM_SEED", random.randrange(1 << 30)))
     print(f"feed chaos seed {seed} (BARSTREAM_SEED={seed} to replay)")

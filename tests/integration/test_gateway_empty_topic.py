@@ -3,10 +3,7 @@ pipeline, a new symbol): it waits and then receives every bar exactly once."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,21 +11,16 @@ import numpy as np
 import pytest
 
 from barstream.services.gateway.client import BarUpdate, GatewayClient
-from tests.support.bar_source import Procs
+from tests.support.bar_source import Procs, tmpfs_procs
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def procs(ipc_dir: Path) -> Iterator[Procs]:
-    shm = Path("/dev/shm")
-    data = Path(tempfile.mkdtemp(prefix="bs-gw-", dir=shm if shm.is_dir() else ipc_dir))
-    p = Procs(ipc_dir, data)
-    try:
+    with tmpfs_procs(ipc_dir) as p:
         yield p
-    finally:
-        p.stop_all()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_subscribe_before_first_bar(procs: Procs) -> None:
@@ -53,10 +45,12 @@ def test_subscribe_before_first_bar(procs: Procs) -> None:
     t = threading.Thread(target=consume, daemon=True)
     t.start()
     with GatewayClient(procs.publish, procs.requests, timeout_s=5) as probe:
-        deadline = time.monotonic() + 30
-        while probe.status().consumers < 1:  # the streaming consumer has subscribed
-            assert time.monotonic() < deadline, "the consumer never reached the gateway"
-            time.sleep(0.02)
+        wait_for(
+            lambda: probe.status().consumers >= 1,
+            30,
+            what="the streaming consumer to subscribe (it never reached the gateway)",
+            every_s=0.02,
+        )
         assert all(t.count == 0 for t in probe.list_topics()), "bars exist already"
     procs.start_source(["EUR-USD/BID/1m"], bars=60, ticks=2, pace_s=0.01)
     t.join(timeout=90)

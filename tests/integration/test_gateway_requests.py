@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,8 @@ import zmq
 
 from barstream.services.gateway.client import GatewayClient, GatewayError
 from barstream.shared import gateway_protocol as gp
-from tests.support.bar_source import Procs
+from tests.support.bar_source import Procs, tmpfs_procs
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -29,28 +29,24 @@ pack = msgspec.msgpack.encode
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Procs]:
     ipc = Path(tempfile.mkdtemp(prefix="bs-", dir="/tmp"))
-    shm = Path("/dev/shm")
-    data = Path(tempfile.mkdtemp(prefix="bs-gw-", dir=shm if shm.is_dir() else ipc))
-    p = Procs(ipc, data)
-    p.start_source(TOPICS, bars=200, ticks=2)
-    p.start_gateway()
     try:
-        p.wait_done(timeout_s=60)
-        with GatewayClient(p.publish, p.requests, timeout_s=2) as c:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if all(t.count == 200 for t in c.list_topics()) and len(c.list_topics()) == 2:
-                        break
-                except TimeoutError:
-                    pass
-                assert time.monotonic() < deadline, p.log_tail("gateway")
-                time.sleep(0.05)
-        yield p
+        with tmpfs_procs(ipc) as p:
+            p.start_source(TOPICS, bars=200, ticks=2)
+            p.start_gateway()
+            p.wait_done(timeout_s=60)
+            with GatewayClient(p.publish, p.requests, timeout_s=2) as c:
+                wait_for(
+                    lambda: (
+                        all(t.count == 200 for t in c.list_topics()) and len(c.list_topics()) == 2
+                    ),
+                    30,
+                    what="the gateway to serve every bar",
+                    ignore=(TimeoutError,),
+                    on_timeout=lambda: p.log_tail("gateway"),
+                )
+            yield p
     finally:
-        p.stop_all()
         shutil.rmtree(ipc, ignore_errors=True)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 class Raw:
@@ -284,26 +280,20 @@ def test_history_list_status_and_metrics(gateway: Procs) -> None:
 
 
 def test_history_pages_join_when_over_max_request_records(ipc_dir: Path) -> None:
-    shm = Path("/dev/shm")
-    data = Path(tempfile.mkdtemp(prefix="bs-gw-", dir=shm if shm.is_dir() else ipc_dir))
-    p = Procs(ipc_dir, data)
-    p.config.write_text(
-        p.config.read_text().replace("[gateway]\n", "[gateway]\nmax_request_records = 7\n")
-    )
-    try:
+    with tmpfs_procs(ipc_dir) as p:
+        p.config.write_text(
+            p.config.read_text().replace("[gateway]\n", "[gateway]\nmax_request_records = 7\n")
+        )
         p.start_source(TOPICS[:1], bars=50, ticks=1)
         p.start_gateway()
         p.wait_done()
         with GatewayClient(p.publish, p.requests, timeout_s=2) as c:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if c.list_topics() and c.list_topics()[0].count == 50:
-                        break
-                except TimeoutError:
-                    pass
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_for(
+                lambda: c.list_topics() and c.list_topics()[0].count == 50,
+                30,
+                what="the gateway to serve the 50 bars",
+                ignore=(TimeoutError,),
+            )
             paged = c.history("EUR-USD", "1m")
             assert paged.tobytes() == p.gateway_records("EUR-USD/BID/1m").tobytes()
             with pytest.raises(GatewayError) as e:
@@ -318,9 +308,6 @@ def test_history_pages_join_when_over_max_request_records(ipc_dir: Path) -> None
                 first.records["ts_ms"], p.gateway_records("EUR-USD/BID/1m")["ts_ms"][-7:]
             )
             items.close()  # type: ignore[attr-defined]
-    finally:
-        p.stop_all()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_cli_history_csv_parquet_and_errors(gateway: Procs, tmp_path: Path, capsys) -> None:

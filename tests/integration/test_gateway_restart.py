@@ -6,28 +6,23 @@ epochs) before any commit named them, so a restart recreated them with new ids."
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from barstream.services.gateway.client import GatewayClient
 from tests.support.bar_source import Procs
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _epochs(procs: Procs, timeout_s: float = 30.0) -> dict[str, str]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with GatewayClient(procs.publish, procs.requests, timeout_s=2) as gw:
-                topics = gw.list_topics()
-            if topics:
-                return {t.topic: t.epoch for t in topics}
-        except TimeoutError:
-            pass
-        assert time.monotonic() < deadline, "the gateway did not answer"
+    def epochs() -> dict[str, str]:
+        with GatewayClient(procs.publish, procs.requests, timeout_s=2) as gw:
+            return {t.topic: t.epoch for t in gw.list_topics()}
+
+    return wait_for(epochs, timeout_s, what="the gateway to answer", ignore=(TimeoutError,))
 
 
 def test_kill_before_the_first_bar_keeps_the_epochs(ipc_dir: Path) -> None:

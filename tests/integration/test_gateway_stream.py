@@ -5,11 +5,9 @@ gateway commits — and so publishes — at fsync speed otherwise; nothing else 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,8 @@ import pytest
 
 from barstream.services.gateway.client import AsyncGatewayClient, BarUpdate, GatewayClient
 from barstream.shared.record import FLAG_PROVISIONAL, FLAG_REVISED
-from tests.support.bar_source import Procs
+from tests.support.bar_source import Procs, tmpfs_procs
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,26 +25,12 @@ TOPICS = ["EUR-USD/BID/1m", "EUR-USD/BID/5m", "GBP-USD/BID/1m", "GBP-USD/BID/1h"
 
 @pytest.fixture
 def procs(ipc_dir: Path) -> Iterator[Procs]:
-    shm = Path("/dev/shm")
-    data = Path(tempfile.mkdtemp(prefix="bs-gw-", dir=shm if shm.is_dir() else ipc_dir))
-    p = Procs(ipc_dir, data)
-    try:
+    with tmpfs_procs(ipc_dir) as p:
         yield p
-    finally:
-        p.stop_all()
-        shutil.rmtree(data, ignore_errors=True)
 
 
-def wait_for(what: str, predicate, timeout_s: float = 30.0, procs: Procs | None = None):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            logs = f"\ngateway log:\n{procs.log_tail('gateway')}" if procs else ""
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{logs}")
-        time.sleep(0.02)
+def gateway_log(procs: Procs) -> Callable[[], str]:
+    return lambda: f"gateway log:\n{procs.log_tail('gateway')}"
 
 
 def published(client: GatewayClient) -> int:
@@ -130,7 +115,10 @@ def test_late_join_full_speed_history_plus_live_exactly_once(procs: Procs) -> No
     procs.start_gateway()
     with GatewayClient(procs.publish, procs.requests, timeout_s=2) as probe:
         wait_for(
-            "the gateway to publish 2000 updates", lambda: published(probe) > 2000, procs=procs
+            lambda: published(probe) > 2000,
+            30,
+            what="the gateway to publish 2000 updates",
+            on_timeout=gateway_log(procs),
         )
     assert not procs.done_file.exists(), "the source finished before the consumer joined"
     full, closed = Replica(), Replica()
@@ -173,7 +161,9 @@ def test_async_client_late_join(procs: Procs) -> None:
     procs.start_source(TOPICS[:2], bars=600, ticks=2)
     procs.start_gateway()
     with GatewayClient(procs.publish, procs.requests, timeout_s=2) as probe:
-        wait_for("first updates", lambda: published(probe) > 200, procs=procs)
+        wait_for(
+            lambda: published(probe) > 200, 30, what="first updates", on_timeout=gateway_log(procs)
+        )
 
     async def run() -> Replica:
         replica = Replica()
@@ -200,7 +190,9 @@ def test_slow_consumer_overflows_detects_gap_and_resyncs(procs: Procs) -> None:
     procs.start_gateway("--publish-hwm", "500")
     replicas = {t: Replica() for t in TOPICS}
     with GatewayClient(procs.publish, procs.requests, rcvhwm=100) as client:
-        wait_for("first updates", lambda: published(client) > 100, procs=procs)
+        wait_for(
+            lambda: published(client) > 100, 30, what="first updates", on_timeout=gateway_log(procs)
+        )
         final: dict[str, np.ndarray] = {}
         paused = False
         for item in client.stream_topics(TOPICS, history=10, timeout_s=15):
@@ -231,7 +223,9 @@ def test_gateway_kill9_and_restart_mid_stream(procs: Procs) -> None:
             procs.start_gateway()
 
     with GatewayClient(procs.publish, procs.requests, timeout_s=2) as client:
-        wait_for("first updates", lambda: published(client) > 100, procs=procs)
+        wait_for(
+            lambda: published(client) > 100, 30, what="first updates", on_timeout=gateway_log(procs)
+        )
         assert not procs.done_file.exists()
         consume_until_final(client, procs, "EUR-USD/BID/1m", replica, on_item=maybe_kill)
     assert restarted, "the gateway was never killed"
@@ -251,7 +245,9 @@ def test_revision_reaches_consumers_flagged(procs: Procs) -> None:
     revisions: list[BarUpdate] = []
     closed_revisions: list[BarUpdate] = []
     with GatewayClient(procs.publish, procs.requests, timeout_s=2) as client:
-        wait_for("first updates", lambda: published(client) > 50, procs=procs)
+        wait_for(
+            lambda: published(client) > 50, 30, what="first updates", on_timeout=gateway_log(procs)
+        )
         status = client.status()
         assert status.topics["EUR-USD/BID/1m"].length < 300, "joined after the revision"
         with GatewayClient(procs.publish, procs.requests) as c2:

@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.pipeline import caught_up, pipeline, wait_caught_up
+from barstream.shared.checkpoint import Checkpoint
+from tests.support.pipeline import Pipeline, caught_up, pipeline, wait_caught_up
+from tests.support.wait import wait_for
+
+
+def _rewrites(p: Pipeline) -> int:
+    """Commits of the downloader that rewrote committed records (its live day's tail)."""
+    state = Checkpoint(p.root / "data" / "downloader" / "checkpoint.json").load()
+    return 0 if state is None else sum(mark.generation for mark in state.stores.values())
 
 
 @pytest.mark.timeout(120)
@@ -29,14 +36,20 @@ def test_sigterm_flushes_the_last_commit_downstream(tmp_path: Path, ipc_dir: Pat
         p.start("downloader")
         p.start("transformer")
         wait_caught_up(p, [("transformer", "downloader")], 60)  # history in
-        time.sleep(1.0)  # live polls rewrite the journal's tail many times a second
+        before = _rewrites(p)
+        wait_for(  # live polls rewrite the journal's tail many times a second
+            lambda: _rewrites(p) >= before + 5,
+            30,
+            what="live polls to rewrite the journal's tail",
+            on_timeout=lambda: p.log_tail("downloader"),
+        )
         p.kill("downloader", signal.SIGTERM)
         assert p.procs["downloader"].returncode == 0, p.log_tail("downloader")
-        deadline = time.monotonic() + 3  # no reconnect: what arrived before the exit is all
-        while not caught_up(p, "transformer", "downloader"):
-            assert time.monotonic() < deadline, (
-                "the downloader's last commit did not reach the transformer"
-            )
-            time.sleep(0.02)
+        wait_for(  # no reconnect: what arrived before the exit is all
+            lambda: caught_up(p, "transformer", "downloader"),
+            3,
+            what="the downloader's last commit to reach the transformer",
+            every_s=0.02,
+        )
         p.kill("transformer", signal.SIGTERM)
         assert p.procs["transformer"].returncode == 0, p.log_tail("transformer")

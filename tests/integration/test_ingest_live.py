@@ -9,50 +9,24 @@ decoding the journal's responses directly gives (the same bodies, in journal ord
 from __future__ import annotations
 
 import datetime as dt
-import json
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from barstream.services.downloader.source import RawCache, body_digest
-from barstream.services.transformer.transform import decode_candles
-from barstream.shared.record import (
-    FLAG_REVISED,
-    JOURNAL_DAY,
-    JOURNAL_GAP,
-    JOURNAL_LIVE,
-    RECORD_DTYPE,
-)
+from barstream.shared.errors import StoreError
+from barstream.shared.record import FLAG_REVISED, JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE
 from barstream.shared.store import Store
 from barstream.shared.timeframe import DAY_MS
-from tests.support.pipeline import Pipeline, pipeline, wait_caught_up
+from tests.support.pipeline import Pipeline, decode_journal, pipeline, wait_caught_up
+from tests.support.wait import wait_for
 
 START = dt.date(2026, 1, 7)
 REVISED_DAY = dt.date(2026, 1, 12)
 RATE = 40.0
 BURST = 10
-
-
-def _control(p: Pipeline, path: str, payload: dict[str, object]) -> dict[str, object]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{p.fake_port}/_control/{path}",
-        data=json.dumps(payload).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=5) as r:
-        result: dict[str, object] = json.loads(r.read())
-        return result
-
-
-def _stats(p: Pipeline) -> dict[str, object]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{p.fake_port}/_control/stats", timeout=5) as r:
-        result: dict[str, object] = json.loads(r.read())
-        return result
 
 
 def _journal(p: Pipeline, key: str) -> np.ndarray:
@@ -63,39 +37,33 @@ def _journal(p: Pipeline, key: str) -> np.ndarray:
         return s.snapshot()
 
 
-def _body(p: Pipeline, symbol: str, side: str, rec: np.void) -> bytes:
-    """The response body a journal record stands for, found as the downloader finds it."""
-    data = p.root / "data"
-    digest = int(rec["digest"])
-    day = dt.date(1970, 1, 1) + dt.timedelta(days=int(rec["ts_ms"]) // DAY_MS)
-    if int(rec["kind"]) == JOURNAL_LIVE:
-        return (data / "downloader" / "live" / f"{symbol}-{side}-{digest:016x}.json").read_bytes()
-    body = RawCache(data / "raw", today=lambda: dt.date(9999, 1, 1)).get(symbol, side, day)
-    if body is not None and body_digest(body) == digest:
-        return body
-    name = f"{symbol}-{side}-{day:%Y%m%d}.{digest:016x}.json"
-    return (data / "raw" / "_versions" / symbol / side / name).read_bytes()
-
-
-def _wait_history(p: Pipeline, symbols: list[str], timeout_s: float) -> None:
-    """Until every symbol's journal holds its week of history (committed)."""
+def _history_fetched(p: Pipeline, symbols: list[str]) -> bool:
+    """Every symbol's journal holds its week of history (committed)."""
     first = (START - dt.date(1970, 1, 1)).days
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            ok = all(
-                set(range(first, first + 7))
-                <= set((_journal(p, f"{s}/BID/fetch")["ts_ms"] // DAY_MS).tolist())
-                for s in symbols
-            )
-        except Exception:  # the store does not exist yet
-            ok = False
-        if ok:
-            return
-        time.sleep(0.05)
-    raise AssertionError(
-        f"history was not fetched within {timeout_s}s:\n{p.log_tail('downloader')}"
+    return all(
+        set(range(first, first + 7))
+        <= set((_journal(p, f"{s}/BID/fetch")["ts_ms"] // DAY_MS).tolist())
+        for s in symbols
     )
+
+
+def _rolled_over_and_revised(p: Pipeline, symbols: list[str]) -> bool:
+    """Every symbol's journal ends with the next day live, its previous (live) day final,
+    and holds the revised version of ``REVISED_DAY``."""
+    epoch = dt.date(1970, 1, 1)
+    for s in symbols:
+        journal = _journal(p, f"{s}/BID/fetch")
+        if not len(journal) or int(journal["kind"][-1]) != JOURNAL_LIVE:
+            return False
+        days = journal["ts_ms"] // DAY_MS
+        if int(days[-1]) != (dt.date(2026, 1, 15) - epoch).days:
+            return False
+        if int(days[-1]) - 1 not in days[journal["kind"] == JOURNAL_DAY].tolist():
+            return False
+        revised = (days == (REVISED_DAY - epoch).days) & ((journal["flags"] & FLAG_REVISED) != 0)
+        if not revised.any():
+            return False
+    return True
 
 
 @pytest.mark.timeout(180)
@@ -121,15 +89,25 @@ def test_live_day_revision_and_503_storm(tmp_path: Path, ipc_dir: Path) -> None:
         began = time.monotonic()
         p.start("downloader")
         p.start("transformer")
-        _wait_history(p, symbols, 60)  # the 503 storm delays it: retries with backoff
-        _control(
-            p,
+        wait_for(  # the 503 storm delays it: retries with backoff
+            lambda: _history_fetched(p, symbols),
+            60,
+            what="a week of history in every journal",
+            ignore=(StoreError,),  # a journal not created yet
+            on_timeout=lambda: p.log_tail("downloader"),
+        )
+        p.control(
             "faults",
             {
                 "spec": f"revise:*/{REVISED_DAY.year}/{REVISED_DAY.month}/{REVISED_DAY.day}:count=1000000"
             },
         )
-        time.sleep(6.0)  # the simulated day ends; the revision is found by the re-fetch
+        wait_for(  # the simulated day ends; the revision is found by the re-fetch
+            lambda: _rolled_over_and_revised(p, symbols),
+            60,
+            what="the live day to roll over and the revised day to be re-fetched",
+            on_timeout=lambda: p.log_tail("downloader"),
+        )
         p.freeze_clock()
         elapsed = time.monotonic() - began
         wait_caught_up(p, [("transformer", "downloader")], 60)
@@ -138,7 +116,7 @@ def test_live_day_revision_and_503_storm(tmp_path: Path, ipc_dir: Path) -> None:
         assert p.procs["downloader"].returncode == 0, p.log_tail("downloader")
         assert p.procs["transformer"].returncode == 0, p.log_tail("transformer")
 
-        stats = _stats(p)
+        stats = p.stats()
         by_status = stats["by_status"]
         assert isinstance(by_status, dict)
         assert by_status.get("503", 0) == 25, f"the 503 storm was not served: {by_status}"
@@ -172,21 +150,7 @@ def test_live_day_revision_and_503_storm(tmp_path: Path, ipc_dir: Path) -> None:
             )
 
             # The transformer's store is the direct decoding of the journal, in order.
-            parts = []
-            for i, rec in enumerate(journal):
-                if int(rec["kind"]) not in (JOURNAL_DAY, JOURNAL_LIVE):
-                    continue
-                parts.append(
-                    decode_candles(
-                        _body(p, symbol, "BID", rec),
-                        symbol=symbol,
-                        side="BID",
-                        day_ms=int(rec["ts_ms"]),
-                        live=int(rec["kind"]) == JOURNAL_LIVE,
-                        src_offset=i,
-                    )
-                )
-            expected = np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
+            expected = decode_journal(p.root / "data", symbol, "BID", journal)
             got = p.store_records("transformer", f"{symbol}/BID/days")
             assert len(got) == len(expected), (
                 f"{symbol}: {len(got)} records, expected {len(expected)}"

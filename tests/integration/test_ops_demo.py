@@ -13,6 +13,7 @@ from tests.support.ops import REPO, cli, free_port, pipeline_config, write_confi
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # the demo command may take up to its 240 s timeout
 def test_demo_runs_and_stops_cleanly() -> None:
     with tempfile.TemporaryDirectory(prefix="bs-demo-", dir="/tmp") as d:
         run_dir = Path(d)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from barstream.supervisor_events import StateMetrics, parse_header, parse_payload
-from tests.support.ops import REPO, free_port, sample, scrape, wait_for
+from tests.support.ops import REPO, SCRAPE_ERRORS, free_port, sample, scrape
+from tests.support.wait import wait_for
 
 
 def test_protocol_parsing() -> None:
@@ -33,6 +34,8 @@ def test_protocol_parsing() -> None:
     assert m.state.labels("g:a", "EXITED")._value.get() == 0
 
 
+# The programs under supervisord: "sleeper" runs until stopped; "crasher" exits with 3 once
+# past startsecs (its sleep is that lifetime, not a wait of the test).
 CONF = """
 [unix_http_server]
 file={run}/s.sock
@@ -85,7 +88,12 @@ def supervisord() -> Iterator[tuple[Path, int]]:
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait_for("the event listener's metrics", lambda: scrape(port) is not None, 20)
+            wait_for(
+                lambda: scrape(port) is not None,
+                20,
+                what="the event listener's metrics",
+                ignore=SCRAPE_ERRORS,
+            )
             yield conf, port
         finally:
             proc.terminate()
@@ -114,9 +122,13 @@ def test_listener_reports_transitions(supervisord: tuple[Path, int]) -> None:
     def state(prog: str, st: str) -> float | None:
         return sample(scrape(port), "barstream_process_state", program=prog, state=st)
 
-    wait_for("sleeper RUNNING", lambda: state("sleeper", "RUNNING") == 1, 15)
+    wait_for(
+        lambda: state("sleeper", "RUNNING") == 1, 15, what="sleeper RUNNING", ignore=SCRAPE_ERRORS
+    )
     assert "stopped" in ctl(conf, "stop", "sleeper")
-    wait_for("sleeper STOPPED", lambda: state("sleeper", "STOPPED") == 1, 15)
+    wait_for(
+        lambda: state("sleeper", "STOPPED") == 1, 15, what="sleeper STOPPED", ignore=SCRAPE_ERRORS
+    )
     s = scrape(port)
     assert state("sleeper", "RUNNING") == 0
     for to_state in ("STARTING", "RUNNING", "STOPPING", "STOPPED"):
@@ -125,11 +137,12 @@ def test_listener_reports_transitions(supervisord: tuple[Path, int]) -> None:
     # a crash after startsecs: EXITED (unexpected), then supervisord restarts it
     ctl(conf, "start", "crasher")
     wait_for(
-        "crasher restarted",
         lambda: (
             (sample(scrape(port), "barstream_process_restarts_total", program="crasher") or 0) >= 1
         ),
         20,
+        what="crasher restarted",
+        ignore=SCRAPE_ERRORS,
     )
     s = scrape(port)
     assert (sample(s, "barstream_process_unexpected_exits_total", program="crasher") or 0) >= 1

@@ -31,15 +31,16 @@ from barstream.shared.config import SERVICES
 from barstream.shared.store import Store
 from barstream.supervise import Supervisor, default_conf, service_programs
 from tests.support.ops import (
+    SCRAPE_ERRORS,
     cli,
     free_port,
     pipeline_config,
     sample,
     scrape,
     scrape_text,
-    wait_for,
     write_config,
 )
+from tests.support.wait import wait_for
 
 
 @dataclass
@@ -77,13 +78,14 @@ def pipeline() -> Iterator[Pipeline]:
             assert all(s == "RUNNING" for s in states.values()), states
             p = Pipeline(sup, config, data, run_dir)
             wait_for(
-                "1m bars at the gateway",
                 lambda: sample(
                     scrape(p.metrics_port("gateway")),
                     "barstream_committed_length_records",
                     stream="EUR-USD/BID/1m",
                 ),
                 60,
+                what="1m bars at the gateway",
+                ignore=SCRAPE_ERRORS,
             )
             yield p
         finally:
@@ -107,13 +109,17 @@ def test_supervisorctl_status_stop_start_restart(pipeline: Pipeline) -> None:
     done = pipeline.ctl("stop", "barstream:transformer")
     assert "stopped" in done.stdout, done.stdout + done.stderr
     assert "STOPPED" in pipeline.ctl("status", "barstream:transformer").stdout
-    wait_for("listener: transformer STOPPED", lambda: state("STOPPED"), 10)
+    wait_for(
+        lambda: state("STOPPED"), 10, what="listener: transformer STOPPED", ignore=SCRAPE_ERRORS
+    )
     # a clean stop (SIGTERM) commits: the service's log says so and the exit was expected
     log = (pipeline.sup.log_dir / "transformer.log").read_text()
     assert "stopped: <Transformer" in log
     done = pipeline.ctl("start", "barstream:transformer")
     assert "started" in done.stdout, done.stdout + done.stderr
-    wait_for("listener: transformer RUNNING", lambda: state("RUNNING"), 10)
+    wait_for(
+        lambda: state("RUNNING"), 10, what="listener: transformer RUNNING", ignore=SCRAPE_ERRORS
+    )
     done = pipeline.ctl("restart", "barstream:transformer")
     assert "started" in done.stdout, done.stdout + done.stderr
     s = scrape(events)
@@ -193,6 +199,7 @@ def ensure_prometheus() -> None:
     )
 
 
+@pytest.mark.timeout(300)  # ensure_prometheus may apt-get install it first
 def test_promtool_accepts_every_metrics_endpoint(pipeline: Pipeline) -> None:
     ensure_prometheus()
     ports = {name: pipeline.metrics_port(name) for name in SERVICES}
@@ -220,6 +227,7 @@ def _query(port: int, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+@pytest.mark.timeout(300)  # ensure_prometheus may apt-get install it first
 def test_prometheus_scrapes_every_service(pipeline: Pipeline, tmp_path: Path) -> None:
     ensure_prometheus()
     targets = {name: pipeline.metrics_port(name) for name in SERVICES}
@@ -254,11 +262,12 @@ def test_prometheus_scrapes_every_service(pipeline: Pipeline, tmp_path: Path) ->
     )
     try:
         wait_for(
-            "prometheus ready",
             lambda: (
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2).status == 200
             ),
             60,
+            what="prometheus ready",
+            ignore=SCRAPE_ERRORS,
         )
         metric = {name: "barstream_records_in_total" for name in SERVICES}
         metric["downloader"] = "barstream_records_written_total"  # it has no upstream feed
@@ -272,7 +281,9 @@ def test_prometheus_scrapes_every_service(pipeline: Pipeline, tmp_path: Path) ->
                 out[name] = float(res[0]["value"][1])
             return out
 
-        first = wait_for("every service scraped", values, 60, every_s=0.5)
+        first = wait_for(
+            values, 60, what="every service scraped", every_s=0.5, ignore=SCRAPE_ERRORS
+        )
 
         def all_up() -> bool:  # each job is scraped on its own schedule: wait for all
             up = _query(port, "up")
@@ -281,13 +292,25 @@ def test_prometheus_scrapes_every_service(pipeline: Pipeline, tmp_path: Path) ->
                 "supervisor_events",
             }
 
-        wait_for("every job up, the supervisor event listener included", all_up, 30, every_s=0.5)
+        wait_for(
+            all_up,
+            30,
+            what="every job up, the supervisor event listener included",
+            every_s=0.5,
+            ignore=SCRAPE_ERRORS,
+        )
 
         def rose() -> bool:
             now = values()
             return now is not None and all(now[n] > first[n] for n in SERVICES)
 
-        wait_for(f"records rising in every service (first {first})", rose, 60, every_s=1.0)
+        wait_for(
+            rose,
+            60,
+            what=f"records rising in every service (first {first})",
+            every_s=1.0,
+            ignore=SCRAPE_ERRORS,
+        )
         states = _query(port, 'barstream_process_state{state="RUNNING"} == 1')
         assert {r["metric"]["program"] for r in states} >= {f"barstream:{n}" for n in SERVICES}
     finally:
@@ -302,6 +325,7 @@ def test_prometheus_scrapes_every_service(pipeline: Pipeline, tmp_path: Path) ->
 # -- rebuild (runs last in this module: it replaces the stores) -------------------------
 
 
+@pytest.mark.timeout(150)  # the rebuild may take up to 120 s (asserted below)
 def test_rebuild_from_raw_cache_equals_live_stores(pipeline: Pipeline) -> None:
     data_dir = Path(pipeline.data["pipeline"]["data_dir"])
     began = time.monotonic()

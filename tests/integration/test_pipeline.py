@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from tests.support.pipeline import pipeline, reference_days, wait_caught_up
+from tests.support.wait import wait_for
 
 SYMBOLS = ["EUR-USD", "USD-JPY"]
 SIDES = ["BID", "ASK"]
@@ -65,7 +67,6 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
     pure function of its upstream store (checked after everything is stopped)."""
     import signal
     import threading
-    import time
 
     from barstream.services.aggregator.aggregate import merge
     from barstream.services.gateway.client import BarUpdate, GatewayClient
@@ -109,10 +110,29 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
             except BaseException as e:  # surfaced below
                 errors.append(e)
 
+        def latest_ms(tf: str) -> int:
+            items = list(seen[tf])
+            return max((int(i.records["ts_ms"][-1]) for i in items if len(i.records)), default=0)
+
+        def delivered(tf: str) -> bool:
+            """The consumer holds the gateway's series (or saw a gap: asserted below)."""
+            items = list(seen[tf])
+            if not items:
+                return False
+            gateway_store = p.store_records("gateway", f"EUR-USD/BID/{tf}")
+            series, gap = replay(gateway_store, items)
+            return gap is not None or series.tobytes() == gateway_store.tobytes()
+
         threads = [threading.Thread(target=consume, args=(tf,), daemon=True) for tf in seen]
         for t in threads:
             t.start()
-        time.sleep(8)  # history, then live minutes (~40 simulated minutes)
+        live_until = dt.datetime(2026, 1, 14, 21, 0, tzinfo=dt.UTC).timestamp() * 1000
+        wait_for(  # history, then live minutes (30 simulated minutes after the start)
+            lambda: errors or all(latest_ms(tf) >= live_until for tf in seen),
+            60,
+            what="the consumers to receive the bars of 21:00 (live minutes)",
+            on_timeout=lambda: f"latest bars: { {tf: latest_ms(tf) for tf in seen} }",
+        )
         p.freeze_clock()
         chain = [
             ("transformer", "downloader"),
@@ -122,7 +142,11 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
         ]
         wait_caught_up(p, chain, 90)
         p.kill("downloader", signal.SIGTERM)
-        time.sleep(1.0)  # the last publications reach the consumers
+        wait_for(  # the last publications reach the consumers
+            lambda: errors or all(delivered(tf) for tf in seen),
+            30,
+            what="the consumers to hold the gateway's series",
+        )
         stop.set()  # from now on a quiet stream ends the consumer
         for t in threads:
             t.join(timeout=40)
@@ -145,15 +169,22 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
         for tf, items in seen.items():
             assert items, f"consumer of {tf} received nothing"
             gateway_store = p.store_records("gateway", f"EUR-USD/BID/{tf}")
-            series = gateway_store[: items[0].start_offset].copy()
-            for item in items:
-                assert item.start_offset <= len(series), (
-                    f"{tf}: gap before offset {item.start_offset}"
-                )
-                series = np.concatenate([series[: item.start_offset], item.records])
+            series, gap = replay(gateway_store, items)
+            assert gap is None, f"{tf}: gap before offset {gap}"
             assert series.tobytes() == gateway_store.tobytes(), (
                 f"{tf}: consumer series differs from the gateway's"
             )
             assert sum(1 for i in items if i.replaces) > 0, (
                 f"{tf}: no provisional update was streamed"
             )
+
+
+def replay(store: np.ndarray, items: list[Any]) -> tuple[np.ndarray, int | None]:
+    """A consumer's series: ``store``'s records before its first item, then every item
+    applied in order; and the offset of the first gap (an item past the end), if any."""
+    series = store[: items[0].start_offset].copy()
+    for item in items:
+        if item.start_offset > len(series):
+            return series, item.start_offset
+        series = np.concatenate([series[: item.start_offset], item.records])
+    return series, None

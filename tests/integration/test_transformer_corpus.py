@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from barstream.shared.record import JOURNAL_DAY, JOURNAL_DTYPE, KIND_JOURNAL, RE
 from barstream.shared.store import Store
 from barstream.shared.storeset import StoreSet
 from tests.support.pipeline import REPO, free_port
+from tests.support.wait import wait_for
 from tests.unit.test_transform import BAD, DAY_MS0, GOOD
 
 pytestmark = pytest.mark.timeout(120)
@@ -117,9 +117,10 @@ def test_every_bad_payload_is_rejected_and_held_and_the_service_keeps_running(
             stderr=out,
         )
     try:
-        deadline = time.monotonic() + 60
-        rejected = 0.0
-        while time.monotonic() < deadline:
+        rejected, released = 0.0, 0
+
+        def all_held_and_released() -> bool:
+            nonlocal rejected, released
             assert proc.poll() is None, f"the transformer died:\n{log.read_text()[-3000:]}"
             try:
                 text = (
@@ -132,9 +133,15 @@ def test_every_bad_payload_is_rejected_and_held_and_the_service_keeps_running(
             m = re.search(r'^barstream_errors_total\{kind="payload_invalid"\} (\S+)$', text, re.M)
             rejected = float(m.group(1)) if m else 0.0
             released = log.read_text().count("released ")
-            if rejected >= len(BAD) and released >= len(BAD):
-                break
-            time.sleep(0.1)
+            return rejected >= len(BAD) and released >= len(BAD)
+
+        wait_for(
+            all_held_and_released,
+            60,
+            what=f"{len(BAD)} payloads rejected and their streams released",
+            every_s=0.1,
+            on_timeout=lambda: f"{rejected} rejected, {released} released",
+        )
         assert rejected == len(BAD), f"{rejected} payloads rejected, expected {len(BAD)}"
         assert proc.poll() is None, "the transformer must keep running"
         text = log.read_text()

@@ -19,13 +19,11 @@ import numpy as np
 import pytest
 
 from barstream.services.aggregator.aggregate import merge
-from barstream.services.transformer.transform import decode_candles
-from barstream.shared.errors import PayloadInvalid
-from barstream.shared.record import JOURNAL_DAY, JOURNAL_LIVE, RECORD_DTYPE
+from barstream.shared.record import RECORD_DTYPE
 from barstream.shared.store import Store
 from barstream.shared.timeframe import DAY_MS
-from tests.integration.test_ingest_live import _body
-from tests.support.pipeline import Pipeline, pipeline, wait_caught_up
+from tests.support.pipeline import Pipeline, decode_journal, pipeline, wait_caught_up
+from tests.support.wait import wait_for
 
 BAD_DAY = dt.date(2026, 1, 7)
 
@@ -34,14 +32,6 @@ def _journal(p: Pipeline, symbol: str) -> np.ndarray:
     path = p.root / "data" / "downloader" / symbol / "BID" / "fetch.bars"
     with Store.open(path, writable=False) as s:
         return s.snapshot()
-
-
-def _wait(what: str, predicate, timeout_s: float, p: Pipeline) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{p.log_tail('transformer')}")
-        time.sleep(0.05)
 
 
 @pytest.mark.timeout(120)
@@ -62,16 +52,28 @@ def test_bad_payload_holds_one_symbol_until_a_good_version(tmp_path: Path, ipc_d
             p.start(name)
 
         log = p.root / "transformer.log"
-        _wait("the hold", lambda: "holding EUR-USD/BID/fetch" in log.read_text(), 30, p)
+        wait_for(
+            lambda: "holding EUR-USD/BID/fetch" in log.read_text(),
+            30,
+            what="the hold",
+            on_timeout=lambda: p.log_tail("transformer"),
+        )
         text = log.read_text()
         assert "EUR-USD/BID/2026-01-07" in text and "highs" in text, (
             "the error must name where and which field"
         )
-        _wait("the release", lambda: "released EUR-USD/BID/fetch" in log.read_text(), 30, p)
+        wait_for(
+            lambda: "released EUR-USD/BID/fetch" in log.read_text(),
+            30,
+            what="the release",
+            on_timeout=lambda: p.log_tail("transformer"),
+        )
 
         p.freeze_clock()
         wait_caught_up(p, [("transformer", "downloader"), ("aggregator", "transformer")], 60)
         p.kill("downloader", signal.SIGTERM)
+        # Not a wait: the services downstream must outlive their upstream's exit; this is
+        # the time a crash on the lost connection would take to show.
         time.sleep(0.5)
         for name in ("transformer", "aggregator"):
             assert p.procs[name].poll() is None, f"{name} died:\n{p.log_tail(name)}"
@@ -80,27 +82,11 @@ def test_bad_payload_holds_one_symbol_until_a_good_version(tmp_path: Path, ipc_d
 
         for symbol in symbols:
             journal = _journal(p, symbol)
-            parts, rejected = [], 0
-            for i, rec in enumerate(journal):
-                if int(rec["kind"]) not in (JOURNAL_DAY, JOURNAL_LIVE):
-                    continue
-                try:
-                    parts.append(
-                        decode_candles(
-                            _body(p, symbol, "BID", rec),
-                            symbol=symbol,
-                            side="BID",
-                            day_ms=int(rec["ts_ms"]),
-                            live=int(rec["kind"]) == JOURNAL_LIVE,
-                            src_offset=i,
-                        )
-                    )
-                except PayloadInvalid:
-                    rejected += 1
-            assert rejected == (1 if symbol == "EUR-USD" else 0), (
-                f"{symbol}: {rejected} bad payloads in the journal"
+            rejected: list[int] = []
+            expected = decode_journal(p.root / "data", symbol, "BID", journal, rejected=rejected)
+            assert len(rejected) == (1 if symbol == "EUR-USD" else 0), (
+                f"{symbol}: {len(rejected)} bad payloads in the journal"
             )
-            expected = np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
             got = p.store_records("transformer", f"{symbol}/BID/days")
             assert got.tobytes() == expected.tobytes(), (
                 f"{symbol}: transformer store is not the valid journal decoded"

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
-import time
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,7 @@ from barstream.shared.header import StoreMeta
 from barstream.shared.record import FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
 from barstream.shared.storeset import StoreSet
 from barstream.shared.timeframe import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS
+from tests.support.wait import wait_for
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 _UNIT_MS = {"m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "W": WEEK_MS}
@@ -112,9 +116,9 @@ async def produce(args: argparse.Namespace) -> None:
                         stores.touch(topic)
                 stores.commit()
                 if args.pace_s:
-                    await asyncio.sleep(args.pace_s)
+                    await asyncio.sleep(args.pace_s)  # not a wait: the pace of the source
                 else:
-                    await asyncio.sleep(0)  # let the feed server send
+                    await asyncio.sleep(0)  # not a wait: let the feed server send
                 if stop.is_set():
                     return
         for i, (topic, store) in enumerate(zip(topics, series, strict=True)):
@@ -238,18 +242,24 @@ class Procs:
 
     def wait_done(self, timeout_s: float = 60.0) -> dict[str, int]:
         """The source's final lengths, once it has written them."""
-        deadline = time.monotonic() + timeout_s
-        while not self.done_file.exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"bar source not done in {timeout_s}s; see {self.root}/source.log"
-                )
+
+        def done() -> bool:
+            if self.done_file.exists():
+                return True
             proc = self.procs.get("source")
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(
                     f"bar source exited {proc.returncode}; see {self.root}/source.log"
                 )
-            time.sleep(0.02)
+            return False
+
+        wait_for(
+            done,
+            timeout_s,
+            what="the bar source to finish",
+            every_s=0.02,
+            on_timeout=lambda: f"see {self.root}/source.log",
+        )
         lengths: dict[str, int] = json.loads(self.done_file.read_text())
         return lengths
 
@@ -282,3 +292,18 @@ class Procs:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def tmpfs_procs(ipc_dir: Path) -> Iterator[Procs]:
+    """``Procs`` with endpoints in ``ipc_dir`` and stores on tmpfs when the machine has one
+    (the gateway commits, and so publishes, at fsync speed otherwise; nothing else
+    changes); every process stopped and the stores removed at the end."""
+    shm = Path("/dev/shm")
+    data = Path(tempfile.mkdtemp(prefix="bs-gw-", dir=shm if shm.is_dir() else ipc_dir))
+    p = Procs(ipc_dir, data)
+    try:
+        yield p
+    finally:
+        p.stop_all()
+        shutil.rmtree(data, ignore_errors=True)

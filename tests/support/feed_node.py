@@ -55,7 +55,7 @@ async def upstream(root: Path, endpoint: str, seed: int, commits: int, pace_ms: 
             stores.touch(META.key)
             stores.commit()
             say(f"ack {c}")
-            await asyncio.sleep(pace_ms / 1000)
+            await asyncio.sleep(pace_ms / 1000)  # not a wait: the upstream's commit pace
         if not stop.is_set():
             server.done = True
             server.notify()
@@ -77,7 +77,7 @@ async def downstream(root: Path, endpoint: str, drain: bool, slow_ms: float, cre
         store.write(batch.start, records)
         stores.touch(batch.stream)
         if slow_ms:
-            await asyncio.sleep(slow_ms / 1000)
+            await asyncio.sleep(slow_ms / 1000)  # not a wait: a slow downstream's handler
 
     def offset() -> int:
         mark = stores.upstream.get(META.key)

@@ -1,6 +1,7 @@
 """Run a real barstream pipeline in tests: the fake Dukascopy server and the services as
 child processes talking over ipc:// in a temp dir. Also the *reference* computation the
-stores must equal: decode every raw-cache day directly, merge, resample — no sockets."""
+stores must equal: decode every raw-cache day (or every journal record's body) directly,
+merge, resample — no sockets."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from barstream.shared.timeframe import DAY_MS
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("downloader", "transformer", "aggregator", "resampler", "gateway")
@@ -116,19 +119,31 @@ class Pipeline:
         ]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._log("fake"))
         self.procs["fake"] = proc
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"fake upstream exited with {proc.returncode}; see {self.root / 'fake.log'}"
                 )
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.fake_port}/_control/stats", timeout=1
-                ).read()
-                return proc
-            time.sleep(0.05)
-        raise TimeoutError("fake upstream did not answer within 30 s")
+            self.stats(timeout_s=1.0)
+            return True
+
+        wait_for(
+            answers,
+            30,
+            what="the fake upstream to answer",
+            ignore=(OSError,),
+            on_timeout=lambda: self.log_tail("fake"),
+        )
+        return proc
+
+    def stats(self, timeout_s: float = 5.0) -> dict[str, object]:
+        """The fake upstream's request counters (``GET /_control/stats``)."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.fake_port}/_control/stats", timeout=timeout_s
+        ) as r:
+            result: dict[str, object] = json.loads(r.read())
+            return result
 
     def control(self, path: str, payload: dict[str, object]) -> dict[str, object]:
         """POST to the fake upstream's control plane (``clock``, ``faults``, ``reset``)."""
@@ -221,7 +236,6 @@ def reference_days(
     from barstream.services.downloader.source import RawCache
     from barstream.services.transformer.transform import decode_candles
     from barstream.shared.record import RECORD_DTYPE
-    from barstream.shared.timeframe import DAY_MS
 
     cache = RawCache(data_dir / "raw", today=lambda: dt.date(9999, 1, 1))
     parts = []
@@ -238,6 +252,62 @@ def reference_days(
         )
         offset += 1
         day += dt.timedelta(days=1)
+    return np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
+
+
+def journal_body(data_dir: Path, symbol: str, side: str, rec: np.void) -> bytes:
+    """The response body a downloader journal record stands for, found as the downloader
+    finds it: a live body by digest, a final day in the raw cache or among its versions."""
+    from barstream.services.downloader.source import RawCache, body_digest
+    from barstream.shared.record import JOURNAL_LIVE
+
+    digest = int(rec["digest"])
+    day = dt.date(1970, 1, 1) + dt.timedelta(days=int(rec["ts_ms"]) // DAY_MS)
+    if int(rec["kind"]) == JOURNAL_LIVE:
+        live = data_dir / "downloader" / "live" / f"{symbol}-{side}-{digest:016x}.json"
+        return live.read_bytes()
+    body = RawCache(data_dir / "raw", today=lambda: dt.date(9999, 1, 1)).get(symbol, side, day)
+    if body is not None and body_digest(body) == digest:
+        return body
+    name = f"{symbol}-{side}-{day:%Y%m%d}.{digest:016x}.json"
+    return (data_dir / "raw" / "_versions" / symbol / side / name).read_bytes()
+
+
+def decode_journal(
+    data_dir: Path,
+    symbol: str,
+    side: str,
+    journal: np.ndarray,
+    *,
+    rejected: list[int] | None = None,
+) -> np.ndarray:
+    """Decode the body of every day and live record of a downloader ``journal``, in journal
+    order: what the transformer's store must read. A body the transformer rejects
+    (``PayloadInvalid``) raises — unless ``rejected`` is given: then the record's journal
+    offset is appended to it and the record skipped, as the transformer skips it."""
+    from barstream.services.transformer.transform import decode_candles
+    from barstream.shared.errors import PayloadInvalid
+    from barstream.shared.record import JOURNAL_DAY, JOURNAL_LIVE, RECORD_DTYPE
+
+    parts = []
+    for i, rec in enumerate(journal):
+        if int(rec["kind"]) not in (JOURNAL_DAY, JOURNAL_LIVE):
+            continue
+        try:
+            parts.append(
+                decode_candles(
+                    journal_body(data_dir, symbol, side, rec),
+                    symbol=symbol,
+                    side=side,
+                    day_ms=int(rec["ts_ms"]),
+                    live=int(rec["kind"]) == JOURNAL_LIVE,
+                    src_offset=i,
+                )
+            )
+        except PayloadInvalid:
+            if rejected is None:
+                raise
+            rejected.append(i)
     return np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
 
 
@@ -259,10 +329,14 @@ def caught_up(p: Pipeline, service: str, upstream_service: str) -> bool:
 
 
 def wait_caught_up(p: Pipeline, chain: list[tuple[str, str]], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not all(caught_up(p, s, u) for s, u in chain):
-        if time.monotonic() > deadline:
-            late = [s for s, u in chain if not caught_up(p, s, u)]
-            tails = "\n".join(f"--- {s}:\n{p.log_tail(s)}" for s in late)
-            raise AssertionError(f"not caught up within {timeout_s}s: {late}\n{tails}")
-        time.sleep(0.05)
+    """Until every ``(service, upstream)`` of ``chain`` is ``caught_up``."""
+
+    def late() -> list[str]:
+        return [s for s, u in chain if not caught_up(p, s, u)]
+
+    def tails() -> str:
+        still = late()
+        logs = "\n".join(f"--- {s}:\n{p.log_tail(s)}" for s in still)
+        return f"not caught up: {still}\n{logs}"
+
+    wait_for(lambda: not late(), timeout_s, what=f"{chain} to catch up", on_timeout=tails)

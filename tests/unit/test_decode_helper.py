@@ -23,7 +23,7 @@ from barstream.services.downloader.source import day_start_ms
 from barstream.services.transformer.bulk import decode_days
 from barstream.services.transformer.decode_pool import Decoded, DecodeHelper, Item, decode_here
 from barstream.shared.errors import PayloadInvalid
-from tests.support.ops import wait_for
+from tests.support.wait import wait_for
 
 START = dt.date(2024, 3, 4)
 LOGGER = "barstream.transformer"
@@ -81,7 +81,7 @@ class _Local:
 
 def _started(helper: DecodeHelper) -> DecodeHelper:
     helper.start()
-    wait_for("the decode helper to start", helper.ready, timeout_s=20, every_s=0.02)
+    wait_for(helper.ready, 20, what="the decode helper to start", every_s=0.02)
     return helper
 
 

@@ -15,6 +15,7 @@ from barstream.shared.feed import BATCH_MAX_RECORDS, FeedClient, FeedServer, sta
 from barstream.shared.header import StoreMeta
 from barstream.shared.storeset import StoreSet
 from tests.support.plan import make_records
+from tests.support.wait import async_wait_for
 
 META = StoreMeta("EUR-USD", "BID", "1m")
 KEY = META.key
@@ -53,16 +54,28 @@ def run(coro, timeout_s: float = 30.0):
     return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
+def upstream(tmp_path: Path, ipc_dir: Path, n: int = 0):
+    """A context, the feed's endpoint, and an upstream StoreSet whose META store holds
+    ``n`` committed records."""
+    ctx = zmq.Context()
+    up = StoreSet.open(tmp_path / "up", "up")
+    s = up.ensure(META)
+    if n:
+        s.append(recs(0, n))
+        up.commit()
+    return ctx, f"ipc://{ipc_dir}/f", up, s
+
+
+def serve(ctx, endpoint: str, up: StoreSet) -> tuple[FeedServer, asyncio.Task[None]]:
+    """A FeedServer over ``up`` and the task running it (call inside the event loop)."""
+    server = FeedServer(ctx, endpoint, up)
+    return server, asyncio.create_task(server.run())
+
+
 def test_replicates_then_resumes_after_a_rewind(tmp_path: Path, ipc_dir: Path) -> None:
     async def main() -> None:
-        ctx = zmq.Context()
-        endpoint = f"ipc://{ipc_dir}/f"
-        up = StoreSet.open(tmp_path / "up", "up")
-        s = up.ensure(META)
-        s.append(recs(0, 3 * BATCH_MAX_RECORDS + 5))
-        up.commit()
-        server = FeedServer(ctx, endpoint, up)
-        serving = asyncio.create_task(server.run())
+        ctx, endpoint, up, s = upstream(tmp_path, ipc_dir, 3 * BATCH_MAX_RECORDS + 5)
+        server, serving = serve(ctx, endpoint, up)
         server.done = True
         down = Replica(ctx, endpoint, tmp_path / "down")
         await down.client.run(until_caught_up=True)
@@ -89,12 +102,8 @@ def test_replicates_then_resumes_after_a_rewind(tmp_path: Path, ipc_dir: Path) -
 
 def test_live_rewinds_reach_a_connected_downstream(tmp_path: Path, ipc_dir: Path) -> None:
     async def main() -> None:
-        ctx = zmq.Context()
-        endpoint = f"ipc://{ipc_dir}/f"
-        up = StoreSet.open(tmp_path / "up", "up")
-        s = up.ensure(META)
-        server = FeedServer(ctx, endpoint, up)
-        serving = asyncio.create_task(server.run())
+        ctx, endpoint, up, s = upstream(tmp_path, ipc_dir)
+        server, serving = serve(ctx, endpoint, up)
         down = Replica(ctx, endpoint, tmp_path / "down")
         following = asyncio.create_task(down.client.run())
         rng = np.random.default_rng(5)
@@ -103,13 +112,12 @@ def test_live_rewinds_reach_a_connected_downstream(tmp_path: Path, ipc_dir: Path
                 s.write(int(rng.integers(0, s.length)), recs(0, int(rng.integers(0, 30)), i))
             s.append(recs(s.length, int(rng.integers(1, 50)), 100 + i))
             up.commit()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # not a wait: the server sends between two commits
         s.truncate(s.length - 5)  # ends in a pure truncation
         up.commit()
-        deadline = time.monotonic() + 10
-        while down.bytes() != s.records.tobytes():
-            assert time.monotonic() < deadline, "downstream never converged"
-            await asyncio.sleep(0.01)
+        await async_wait_for(
+            lambda: down.bytes() == s.records.tobytes(), 10, what="the downstream to converge"
+        )
         down.client.close()
         await following
         server.close()
@@ -152,29 +160,32 @@ def raw_socket(ctx, kind: int, endpoint: str, bind: bool = False):
 
 def test_credit_limits_batches_in_flight(tmp_path: Path, ipc_dir: Path) -> None:
     async def main() -> None:
-        ctx = zmq.Context()
-        endpoint = f"ipc://{ipc_dir}/f"
-        up = StoreSet.open(tmp_path / "up", "up")
-        up.ensure(META).append(recs(0, 5 * BATCH_MAX_RECORDS))
-        up.commit()
-        server = FeedServer(ctx, endpoint, up)
-        serving = asyncio.create_task(server.run())
+        ctx, endpoint, up, _ = upstream(tmp_path, ipc_dir, 5 * BATCH_MAX_RECORDS)
+        server, serving = serve(ctx, endpoint, up)
         peer = raw_socket(ctx, zmq.DEALER, endpoint)
         peer.send(p.encode(p.Hello(name="raw", session=1, credit=1)))
 
         async def recv_batches(n: int) -> list[p.Batch]:
             out: list[p.Batch] = []
-            deadline = time.monotonic() + 5
-            while len(out) < n:
-                assert time.monotonic() < deadline, f"got {len(out)} of {n} batches"
-                try:
-                    frames = peer.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    await asyncio.sleep(0.005)
-                    continue
-                msg = p.decode_down(frames[0])
-                if isinstance(msg, p.Batch):
-                    out.append(msg)
+
+            def received() -> bool:
+                while len(out) < n:
+                    try:
+                        frames = peer.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        return False
+                    msg = p.decode_down(frames[0])
+                    if isinstance(msg, p.Batch):
+                        out.append(msg)
+                return True
+
+            await async_wait_for(
+                received,
+                5,
+                what=f"{n} batches",
+                every_s=0.005,
+                on_timeout=lambda: f"got {len(out)} of {n} batches",
+            )
             return out
 
         async def no_batch_for(seconds: float) -> None:
@@ -183,6 +194,7 @@ def test_credit_limits_batches_in_flight(tmp_path: Path, ipc_dir: Path) -> None:
                 try:
                     frames = peer.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
+                    # Not a wait: nothing may arrive for ``seconds``; look again soon.
                     await asyncio.sleep(0.005)
                     continue
                 assert not isinstance(p.decode_down(frames[0]), p.Batch), "sent without credit"
@@ -207,14 +219,8 @@ def test_malformed_to_server_is_counted_dropped_and_serving_goes_on(
     tmp_path: Path, ipc_dir: Path
 ) -> None:
     async def main() -> None:
-        ctx = zmq.Context()
-        endpoint = f"ipc://{ipc_dir}/f"
-        up = StoreSet.open(tmp_path / "up", "up")
-        s = up.ensure(META)
-        s.append(recs(0, 1000))
-        up.commit()
-        server = FeedServer(ctx, endpoint, up)
-        serving = asyncio.create_task(server.run())
+        ctx, endpoint, up, s = upstream(tmp_path, ipc_dir, 1000)
+        server, serving = serve(ctx, endpoint, up)
         bad = raw_socket(ctx, zmq.DEALER, endpoint)
         bad.send(b"\xff\x00garbage")
         bad.send_multipart([b"two", b"frames"])
@@ -222,10 +228,12 @@ def test_malformed_to_server_is_counted_dropped_and_serving_goes_on(
         bad.send(p.encode(p.Hello(name="x", session=1, credit=-5)))  # refused, not malformed
         bad.send(p.encode(p.Hello(name="x", session=1, prefixes=["ZZZ"])))  # valid hello
         bad.send(p.encode(p.Credit(session=1, n=10**9)))  # absurd credit
-        deadline = time.monotonic() + 5
-        while server.malformed < 4:
-            assert time.monotonic() < deadline, f"malformed={server.malformed}"
-            await asyncio.sleep(0.01)
+        await async_wait_for(
+            lambda: server.malformed >= 4,
+            5,
+            what="4 malformed messages counted",
+            on_timeout=lambda: f"malformed={server.malformed}",
+        )
         errors: list[str] = []
         while len(errors) < 3:
             msg = p.decode_down(await asyncio.to_thread(bad.recv))
@@ -288,10 +296,12 @@ def test_malformed_to_client_is_counted_dropped_and_following_goes_on(
             [ident, batch(h.session, 0, 3, "XAU-USD/BID/1m"), good[:3].tobytes()]
         )
         upstream.send_multipart([ident, batch(h.session, 0, 10), good.tobytes()])
-        deadline = time.monotonic() + 5
-        while down.bytes() != good.tobytes():
-            assert time.monotonic() < deadline, f"malformed={down.client.malformed}"
-            await asyncio.sleep(0.01)
+        await async_wait_for(
+            lambda: down.bytes() == good.tobytes(),
+            5,
+            what="the good batch to be applied",
+            on_timeout=lambda: f"malformed={down.client.malformed}",
+        )
         assert down.client.malformed == 3
         # A body that does not match its header: counted, and the client starts a new session.
         upstream.send_multipart([ident, batch(h.session, 10, 5), good[:2].tobytes()])
@@ -309,30 +319,22 @@ def test_malformed_to_client_is_counted_dropped_and_following_goes_on(
 
 def test_client_reconnects_to_a_restarted_upstream(tmp_path: Path, ipc_dir: Path) -> None:
     async def main() -> None:
-        ctx = zmq.Context()
-        endpoint = f"ipc://{ipc_dir}/f"
-        up = StoreSet.open(tmp_path / "up", "up")
-        s = up.ensure(META)
-        s.append(recs(0, 100))
-        up.commit()
-        server = FeedServer(ctx, endpoint, up)
-        serving = asyncio.create_task(server.run())
+        ctx, endpoint, up, s = upstream(tmp_path, ipc_dir, 100)
+        server, serving = serve(ctx, endpoint, up)
         down = Replica(ctx, endpoint, tmp_path / "down")
         following = asyncio.create_task(down.client.run())
-        deadline = time.monotonic() + 5
-        while down.bytes() != s.records.tobytes():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await async_wait_for(
+            lambda: down.bytes() == s.records.tobytes(), 5, what="the downstream to replicate"
+        )
         server.close()
         await serving
         s.append(recs(100, 50))
         up.commit()
-        server = FeedServer(ctx, endpoint, up)  # a new instance, same store
-        serving = asyncio.create_task(server.run())
+        server, serving = serve(ctx, endpoint, up)  # a new instance, same store
         t0 = time.monotonic()
-        while down.bytes() != s.records.tobytes():
-            assert time.monotonic() - t0 < 5, "client did not reconnect"
-            await asyncio.sleep(0.01)
+        await async_wait_for(
+            lambda: down.bytes() == s.records.tobytes(), 5, what="the client to reconnect"
+        )
         assert time.monotonic() - t0 < 2.0  # the monitor noticed; no peer timeout needed
         assert down.client.reconnects >= 1
         down.client.close()
@@ -349,15 +351,12 @@ def test_client_reconnects_to_a_restarted_upstream(tmp_path: Path, ipc_dir: Path
 @pytest.mark.parametrize("prefixes", [["EUR-USD/"], ["XAU-USD/BID/"]])
 def test_prefixes_select_streams(tmp_path: Path, ipc_dir: Path, prefixes: list[str]) -> None:
     async def main() -> None:
-        ctx = zmq.Context()
-        endpoint = f"ipc://{ipc_dir}/f"
-        up = StoreSet.open(tmp_path / "up", "up")
+        ctx, endpoint, up, _ = upstream(tmp_path, ipc_dir)
         for sym in ("EUR-USD", "XAU-USD"):
             up.ensure(StoreMeta(sym, "BID", "1m")).append(recs(0, 20))
         up.commit()
-        server = FeedServer(ctx, endpoint, up)
+        server, serving = serve(ctx, endpoint, up)
         server.done = True
-        serving = asyncio.create_task(server.run())
         down = Replica(ctx, endpoint, tmp_path / "down", prefixes=prefixes)
         await down.client.run(until_caught_up=True)
         assert sorted(down.stores.keys()) == [

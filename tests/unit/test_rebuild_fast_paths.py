@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from barstream.shared.record import (
 )
 from barstream.shared.store import GROW_MIN_BYTES, Store
 from barstream.shared.timeframe import DAY_MS
+from tests.support.wait import wait_for
 
 START = dt.date(2024, 3, 4)
 
@@ -150,11 +150,7 @@ def test_decode_helper_equals_decode_candles() -> None:
     helper = DecodeHelper()
     helper.start()
     try:
-        deadline = 200
-        while not helper.ready() and deadline:
-            time.sleep(0.05)
-            deadline -= 1
-        assert helper.ready(), "helper did not start within 10 s"
+        wait_for(helper.ready, 10, what="the decode helper to start")
         assert helper.submit("EUR-USD", "BID", items)
         got = helper.result()
         assert got is not None and len(got) == len(items)
@@ -239,11 +235,7 @@ def test_decode_helper_gone_means_decode_in_process() -> None:
     helper = DecodeHelper()
     helper.start()
     try:
-        for _ in range(200):
-            if helper.ready():
-                break
-            time.sleep(0.05)
-        assert helper.ready()
+        wait_for(helper.ready, 10, what="the decode helper to start")
         assert helper._proc is not None
         helper._proc.kill()
         helper._proc.wait()

@@ -315,6 +315,7 @@ def feed(stores: Stores, m1: np.ndarray, rng: np.random.Generator, what: str) ->
             stores.check(f"{what} at minute {i}")
 
 
+@pytest.mark.timeout(120)  # ~35 s on a busy 2-core machine
 @settings(
     max_examples=6,
     deadline=None,

@@ -62,9 +62,25 @@ def recs(start: int, n: int, salt: int = 0) -> np.ndarray:
     return make_records(1234, salt, 0, start, n)
 
 
-def new_set(root: Path) -> tuple[StoreSet, Store]:
+def new_set(root: Path, committed: int = 0) -> tuple[StoreSet, Store]:
+    """A StoreSet with the META store, holding ``committed`` committed records."""
     ss = StoreSet.open(root, "svc")
-    return ss, ss.ensure(META)
+    s = ss.ensure(META)
+    if committed:
+        s.append(recs(0, committed))
+        ss.commit()
+    return ss, s
+
+
+def reopened(root: Path) -> bytes:
+    """The META store's records as the next ``StoreSet.open`` (recovery included) reads
+    them; b"" when it has no such store."""
+    ss = StoreSet.open(root, "svc")
+    try:
+        store = ss.get(KEY)
+        return store.records.tobytes() if store is not None else b""
+    finally:
+        ss.close()
 
 
 # -- round trips ---------------------------------------------------------------------------
@@ -87,10 +103,7 @@ def test_append_commit_reopen_read(fast_dirs, batches) -> None:
             committed = model.records.tobytes()
     assert s.records.tobytes() == model.records.tobytes()
     ss.close()
-    ss2 = StoreSet.open(root, "svc")
-    got = ss2.get(KEY)
-    assert (got.records.tobytes() if got is not None else b"") == committed
-    ss2.close()
+    assert reopened(root) == committed
 
 
 op_strategy = st.lists(
@@ -145,16 +158,11 @@ def test_overwrite_from_offset_matches_model(fast_dirs, ops) -> None:
         ss.touch(KEY)
         assert s.records.tobytes() == model.records.tobytes()
     ss.close()
-    ss2 = StoreSet.open(root, "svc")
-    got = ss2.get(KEY)
-    assert (got.records.tobytes() if got is not None else b"") == committed
-    ss2.close()
+    assert reopened(root) == committed
 
 
 def test_replace_from_no_change_is_no_rewind(tmp_path: Path) -> None:
-    ss, s = new_set(tmp_path)
-    s.append(recs(0, 100))
-    ss.commit()
+    ss, s = new_set(tmp_path, committed=100)
     gen = s.generation
     assert s.replace_from(90, s.records[90:].copy()) == 100 == s.length
     assert s.stable_length == 100 and ss.pending() == 0
@@ -163,9 +171,7 @@ def test_replace_from_no_change_is_no_rewind(tmp_path: Path) -> None:
 
 
 def test_replace_from_rewrites_only_from_first_difference(tmp_path: Path) -> None:
-    ss, s = new_set(tmp_path)
-    s.append(recs(0, 100))
-    ss.commit()
+    ss, s = new_set(tmp_path, committed=100)
     new = s.records[95:].copy()
     new["close"][3] += 1.0  # offset 98 changes
     assert s.replace_from(95, np.concatenate([new, recs(100, 5, 9)])) == 98
@@ -281,9 +287,7 @@ def test_journal_store_holds_journal_records(tmp_path: Path) -> None:
 
 
 def test_generation_bumps_only_when_committed_records_change(tmp_path: Path) -> None:
-    ss, s = new_set(tmp_path)
-    s.append(recs(0, 10))
-    ss.commit()
+    ss, s = new_set(tmp_path, committed=10)
     s.append(recs(10, 5))
     s.truncate(12)  # only uncommitted records: no new generation
     ss.commit()
@@ -295,9 +299,7 @@ def test_generation_bumps_only_when_committed_records_change(tmp_path: Path) -> 
 
 
 def test_rewind_log_compacts_conservatively(tmp_path: Path) -> None:
-    ss, s = new_set(tmp_path)
-    s.append(recs(0, 100))
-    ss.commit()
+    ss, s = new_set(tmp_path, committed=100)
     for i in range(10):
         s.write(90 - i, recs(90 - i, 10 + i, i))
         ss.touch(KEY)
@@ -313,9 +315,7 @@ def test_rewind_log_compacts_conservatively(tmp_path: Path) -> None:
 
 
 def test_reader_sees_only_committed_records(tmp_path: Path) -> None:
-    ss, s = new_set(tmp_path)
-    s.append(recs(0, 10))
-    ss.commit()
+    ss, s = new_set(tmp_path, committed=10)
     reader = Store.open(s.path, writable=False)
     s.append(recs(10, 5))
     assert reader.refresh() == 10
@@ -329,9 +329,7 @@ def test_reader_sees_only_committed_records(tmp_path: Path) -> None:
 
 
 def test_snapshot_during_rewind_is_the_untouched_prefix(tmp_path: Path) -> None:
-    ss, s = new_set(tmp_path)
-    s.append(recs(0, 100))
-    ss.commit()
+    ss, s = new_set(tmp_path, committed=100)
     old = s.records.tobytes()
     reader = Store.open(s.path, writable=False)
     s.write(60, recs(60, 50, 1))  # rewriting committed records, not committed yet
@@ -390,9 +388,7 @@ def test_snapshot_is_consistent_while_another_process_rewinds(tmp_path: Path) ->
 
 
 def make_store(tmp_path: Path, n: int = 10) -> Path:
-    ss, s = new_set(tmp_path)
-    s.append(recs(0, n))
-    ss.commit()
+    ss, _ = new_set(tmp_path, committed=n)
     ss.close()
     return tmp_path / "EUR-USD" / "BID" / "1m.bars"
 
@@ -526,9 +522,7 @@ def test_meta_key_round_trip() -> None:
 
 
 def test_interrupted_rewrite_is_undone_on_open(tmp_path: Path, caplog) -> None:
-    ss, s = new_set(tmp_path)
-    s.append(recs(0, 100))
-    ss.commit()
+    ss, s = new_set(tmp_path, committed=100)
     committed = s.records.tobytes()
     s.write(50, recs(50, 80, 1))  # overwrites committed records 50..99 in the file
     assert s.undo_path.exists()
@@ -542,23 +536,17 @@ def test_interrupted_rewrite_is_undone_on_open(tmp_path: Path, caplog) -> None:
 
 
 def test_undo_grows_when_the_rewrite_goes_deeper(tmp_path: Path) -> None:
-    ss, s = new_set(tmp_path)
-    s.append(recs(0, 100))
-    ss.commit()
+    ss, s = new_set(tmp_path, committed=100)
     committed = s.records.tobytes()
     s.write(80, recs(80, 30, 1))
     s.write(20, recs(20, 100, 2))
     s.write(50, recs(50, 10, 3))
     ss.close()
-    ss2 = StoreSet.open(tmp_path, "svc")
-    assert ss2.stores[KEY].records.tobytes() == committed
-    ss2.close()
+    assert reopened(tmp_path) == committed
 
 
 def test_stale_or_torn_undo_is_ignored(tmp_path: Path) -> None:
-    ss, s = new_set(tmp_path)
-    s.append(recs(0, 100))
-    ss.commit()
+    ss, s = new_set(tmp_path, committed=100)
     s.write(50, recs(50, 10, 1))
     undo = s.undo_path.read_bytes()
     ss.commit()  # the rewrite is committed: the undo is stale
@@ -575,16 +563,12 @@ def test_stale_or_torn_undo_is_ignored(tmp_path: Path) -> None:
     s2.undo_path.write_bytes(raw[:-7])  # torn while being saved: nothing was changed yet
     os.truncate(s2.path, HEADER_SIZE + 100 * 64)
     patch(s2.path, HEADER_SIZE + 10 * 64, after[10 * 64 : 100 * 64])
-    ss3 = StoreSet.open(tmp_path, "svc")
-    assert ss3.stores[KEY].records.tobytes() == after
-    ss3.close()
+    assert reopened(tmp_path) == after
 
 
 def test_header_golden_layout(tmp_path: Path) -> None:
     """Every header field at the byte offset FORMAT.md §1.1 draws."""
-    ss, s = new_set(tmp_path)
-    s.append(recs(0, 3))
-    ss.commit()
+    ss, s = new_set(tmp_path, committed=3)
     s.write(1, recs(1, 2, 1))  # a rewrite of committed records: seq odd, then even
     ss.commit()
     raw = s.path.read_bytes()[:HEADER_SIZE]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from barstream.fake.bars import DayBars
@@ -150,12 +150,14 @@ def test_multiplier_decimals(value: float, decimals: int | None) -> None:
     seed=st.integers(0, 2**32 - 1),
     max_points=st.sampled_from([2, 1000, 10**7, 2**40]),
 )
+@example(decimals=0, n=1, seed=719163, max_points=2**40)  # a high at the limit
 def test_encode_decode_round_trip(decimals: int, n: int, seed: int, max_points: int) -> None:
     """Any valid day the fake encodes decodes back to exactly its integer points."""
     rng = np.random.default_rng(seed)
     minutes = np.sort(rng.choice(1440, size=n, replace=False)).astype(np.int64)
-    lows = rng.integers(1, max_points, size=n, endpoint=True)
     width = rng.integers(0, max(1, max_points // 1000), size=n, endpoint=True)
+    lows = rng.integers(1, max_points, size=n, endpoint=True)
+    lows = np.maximum(1, np.minimum(lows, max_points - width))  # highs stay within max_points
     highs = lows + width
     opens = lows + rng.integers(0, width, endpoint=True)
     closes = lows + rng.integers(0, width, endpoint=True)
