@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from barstream.configs import data_root
+from barstream.services.downloader.raw_cache import RawCache
 from barstream.services.downloader.source import (
     HttpSource,
-    RawCache,
     RequestBudget,
     RetryPolicy,
     SourceSettings,

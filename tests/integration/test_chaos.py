@@ -56,7 +56,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from barstream.services.downloader.source import RawCache, body_digest
+from barstream.services.downloader.raw_cache import RawCache
+from barstream.services.downloader.source import body_digest
 from barstream.shared.checkpoint import Checkpoint, CheckpointState
 from barstream.shared.config import SERVICES
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE, RECORD_DTYPE

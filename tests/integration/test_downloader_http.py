@@ -22,10 +22,10 @@ import pytest
 from barstream.fake.clock import SimClock
 from barstream.fake.faults import Fault
 from barstream.fake.upstream import FakeUpstream
+from barstream.services.downloader.raw_cache import RawCache
 from barstream.services.downloader.source import (
     FetchResult,
     HttpSource,
-    RawCache,
     RequestBudget,
     RetryPolicy,
     SourceSettings,

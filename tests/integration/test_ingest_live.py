@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from barstream.services.downloader.source import RawCache, body_digest
+from barstream.services.downloader.raw_cache import RawCache
+from barstream.services.downloader.source import body_digest
 from barstream.services.transformer.transform import decode_candles
 from barstream.shared.record import (
     FLAG_REVISED,

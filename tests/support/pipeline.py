@@ -218,7 +218,7 @@ def reference_days(
 ) -> np.ndarray:
     """Decode every cached final day directly: what the transformer's store must read when
     every day was fetched once, in order."""
-    from barstream.services.downloader.source import RawCache
+    from barstream.services.downloader.raw_cache import RawCache
     from barstream.services.transformer.transform import decode_candles
     from barstream.shared.record import RECORD_DTYPE
     from barstream.shared.timeframe import DAY_MS

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from barstream.services.downloader import source
+from barstream.services.downloader.raw_cache import RawCache
 from barstream.services.downloader.source import (
     FetchResult,
-    RawCache,
     RequestBudget,
     RetryPolicy,
     body_digest,
@@ -155,7 +155,7 @@ def test_raw_cache_write_is_atomic_when_the_disk_refuses(tmp_path: Path) -> None
     child = textwrap.dedent(
         f"""
         import datetime as dt, resource, signal, sys
-        from barstream.services.downloader.source import RawCache
+        from barstream.services.downloader.raw_cache import RawCache
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
         c = RawCache({str(tmp_path / "raw")!r}, today=lambda: dt.date(2026, 7, 12))
