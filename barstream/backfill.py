@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from barstream.configs import data_root
+from barstream.services.downloader.raw_cache import RawCache
 from barstream.services.downloader.source import (
     HttpSource,
-    RawCache,
     RequestBudget,
-    RetryPolicy,
-    SourceSettings,
 )
 from barstream.shared.config import Config
 from barstream.shared.errors import NotFound, SourceError
@@ -57,15 +55,7 @@ async def backfill(
 ) -> BackfillResult:
     d = cfg.downloader
     budget = RequestBudget(d.requests_per_second, d.burst)
-    source = HttpSource(
-        SourceSettings(
-            base_url=d.base_url,
-            timeout_s=d.timeout_s,
-            retry=RetryPolicy(max_attempts=d.max_retries + 1),
-            history_start=dict(d.history_start),
-        ),
-        budget,
-    )
+    source = HttpSource.from_config(d, budget)
     clock_ms = [0]  # the upstream's clock minus ours, from its Date headers
 
     def today() -> dt.date:

@@ -28,7 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from barstream import configs, paths
-from barstream.services.downloader.source import RawCache
+from barstream.services.downloader.raw_cache import RawCache
 from barstream.shared.checkpoint import Checkpoint
 from barstream.shared.config import SERVICES, Config
 from barstream.shared.errors import CheckpointCorrupt, RebuildError

@@ -14,7 +14,7 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     ├── UpstreamInvalid           well-framed upstream records a stage cannot take (stream, offset)
     ├── SourceError               the upstream HTTP source failed (symbol, side, day, url)
     │   ├── NotFound              HTTP 404 / before the instrument's history start
-    │   └── TransientSourceError  429 / 5xx / timeout / connection error (retry)
+    │   └── TransientSourceError  429 / 5xx / timeout / connection error / refused body (retry)
     ├── PayloadInvalid            a response that failed decoding or validation
     │                             (symbol, side, day, field, index)
     ├── SupervisorError           supervisord could not be started, reached or stopped
@@ -131,12 +131,15 @@ class UpstreamInvalid(BarstreamError):
 
 
 class SourceError(BarstreamError):
+    """A fetch failed; ``reason`` is the message without the where (symbol/side/day, url)."""
+
     #: The upstream's clock (HTTP ``Date``) when it answered with this error, if known.
     server_ms: int | None = None
 
     def __init__(
         self, message: str, *, symbol: str = "", side: str = "", day: str = "", url: str = ""
     ) -> None:
+        self.reason = message
         self.symbol = symbol
         self.side = side
         self.day = day
@@ -150,7 +153,26 @@ class NotFound(SourceError):
 
 
 class TransientSourceError(SourceError):
+    """A fetch that may succeed if tried again: raised for one failed attempt (``status``:
+    the HTTP status, 0 if none; ``retry_after_s``: the server's ``Retry-After``), and when
+    the attempts are used up."""
+
     hint = "will retry with backoff; a day still failing becomes a gap retried later"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        retry_after_s: float | None = None,
+        symbol: str = "",
+        side: str = "",
+        day: str = "",
+        url: str = "",
+    ) -> None:
+        self.status = status
+        self.retry_after_s = retry_after_s
+        super().__init__(message, symbol=symbol, side=side, day=day, url=url)
 
 
 class PayloadInvalid(BarstreamError):

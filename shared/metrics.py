@@ -165,3 +165,37 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class DownloaderMetrics:
+    """The downloader's own metrics, in its process's registry beside the base ``Metrics``
+    (``errors`` is the base counter, kept here so the fetch schedule needs one object)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        r = metrics.registry
+        self.errors = metrics.errors
+        self.fetches = Counter(
+            PREFIX + "fetches", "Day fetches by outcome.", ["outcome"], registry=r
+        )
+        self.gaps = Gauge(
+            PREFIX + "gaps",
+            "Days that could not be fetched (explicit gaps).",
+            ["stream"],
+            registry=r,
+        )
+        self.budget_requests = Gauge(
+            PREFIX + "request_budget_requests",
+            "Requests that took a token from the budget.",
+            registry=r,
+        )
+        self.budget_wait = Gauge(
+            PREFIX + "request_budget_wait_seconds",
+            "Seconds spent waiting for the request budget.",
+            registry=r,
+        )
+        self.revisions = Counter(
+            PREFIX + "revisions",
+            "Days whose content changed on re-fetch.",
+            ["stream"],
+            registry=r,
+        )

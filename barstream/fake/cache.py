@@ -16,7 +16,8 @@ from pathlib import Path
 
 from barstream.fake.encoding import encode_candles
 from barstream.fake.generators import make_generator
-from barstream.services.downloader.source import RawCache, day_start_ms
+from barstream.services.downloader.raw_cache import RawCache
+from barstream.services.downloader.source import day_start_ms
 
 
 def generate_cache(

@@ -1,4 +1,5 @@
-"""The Dukascopy JSON API client, its request budget and the raw cache — the downloader's edge.
+"""The Dukascopy JSON API client and its request budget — the downloader's edge (the raw
+cache, where fetched bodies are kept, is ``raw_cache.py``).
 
 Contract
 --------
@@ -12,18 +13,18 @@ Contract
 
 - Every HTTP request first takes a token from the one ``RequestBudget`` of the process
   (token bucket: ``rate_per_s`` sustained, ``burst`` at once), retries included.
-- Retried, with exponential backoff and full jitter (``uniform(0, min(max, base * 2**n))``):
-  429 (waiting at least its ``Retry-After``), 408, 425, 5xx, timeouts, refused/reset
-  connections, truncated or undecodable gzip bodies and empty 200 bodies. After
-  ``max_attempts`` the fetch raises ``TransientSourceError``.
+- One retry loop per fetch (``RetryPolicy``): at most ``max_attempts`` requests, with
+  exponential backoff and full jitter (``uniform(0, min(max, base * 2**n))``) between them.
+  Retried: 429 (waiting at least its ``Retry-After``), 408, 425, 5xx, timeouts,
+  refused/reset connections, truncated or undecodable gzip bodies, empty 200 bodies, and
+  bodies the caller's ``refuse`` judges unusable (``fetch_day(..., refuse=...)``: the
+  downloader refuses what is not candle JSON at all). Each failed attempt is a
+  ``TransientSourceError`` (``status``, ``retry_after_s``); after ``max_attempts`` the fetch
+  raises one naming the last reason.
 - Not retried: 404 and days before the symbol's configured history start raise ``NotFound``
   (the latter without a request); any other 4xx raises ``SourceError``.
 - Every error names symbol, side, day and URL. A 200 body is returned as received (gunzipped);
-  judging its content is the transformer's job.
-- ``RawCache`` keeps final day bodies at
-  ``{root}/{SYMBOL}/{SIDE}/{YYYY}/{SYMBOL}-{SIDE}-{YYYYMMDD}.json``, written atomically
-  (tmp, fsync, rename, fsync dir). It refuses the current (or a future) day: a live day is
-  never cached as final.
+  judging its candles is the transformer's job.
 - ``body_digest`` = the first 8 bytes of ``blake2b(body)`` as a little-endian uint64, the value
   of ``JOURNAL_DTYPE['digest']``.
 """
@@ -36,7 +37,6 @@ import email.utils
 import gzip
 import hashlib
 import http.client
-import os
 import random
 import time
 import urllib.error
@@ -44,12 +44,11 @@ import urllib.parse
 import urllib.request
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, TypedDict
 
-from barstream.shared import fsio
+from barstream.shared.config import DownloaderConfig
 from barstream.shared.errors import NotFound, SourceError, TransientSourceError
 from barstream.shared.timeframe import DAY_MS
 
@@ -59,7 +58,7 @@ __all__ = [
     "USER_AGENT",
     "FetchResult",
     "HttpSource",
-    "RawCache",
+    "Refuse",
     "RequestBudget",
     "RetryPolicy",
     "Source",
@@ -101,10 +100,17 @@ class FetchResult:
         return body_digest(self.body)
 
 
+#: Judges a response before a fetch takes it: None to take it, else why not (the attempt
+#: then counts as failed and is retried within the same ``max_attempts``).
+Refuse = Callable[[FetchResult], str | None]
+
+
 class Source(Protocol):
     """What the downloader service needs from an upstream of day responses."""
 
-    async def fetch_day(self, symbol: str, side: str, day: dt.date) -> FetchResult: ...
+    async def fetch_day(
+        self, symbol: str, side: str, day: dt.date, *, refuse: Refuse | None = None
+    ) -> FetchResult: ...
 
     async def fetch_live(self, symbol: str, side: str, day: dt.date) -> FetchResult: ...
 
@@ -217,18 +223,18 @@ def _candles_base(base_url: str, symbol: str, side: str) -> str:
     return f"{base_url.rstrip('/')}/v1/candles/minute/{quoted}/{side}"
 
 
-class _Retry(Exception):
-    """One failed attempt that deserves another (internal)."""
+class _Where(TypedDict):
+    """What every error of one fetch names."""
 
-    def __init__(self, reason: str, status: int = 0, retry_after_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.retry_after_s = retry_after_s
+    symbol: str
+    side: str
+    day: str
+    url: str
 
 
 class HttpSource:
-    """The real client: standard-library HTTP in worker threads, one shared budget."""
+    """The real client: standard-library HTTP in worker threads, one shared budget, one
+    retry loop (``RetryPolicy``) around every request of a fetch."""
 
     def __init__(
         self,
@@ -248,9 +254,23 @@ class HttpSource:
         self.statuses: Counter[int] = Counter()
         self.failures: Counter[str] = Counter()
 
-    async def fetch_day(self, symbol: str, side: str, day: dt.date) -> FetchResult:
+    @classmethod
+    def from_config(cls, d: DownloaderConfig, budget: RequestBudget) -> HttpSource:
+        """The client as ``downloader.*`` configures it: ``max_retries + 1`` requests a fetch."""
+        retry = RetryPolicy(max_attempts=d.max_retries + 1)
+        settings = SourceSettings(
+            base_url=d.base_url,
+            timeout_s=d.timeout_s,
+            retry=retry,
+            history_start=dict(d.history_start),
+        )
+        return cls(settings, budget)
+
+    async def fetch_day(
+        self, symbol: str, side: str, day: dt.date, *, refuse: Refuse | None = None
+    ) -> FetchResult:
         url = day_url(self.settings.base_url, symbol, side, day)
-        return await self._fetch(symbol, side, day, url, live=False)
+        return await self._fetch(symbol, side, day, url, live=False, refuse=refuse)
 
     async def fetch_live(self, symbol: str, side: str, day: dt.date) -> FetchResult:
         url = live_url(self.settings.base_url, symbol, side, day)
@@ -263,9 +283,16 @@ class HttpSource:
         )
 
     async def _fetch(
-        self, symbol: str, side: str, day: dt.date, url: str, *, live: bool
+        self,
+        symbol: str,
+        side: str,
+        day: dt.date,
+        url: str,
+        *,
+        live: bool,
+        refuse: Refuse | None = None,
     ) -> FetchResult:
-        where = {"symbol": symbol, "side": side, "day": day.isoformat(), "url": url}
+        where = _Where(symbol=symbol, side=side, day=day.isoformat(), url=url)
         start = self.settings.history_start.get(symbol)
         if start is not None and day < start:
             raise NotFound(f"before the history start {start.isoformat()} of {symbol}", **where)
@@ -277,57 +304,57 @@ class HttpSource:
             await self.budget.acquire()
             self.attempts_total += 1
             try:
-                status, body, server_ms = await self._attempt(url)
-            except _Retry as retry:
+                status, body, server_ms = await self._attempt(where)
+                result = FetchResult(
+                    symbol,
+                    side,
+                    day,
+                    url,
+                    body,
+                    status,
+                    attempt,
+                    time.monotonic() - began,
+                    live,
+                    server_ms,
+                )
+                why = refuse(result) if refuse is not None else None
+                if why is None:
+                    return result
+                raise TransientSourceError(f"refused: {why}", **where)
+            except TransientSourceError as retry:
                 last, last_status = retry.reason, retry.status
                 self.failures[retry.reason.split(":")[0]] += 1
                 if attempt == policy.max_attempts:
                     break
                 self.retries_total += 1
                 await self._sleep(policy.delay_s(attempt, self._rng, retry.retry_after_s))
-                continue
-            except _Permanent as exc:
-                err = (
-                    NotFound("HTTP 404: no such instrument or day", **where)
-                    if exc.status == 404
-                    else SourceError(f"HTTP {exc.status}: {exc.reason}", **where)
-                )
-                err.server_ms = exc.server_ms
-                raise err from None
-            return FetchResult(
-                symbol,
-                side,
-                day,
-                url,
-                body,
-                status,
-                attempt,
-                time.monotonic() - began,
-                live,
-                server_ms,
-            )
         raise TransientSourceError(
             f"gave up after {policy.max_attempts} attempts; last: {last}"
             + (f" (HTTP {last_status})" if last_status else ""),
+            status=last_status,
             **where,
         )
 
-    async def _attempt(self, url: str) -> tuple[int, bytes, int | None]:
+    async def _attempt(self, where: _Where) -> tuple[int, bytes, int | None]:
         timeout_s = self.settings.timeout_s
         try:
             async with asyncio.timeout(timeout_s + 1.0):
-                status, body, server_ms = await asyncio.to_thread(self._get, url, timeout_s)
+                status, body, server_ms = await asyncio.to_thread(self._get, where, timeout_s)
         except TimeoutError:
-            raise _Retry(f"timeout: no complete response in {timeout_s:g} s") from None
+            raise TransientSourceError(
+                f"timeout: no complete response in {timeout_s:g} s", **where
+            ) from None
         self.statuses[status] += 1
         return status, body, server_ms
 
-    def _get(self, url: str, timeout_s: float) -> tuple[int, bytes, int | None]:
-        """One blocking GET (runs in a worker thread). Raises _Retry or _Permanent."""
+    def _get(self, where: _Where, timeout_s: float) -> tuple[int, bytes, int | None]:
+        """One blocking GET (runs in a worker thread). A failed attempt worth another raises
+        ``TransientSourceError``; 404 ``NotFound``, any other 4xx ``SourceError`` (each
+        with the response's ``Date`` as ``server_ms``)."""
         headers = {"User-Agent": self.settings.user_agent, "Accept": "application/json"}
         if self.settings.gzip:
             headers["Accept-Encoding"] = "gzip"
-        request = urllib.request.Request(url, headers=headers)
+        request = urllib.request.Request(where["url"], headers=headers)
         try:
             with self._opener.open(request, timeout=timeout_s) as response:
                 status = int(response.status)
@@ -339,32 +366,36 @@ class HttpSource:
             with exc:
                 retry_after = _retry_after_s(exc.headers.get("Retry-After"))
             if exc.code >= 500 or exc.code in RETRY_STATUSES:
-                raise _Retry(f"http: HTTP {exc.code}", exc.code, retry_after) from None
-            raise _Permanent(
-                exc.code, str(exc.reason), _http_date_ms(exc.headers.get("Date"))
-            ) from None
+                raise TransientSourceError(
+                    f"http: HTTP {exc.code}", status=exc.code, retry_after_s=retry_after, **where
+                ) from None
+            err = (
+                NotFound("HTTP 404: no such instrument or day", **where)
+                if exc.code == 404
+                else SourceError(f"HTTP {exc.code}: {exc.reason}", **where)
+            )
+            err.server_ms = _http_date_ms(exc.headers.get("Date"))  # the upstream's clock
+            raise err from None
         except http.client.IncompleteRead as exc:
-            raise _Retry(f"truncated: body ended after {len(exc.partial)} bytes") from None
+            raise TransientSourceError(
+                f"truncated: body ended after {len(exc.partial)} bytes", **where
+            ) from None
         except (TimeoutError, OSError, http.client.HTTPException, urllib.error.URLError) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             kind = "timeout" if isinstance(reason, TimeoutError) else "connection"
-            raise _Retry(f"{kind}: {type(reason).__name__}: {reason}") from None
+            raise TransientSourceError(
+                f"{kind}: {type(reason).__name__}: {reason}", **where
+            ) from None
         if "gzip" in encoding.lower():
             try:
                 raw = gzip.decompress(raw)
             except (EOFError, OSError, zlib.error) as exc:
-                raise _Retry(f"truncated: gzip body does not decode ({exc})") from None
+                raise TransientSourceError(
+                    f"truncated: gzip body does not decode ({exc})", **where
+                ) from None
         if not raw:
-            raise _Retry("empty: HTTP 200 with an empty body", status)
+            raise TransientSourceError("empty: HTTP 200 with an empty body", status=status, **where)
         return status, raw, server_ms
-
-
-class _Permanent(Exception):
-    def __init__(self, status: int, reason: str, server_ms: int | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.server_ms = server_ms  # the error response's Date: the upstream's clock
 
 
 def _http_date_ms(value: str | None) -> int | None:
@@ -387,73 +418,5 @@ def _retry_after_s(value: str | None) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
-
-
-# --- the raw cache ------------------------------------------------------------------------------
-
-
-class RawCache:
-    """Final day responses on disk, one file per (symbol, side, day); see the module docstring."""
-
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        *,
-        today: Callable[[], dt.date] = utc_today,
-        durable: bool = True,
-    ) -> None:
-        self.root = Path(root)
-        self._today = today
-        self._durable = durable
-
-    def path(self, symbol: str, side: str, day: dt.date) -> Path:
-        if side not in SIDES or not symbol or "/" in symbol or symbol.startswith("."):
-            raise ValueError(f"not a cacheable symbol/side: {symbol!r}/{side!r}")
-        name = f"{symbol}-{side}-{day:%Y%m%d}.json"
-        return self.root / symbol / side / f"{day:%Y}" / name
-
-    def has(self, symbol: str, side: str, day: dt.date) -> bool:
-        return self.path(symbol, side, day).is_file()
-
-    def get(self, symbol: str, side: str, day: dt.date) -> bytes | None:
-        try:
-            return self.path(symbol, side, day).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def put(self, symbol: str, side: str, day: dt.date, body: bytes) -> int:
-        """Store a final day's body atomically; returns its digest. Refuses today and later."""
-        today = self._today()
-        if day >= today:
-            raise ValueError(
-                f"{symbol}/{side}/{day.isoformat()}: not final (today is {today.isoformat()}); "
-                "the current day is never cached"
-            )
-        fsio.atomic_write(self.path(symbol, side, day), body, durable=self._durable)
-        return body_digest(body)
-
-    def put_result(self, result: FetchResult) -> int:
-        if result.live:
-            raise ValueError(f"{result.url}: a live response is never cached as final")
-        return self.put(result.symbol, result.side, result.day, result.body)
-
-    def days(self, symbol: str, side: str) -> Iterator[dt.date]:
-        """Cached days of one symbol/side in date order."""
-        base = self.root / symbol / side
-        if not base.is_dir():
-            return
-        prefix = f"{symbol}-{side}-"
-        for year in sorted(p for p in base.iterdir() if p.is_dir() and p.name.isdigit()):
-            for f in sorted(year.glob(f"{prefix}????????.json")):
-                stamp = f.name[len(prefix) : -len(".json")]
-                try:
-                    yield dt.datetime.strptime(stamp, "%Y%m%d").date()
-                except ValueError:
-                    continue
+    when_ms = _http_date_ms(value)
+    return None if when_ms is None else max(when_ms / 1000 - time.time(), 0.0)

@@ -1,5 +1,6 @@
 """HttpSource against the fake upstream, for real over HTTP on 127.0.0.1: NotFound, retries of
-every transient fault, giving up, the shared request budget, gzip and the control plane."""
+every transient fault, giving up, the shared request budget, gzip and the control plane; the
+downloader's fetch of a final day costs at most ``max_retries + 1`` requests."""
 
 from __future__ import annotations
 
@@ -22,16 +23,19 @@ import pytest
 from barstream.fake.clock import SimClock
 from barstream.fake.faults import Fault
 from barstream.fake.upstream import FakeUpstream
+from barstream.services.downloader.fetcher import StreamState
+from barstream.services.downloader.raw_cache import RawCache
+from barstream.services.downloader.service import Downloader
 from barstream.services.downloader.source import (
     FetchResult,
     HttpSource,
-    RawCache,
     RequestBudget,
     RetryPolicy,
     SourceSettings,
     day_start_ms,
 )
 from barstream.services.transformer.transform import decode_candles
+from barstream.shared.config import from_dict
 from barstream.shared.errors import NotFound, PayloadInvalid, SourceError, TransientSourceError
 from barstream.shared.record import FLAG_PROVISIONAL
 from tests.conftest import REPO
@@ -293,6 +297,107 @@ def test_fetched_days_go_through_the_raw_cache(fake: FakeUpstream, tmp_path: Pat
     live = run(src.fetch_live("EUR-USD", "ASK", TODAY))
     with pytest.raises(ValueError):
         cache.put_result(live)
+
+
+# --- the downloader's fetch of a final day: one retry loop ---------------------------------
+
+
+def downloader(up: FakeUpstream, tmp_path: Path, max_retries: int) -> Downloader:
+    """A downloader on the fake (its own HttpSource from the configuration, not started)."""
+    cfg = from_dict(
+        {
+            "pipeline": {"data_dir": str(tmp_path / "data"), "symbols": ["EUR-USD", "GBP-USD"]},
+            "downloader": {
+                "base_url": up.url,
+                "requests_per_second": 1000.0,
+                "burst": 100,
+                "timeout_s": 5.0,
+                "max_retries": max_retries,
+            },
+        }
+    )
+    return Downloader(cfg, serve_metrics=False)
+
+
+def fetch_final(dl: Downloader, key: str, day: dt.date) -> FetchResult | str | None:
+    st: StreamState = dl.streams[key]
+    try:
+        return run(dl.fetcher.final(st, day))
+    finally:
+        dl.stores.close()
+        dl.ctx.destroy(linger=0)
+
+
+def test_a_day_that_always_fails_costs_max_retries_plus_one_requests(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    fake.add_fault("503:*/EUR-USD/*:count=always")
+    dl = downloader(fake, tmp_path, max_retries=2)
+    result = fetch_final(dl, "EUR-USD/BID/fetch", PAST)
+    assert isinstance(result, str) and "gave up after 3 attempts" in result  # a gap
+    assert fake.stats()["requests_total"] == 3 == fake.stats()["by_status"]["503"]
+    assert dl.cache.get("EUR-USD", "BID", PAST) is None
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        ["html:*/EUR-USD/*:count=always"],
+        # 503s, then refused bodies: still one budget of attempts (a retry loop nested
+        # around the source's own would make max_retries + 1 requests per refused body)
+        ["503:*/EUR-USD/*:count=2", "html:*/EUR-USD/*:count=always"],
+    ],
+)
+def test_bodies_that_are_not_candle_json_are_retried_in_the_same_budget(
+    fake: FakeUpstream, tmp_path: Path, faults: list[str]
+) -> None:
+    for spec in faults:
+        fake.add_fault(spec)
+    dl = downloader(fake, tmp_path, max_retries=2)
+    result = fetch_final(dl, "EUR-USD/BID/fetch", PAST)
+    assert isinstance(result, str) and "not candle JSON" in result  # a gap
+    assert fake.stats()["requests_total"] == 3
+    assert dl.cache.get("EUR-USD", "BID", PAST) is None  # never cached
+    refused = dl.metrics.registry.get_sample_value(
+        "barstream_errors_total", {"kind": "unparsable_body"}
+    )
+    assert refused == 3 - sum(spec.startswith("503") for spec in faults) * 2
+
+
+def test_a_refused_body_then_a_good_one_is_taken_and_cached(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    fake.add_fault("invalid_json:*/GBP-USD/*:count=1")
+    dl = downloader(fake, tmp_path, max_retries=2)
+    result = fetch_final(dl, "GBP-USD/BID/fetch", PAST)
+    assert isinstance(result, FetchResult) and result.attempts == 2
+    assert fake.stats()["requests_total"] == 2
+    assert result.body == fake.day_body("GBP-USD", "BID", PAST)
+    assert dl.cache.get("GBP-USD", "BID", PAST) == result.body
+
+
+def test_a_refetch_refuses_a_body_that_is_not_candle_json(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """A re-fetch (revision check, gap retry) that gets an HTML page neither caches it nor
+    journals it as a revision: the day keeps its good version."""
+    dl = downloader(fake, tmp_path, max_retries=1)
+    st: StreamState = dl.streams["EUR-USD/BID/fetch"]
+    try:
+        good = run(dl.fetcher.final(st, PAST))
+        assert isinstance(good, FetchResult)
+        journaled = dl.stores.stores[st.key].length
+        fake.add_fault("html:*/EUR-USD/*:count=always")
+        run(dl.fetcher.refetch(st, PAST))
+        assert dl.cache.get("EUR-USD", "BID", PAST) == good.body
+        assert dl.stores.stores[st.key].length == journaled  # no revision journaled
+        revisions = dl.metrics.registry.get_sample_value(
+            "barstream_revisions_total", {"stream": st.key}
+        )
+        assert not revisions
+    finally:
+        dl.stores.close()
+        dl.ctx.destroy(linger=0)
 
 
 # --- the CLI process, driven over its control plane -----------------------------------------

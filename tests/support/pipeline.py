@@ -233,7 +233,7 @@ def reference_days(
 ) -> np.ndarray:
     """Decode every cached final day directly: what the transformer's store must read when
     every day was fetched once, in order."""
-    from barstream.services.downloader.source import RawCache
+    from barstream.services.downloader.raw_cache import RawCache
     from barstream.services.transformer.transform import decode_candles
     from barstream.shared.record import RECORD_DTYPE
 
@@ -258,19 +258,16 @@ def reference_days(
 def journal_body(data_dir: Path, symbol: str, side: str, rec: np.void) -> bytes:
     """The response body a downloader journal record stands for, found as the downloader
     finds it: a live body by digest, a final day in the raw cache or among its versions."""
-    from barstream.services.downloader.source import RawCache, body_digest
+    from barstream.services.downloader.raw_cache import RawCache
     from barstream.shared.record import JOURNAL_LIVE
 
-    digest = int(rec["digest"])
+    cache = RawCache(
+        data_dir / "raw", today=lambda: dt.date(9999, 1, 1), live=data_dir / "downloader" / "live"
+    )
     day = dt.date(1970, 1, 1) + dt.timedelta(days=int(rec["ts_ms"]) // DAY_MS)
-    if int(rec["kind"]) == JOURNAL_LIVE:
-        live = data_dir / "downloader" / "live" / f"{symbol}-{side}-{digest:016x}.json"
-        return live.read_bytes()
-    body = RawCache(data_dir / "raw", today=lambda: dt.date(9999, 1, 1)).get(symbol, side, day)
-    if body is not None and body_digest(body) == digest:
-        return body
-    name = f"{symbol}-{side}-{day:%Y%m%d}.{digest:016x}.json"
-    return (data_dir / "raw" / "_versions" / symbol / side / name).read_bytes()
+    body = cache.body(symbol, side, day, int(rec["digest"]), live=int(rec["kind"]) == JOURNAL_LIVE)
+    assert body is not None, f"{symbol}/{side}/{day}: the body of journal record {rec} is gone"
+    return body
 
 
 def decode_journal(

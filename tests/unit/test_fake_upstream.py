@@ -18,7 +18,8 @@ from barstream.fake.encoding import decode_points, encode_candles
 from barstream.fake.faults import Fault, FaultPlan
 from barstream.fake.generators import HistDataGenerator, RandomWalkGenerator
 from barstream.fake.upstream import RECORDED, FakeUpstream
-from barstream.services.downloader.source import RawCache, day_start_ms
+from barstream.services.downloader.raw_cache import RawCache
+from barstream.services.downloader.source import day_start_ms
 from barstream.services.transformer.transform import decode_candles
 from barstream.shared.record import FLAG_LIVE, FLAG_PROVISIONAL
 from tests.support import bi5

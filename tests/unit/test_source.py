@@ -1,4 +1,5 @@
-"""source.py pieces that need no server: URLs, digest, backoff, Retry-After, the raw cache."""
+"""source.py and raw_cache.py pieces that need no server: URLs, digest, backoff, Retry-After,
+the raw cache (final days, revised versions, live bodies)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import numpy as np
 import pytest
 
 from barstream.services.downloader import source
+from barstream.services.downloader.raw_cache import RawCache
 from barstream.services.downloader.source import (
     FetchResult,
-    RawCache,
     RequestBudget,
     RetryPolicy,
     body_digest,
@@ -155,7 +156,7 @@ def test_raw_cache_write_is_atomic_when_the_disk_refuses(tmp_path: Path) -> None
     child = textwrap.dedent(
         f"""
         import datetime as dt, resource, signal, sys
-        from barstream.services.downloader.source import RawCache
+        from barstream.services.downloader.raw_cache import RawCache
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
         c = RawCache({str(tmp_path / "raw")!r}, today=lambda: dt.date(2026, 7, 12))
@@ -176,3 +177,34 @@ def test_raw_cache_write_is_atomic_when_the_disk_refuses(tmp_path: Path) -> None
     assert [p.name for p in c.path("EUR-USD", "BID", day).parent.iterdir()] == [
         "EUR-USD-BID-20260710.json"
     ]
+
+
+def test_raw_cache_keeps_revised_versions_and_live_bodies(tmp_path: Path) -> None:
+    live = tmp_path / "downloader" / "live"
+    c = RawCache(tmp_path / "raw", today=lambda: dt.date(2026, 7, 12), live=live)
+    day = dt.date(2026, 7, 10)
+    old, new = b'{"v":1}', b'{"v":2}'
+    c.put("EUR-USD", "BID", day, old)
+    c.keep_version("EUR-USD", "BID", day, old)  # the day is about to be revised
+    c.put("EUR-USD", "BID", day, new)
+    kept = c.version_path("EUR-USD", "BID", day, body_digest(old))
+    name = f"EUR-USD-BID-20260710.{body_digest(old):016x}.json"
+    assert kept == tmp_path / "raw/_versions/EUR-USD/BID" / name and kept.read_bytes() == old
+    assert list(c.days("EUR-USD", "BID")) == [day]  # versions are not cached days
+    # a journal record's body, by digest: the final day, else its kept version
+    assert c.body("EUR-USD", "BID", day, body_digest(new), live=False) == new
+    assert c.body("EUR-USD", "BID", day, body_digest(old), live=False) == old
+    assert c.body("EUR-USD", "BID", day, 12345, live=False) is None
+    # live bodies: one file per digest, pruned to those still named
+    a, b = b'{"live":1}', b'{"live":2}'
+    for body in (a, b):
+        c.put_live("EUR-USD", "BID", body_digest(body), body)
+    assert c.live_path("EUR-USD", "BID", body_digest(a)) == (
+        live / f"EUR-USD-BID-{body_digest(a):016x}.json"
+    )
+    assert c.body("EUR-USD", "BID", dt.date(2026, 7, 12), body_digest(a), live=True) == a
+    c.prune_live([("EUR-USD", "BID", body_digest(b))])
+    assert [p.name for p in live.iterdir()] == [f"EUR-USD-BID-{body_digest(b):016x}.json"]
+    assert c.body("EUR-USD", "BID", dt.date(2026, 7, 12), body_digest(a), live=True) is None
+    with pytest.raises(ValueError):
+        c.version_path("EUR/USD", "BID", day, 1)

@@ -1,0 +1,369 @@
+"""The downloader's fetch schedule, per (symbol, side): what to fetch when, over HTTP and time.
+
+``Fetcher.follow`` walks one stream's days from ``pipeline.start_date`` in date order (raw
+cache first, then the ``Source``, ``PREFETCH_DAYS`` in flight), then polls the current day
+every ``live_poll_interval_s``; every ``refetch_interval_s`` it re-fetches the last
+``refetch_days`` final days (revisions) and every ``gap_retry_interval_s`` the gaps. What
+each outcome writes is the journal's decision (``journal.py``); the entries go to the
+``Host`` (the service), which applies and commits them. Bodies are kept by the raw cache.
+
+- A final day that is not candle JSON at all (an HTML error page, a cut-off body) is refused
+  inside the source's one retry loop (``Source.fetch_day(refuse=...)``): retried within the
+  same ``max_retries + 1`` requests, never cached. Judging the candles is the transformer's.
+- A day still failing after its retries becomes a gap (logged, counted); a 404 for a day
+  the upstream's clock says is not over yet is no gap: the day is decided again later.
+- "Today" is the upstream's clock when it tells us (HTTP ``Date``), else UTC now — the
+  demo's fake upstream runs a simulated clock (``Clock``).
+- ``cache_only`` replays the raw cache without one request; with ``end_date`` the walk
+  ends after that day (a bounded run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from barstream.services.downloader.journal import Entry, Journal
+from barstream.services.downloader.raw_cache import RawCache
+from barstream.services.downloader.source import (
+    FetchResult,
+    RequestBudget,
+    Source,
+    body_digest,
+    day_start_ms,
+)
+from barstream.shared.config import Config
+from barstream.shared.errors import NotFound, SourceError
+from barstream.shared.metrics import DownloaderMetrics
+from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP
+from barstream.shared.timeframe import DAY_MS
+
+__all__ = ["PREFETCH_DAYS", "REPLAY_DAYS", "Clock", "Fetcher", "Host", "StreamState"]
+
+#: Days fetched ahead concurrently per stream during a backfill (published in order).
+PREFETCH_DAYS = 4
+#: Cached days journaled per store write when a backfill or rebuild replays the raw cache.
+REPLAY_DAYS = 64
+
+
+def not_candles(body: bytes) -> str | None:
+    """None when ``body`` is a JSON object with candle arrays, else why not."""
+    try:
+        obj = msgspec.json.decode(body)
+    except msgspec.DecodeError as e:
+        return f"invalid JSON: {e}"
+    if not isinstance(obj, dict) or "times" not in obj:
+        return "no 'times' array"
+    return None
+
+
+def date_of(day_ms: int) -> dt.date:
+    """The UTC day that starts at ``day_ms``."""
+    return dt.date(1970, 1, 1) + dt.timedelta(days=day_ms // DAY_MS)
+
+
+class Clock:
+    """UTC now, corrected by the upstream's clock when responses carry one."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000) + self.offset_ms
+
+    def today(self) -> dt.date:
+        return dt.datetime.fromtimestamp(self.now_ms() / 1000, dt.UTC).date()
+
+    def observe(self, server_ms: int | None) -> None:
+        if server_ms is not None:
+            self.offset_ms = server_ms - int(time.time() * 1000)
+
+
+@dataclass
+class StreamState:
+    """One (symbol, side): its journal store's ``key``, day index and schedule."""
+
+    symbol: str
+    side: str
+    key: str
+    journal: Journal
+    next_day: dt.date | None = None  # the first day the backfill has not decided yet
+    last_refetch: float = 0.0  # time.monotonic() of the last re-fetch round
+    last_gap_retry: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.next_day is None:
+            resume = self.journal.resume_day_ms()
+            self.next_day = date_of(resume) if resume is not None else None
+
+
+class Host(Protocol):
+    """What the fetch schedule needs from its service."""
+
+    log: logging.Logger
+
+    def write(self, st: StreamState, entry: Entry | None) -> None:
+        """Apply a journal entry (None: nothing to write) to the stream's store."""
+
+    def maybe_commit(self, *, idle: bool = False) -> bool: ...
+
+    def commit(self) -> None: ...
+
+    def stopped(self) -> bool: ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when the service stops."""
+
+
+class Fetcher:
+    """The schedule above for every stream of one service; see the module docstring."""
+
+    def __init__(
+        self,
+        host: Host,
+        config: Config,
+        source: Source,
+        cache: RawCache,
+        clock: Clock,
+        budget: RequestBudget,
+        metrics: DownloaderMetrics,
+    ) -> None:
+        self.host = host
+        self.log = host.log
+        self.settings = config.downloader
+        self.start_date = config.pipeline.start_date
+        self.source = source
+        self.cache = cache
+        self.clock = clock
+        self.budget = budget
+        self.metrics = metrics
+
+    async def follow(self, st: StreamState) -> None:
+        """Backfill the stream's days in order, then follow the live day."""
+        host = self.host
+        day = st.next_day or self.start_date
+        end = self.settings.end_date
+        while not host.stopped():
+            today = self.clock.today()
+            last = end if end is not None else today - dt.timedelta(days=1)
+            if day <= last:
+                replayed = self.replay_cached(st, day, last)
+                if replayed:
+                    day += dt.timedelta(days=replayed)
+                    st.next_day = day
+                    host.maybe_commit()
+                    await asyncio.sleep(0)  # let the feed server send what was committed
+                    continue
+                batch = [
+                    day + dt.timedelta(days=i)
+                    for i in range(PREFETCH_DAYS)
+                    if day + dt.timedelta(days=i) <= last
+                ]
+                results = await asyncio.gather(*(self.final(st, d) for d in batch))
+                for d, result in zip(batch, results, strict=True):
+                    if result is None and self.settings.cache_only:
+                        self.log.info("%s: raw cache ends before %s (cache-only)", st.key, d)
+                        return
+                    if result is None:
+                        break  # not final by the upstream's clock: decide again with it
+                    self.record_final(st, d, result)
+                    day = d + dt.timedelta(days=1)
+                st.next_day = day
+                host.maybe_commit()
+                continue
+            if end is not None or self.settings.cache_only:
+                host.commit()
+                return  # a bounded run (end_date) or a rebuild: done
+            await self.poll_live(st, today)
+            await self.maintenance(st, today)
+            host.maybe_commit(idle=True)
+            await host.sleep(self.settings.live_poll_interval_s)
+
+    def replay_cached(self, st: StreamState, day: dt.date, last: dt.date) -> int:
+        """Journal a run of consecutive cached days from ``day`` (at most ``REPLAY_DAYS``,
+        up to ``last``) with one store write: a backfill or rebuild over the raw cache,
+        where every day is final (``Journal.replay``). Returns the days consumed; 0 when
+        ``day`` is not cached or the journal ends with a live record (the day-by-day path
+        keeps the live record last)."""
+        if st.journal.live_tail:
+            return 0
+        days: list[tuple[int, bytes, int]] = []
+        d = day
+        while d <= last and len(days) < REPLAY_DAYS:
+            body = self.cache.get(st.symbol, st.side, d)
+            if body is None:
+                break
+            days.append((day_start_ms(d), body, body_digest(body)))
+            d += dt.timedelta(days=1)
+        entry = st.journal.replay(days) if days else None
+        if entry is not None:
+            self.host.write(st, entry)
+            self.metrics.gaps.labels(st.key).set(st.journal.gaps)
+        return len(days)
+
+    async def final(self, st: StreamState, day: dt.date) -> FetchResult | str | None:
+        """A final day's body: from the raw cache, else fetched and cached. A string is
+        the error of a day that failed (it becomes a gap); None: cache-only and absent, or
+        the upstream's clock (the 404's ``Date``) says the day is not over yet — our clock
+        was not in step with the upstream's (just started, or skewed across midnight)."""
+        body = self.cache.get(st.symbol, st.side, day)
+        if body is not None:
+            path = str(self.cache.path(st.symbol, st.side, day))
+            return FetchResult(st.symbol, st.side, day, path, body, 200, 0, 0.0, False)
+        if self.settings.cache_only:
+            return None
+        try:
+            refuse = functools.partial(self._refuse, st)
+            result = await self.source.fetch_day(st.symbol, st.side, day, refuse=refuse)
+        except NotFound as e:
+            self.clock.observe(e.server_ms)
+            if day >= self.clock.today():
+                self.log.info("%s: %s is not over upstream yet; not a gap", st.key, day)
+                return None
+            self.metrics.fetches.labels("not_found").inc()
+            self.metrics.errors.labels("not_found").inc()
+            self.log.error("%s", e)
+            return f"404: {e}"
+        except SourceError as e:
+            self.metrics.fetches.labels("failed").inc()
+            self.metrics.errors.labels("fetch_failed").inc()
+            self.log.error(
+                "%s; recorded as a gap, retried every %.0fs", e, self.settings.gap_retry_interval_s
+            )
+            return str(e)
+        finally:
+            self._budget_gauges()
+        self.clock.observe(result.server_ms)
+        self.metrics.fetches.labels("ok").inc()
+        if day < self.clock.today():
+            self.cache.put(st.symbol, st.side, day, result.body)
+        return result
+
+    def _refuse(self, st: StreamState, result: FetchResult) -> str | None:
+        """Refuse a final day's body that is not a candle JSON object at all: the source
+        retries it like a 5xx. Whether the candles inside are valid is the transformer's
+        judgement."""
+        why = self._not_candles(
+            st, result.body, f"{result.day}: response", f"retry {result.attempts}"
+        )
+        return None if why is None else f"not candle JSON: {why}"
+
+    def _not_candles(self, st: StreamState, body: bytes, what: str, then: str) -> str | None:
+        """``not_candles``, counted and logged (``what`` is not candle JSON; ``then``)."""
+        why = not_candles(body)
+        if why is not None:
+            self.metrics.errors.labels("unparsable_body").inc()
+            self.log.warning("%s: %s is not candle JSON (%s); %s", st.key, what, why, then)
+        return why
+
+    def record_final(self, st: StreamState, day: dt.date, result: FetchResult | str) -> None:
+        """Journal a final day's outcome: its body, or (a string) a gap."""
+        day_ms = day_start_ms(day)
+        if isinstance(result, FetchResult):
+            body = result.body
+            entry = st.journal.final(
+                day_ms, body, body_digest(body), result.status, result.attempts, self.clock.now_ms()
+            )
+        else:
+            entry = st.journal.gap(day_ms)
+        if entry is not None:
+            self.host.write(st, entry)
+            self.metrics.gaps.labels(st.key).set(st.journal.gaps)
+
+    async def poll_live(self, st: StreamState, today: dt.date) -> None:
+        try:
+            result = await self.source.fetch_live(st.symbol, st.side, today)
+        except SourceError as e:
+            self.metrics.fetches.labels("live_failed").inc()
+            self.log.warning(
+                "%s: live poll failed: %s; next poll in %.0fs",
+                st.key,
+                e,
+                self.settings.live_poll_interval_s,
+            )
+            return
+        finally:
+            self._budget_gauges()
+        self.clock.observe(result.server_ms)
+        if self.clock.today() != today:
+            return  # the upstream's today is another day: our clock was not in step yet
+        then = f"next poll in {self.settings.live_poll_interval_s:.0f}s"
+        if self._not_candles(st, result.body, "live response", then) is not None:
+            return
+        self.metrics.fetches.labels("live").inc()
+        digest = body_digest(result.body)
+        entry = st.journal.live(
+            day_start_ms(today),
+            len(result.body),
+            digest,
+            result.status,
+            result.attempts,
+            self.clock.now_ms(),
+        )
+        if entry is None:
+            return  # unchanged since the last poll
+        self.cache.put_live(st.symbol, st.side, digest, result.body)
+        self.host.write(st, entry)
+
+    async def maintenance(self, st: StreamState, today: dt.date) -> None:
+        """Re-fetch recent days (revisions) and retry gaps, on their schedules."""
+        now = time.monotonic()
+        if self.settings.refetch_days and now - st.last_refetch >= self.settings.refetch_interval_s:
+            st.last_refetch = now
+            self.log.info(
+                "%s: re-fetching the last %d days to detect revisions",
+                st.key,
+                self.settings.refetch_days,
+            )
+            for back in range(self.settings.refetch_days, 0, -1):
+                day = today - dt.timedelta(days=back)
+                if day < self.start_date:
+                    continue
+                await self.refetch(st, day)
+        if now - st.last_gap_retry >= self.settings.gap_retry_interval_s:
+            st.last_gap_retry = now
+            for day_ms in st.journal.gap_days_ms():
+                await self.refetch(st, date_of(day_ms))
+
+    async def refetch(self, st: StreamState, day: dt.date) -> None:
+        """Fetch a final day again: a changed one is cached (the earlier version kept) and
+        journaled again — a revision, or a gap filled. A body that is not candle JSON is
+        refused as on the first fetch (never cached, never taken for a revision)."""
+        try:
+            refuse = functools.partial(self._refuse, st)
+            result = await self.source.fetch_day(st.symbol, st.side, day, refuse=refuse)
+        except SourceError as e:
+            self.log.warning("%s: re-fetch of %s failed: %s", st.key, day, e)
+            return
+        finally:
+            self._budget_gauges()
+        self.clock.observe(result.server_ms)
+        day_ms = day_start_ms(day)
+        digest = body_digest(result.body)
+        if st.journal.holds(day_ms, digest):
+            self.log.debug("%s: %s unchanged", st.key, day)
+            return
+        old = self.cache.get(st.symbol, st.side, day)
+        if old is not None:
+            self.cache.keep_version(st.symbol, st.side, day, old)
+        self.cache.put(st.symbol, st.side, day, result.body)
+        prev = st.journal.days.get(day_ms)
+        if prev is not None and prev.kind == JOURNAL_DAY:
+            self.metrics.revisions.labels(st.key).inc()
+            self.log.warning(
+                "%s: %s was revised upstream (content changed); republishing", st.key, day
+            )
+        elif prev is not None and prev.kind == JOURNAL_GAP:
+            self.log.info("%s: gap %s filled", st.key, day)
+        self.record_final(st, day, result)
+
+    def _budget_gauges(self) -> None:
+        self.metrics.budget_requests.set(self.budget.requests_total)
+        self.metrics.budget_wait.set(self.budget.wait_seconds_total)
