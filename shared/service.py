@@ -171,19 +171,27 @@ class Service(abc.ABC):
         at each burst's end, serve this service's stores downstream — until stopped, or in
         drain mode until the upstream is exhausted and every downstream peer has it all."""
         server = self.serve_feed(cut=cut)
-        self.follow_upstream()
-        assert self.upstream is not None
+        upstream = self.follow_upstream()
+        await self.serve_while(
+            server, asyncio.create_task(upstream.run(until_caught_up=self.drain))
+        )
+
+    async def serve_while(self, server: FeedServer, *work: asyncio.Task[None]) -> None:
+        """Serve this service's stores downstream while ``work`` runs: until stopped (or
+        one task fails), or in drain mode until the work is done, committed, and every
+        downstream peer has it all."""
         serving = asyncio.create_task(server.run())
-        following = asyncio.create_task(self.upstream.run(until_caught_up=self.drain))
-        if self.drain:
-            await following
-            self.commit()
-            server.done = True
-            await server.wait_drained()
-            server.close()
-            await serving
+        if not self.drain:
+            await self.serve_until_stopped(serving, *work)
             return
-        await self.serve_until_stopped(serving, following)
+        try:
+            await asyncio.gather(*work)
+        finally:
+            self.commit()
+        server.done = True
+        await server.wait_drained()
+        server.close()
+        await serving
 
     async def idle(self) -> None:
         """The upstream has nothing more queued for us: a burst's end, commit."""

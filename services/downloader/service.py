@@ -71,19 +71,8 @@ class Downloader(Service):
 
     async def main(self) -> None:
         server = self.serve_feed(attachments=self.attachments, cut=self.cut)
-        serving = asyncio.create_task(server.run())
         workers = [asyncio.create_task(self.fetcher.follow(st)) for st in self.streams.values()]
-        if self.drain:
-            try:
-                await asyncio.gather(*workers)
-            finally:
-                self.commit()
-            server.done = True
-            await server.wait_drained()
-            server.close()
-            await serving
-            return
-        await self.serve_until_stopped(serving, *workers)
+        await self.serve_while(server, *workers)
 
     # -- the fetch schedule's host ------------------------------------------------------
 
