@@ -17,7 +17,7 @@ Each fault names the file, the record offset and what is wrong. Pure checks on a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,74 +61,69 @@ class StoreReport:
     faults: list[Fault]
 
 
-def _report(path: str, name: str, bad: np.ndarray, describe: str) -> list[Fault]:
-    """Faults for the first offsets where ``bad`` is set (plus a count of the rest)."""
+def _report(path: str, bad: np.ndarray, describe: Callable[[int], str], more: str) -> list[Fault]:
+    """Faults for the first offsets where ``bad`` is set, then one for the rest (``more``
+    formatted with ``n``, their number)."""
     idx = np.flatnonzero(bad)
-    out = [Fault(path, int(i), describe) for i in idx[:MAX_EXAMPLES]]
+    out = [Fault(path, int(i), describe(int(i))) for i in idx[:MAX_EXAMPLES]]
     if len(idx) > MAX_EXAMPLES:
-        out.append(Fault(path, None, f"{name}: {len(idx) - MAX_EXAMPLES} more records like these"))
+        out.append(Fault(path, None, more.format(n=len(idx) - MAX_EXAMPLES)))
     return out
+
+
+def _same(path: str, name: str, bad: np.ndarray, describe: str) -> list[Fault]:
+    """``_report`` with one description for every record."""
+    return _report(path, bad, lambda _: describe, name + ": {n} more records like these")
 
 
 def check_bars(records: np.ndarray, path: str, *, per_version: bool = False) -> list[Fault]:
     """Time order and OHLC invariants of bar records (``per_version``: time order only
     within runs of equal ``src_offset`` — the transformer's day versions)."""
-    faults: list[Fault] = []
     if not len(records):
-        return faults
+        return []
     ts = records["ts_ms"]
     o, h, lo, c, v = (records[k] for k in ("open", "high", "low", "close", "volume"))
     step = np.diff(ts) <= 0
     if per_version:
         step &= np.diff(records["src_offset"]) == 0
-    bad_order = np.flatnonzero(np.concatenate([[False], step]))
-    for i in bad_order[:MAX_EXAMPLES]:
-        faults.append(
-            Fault(
-                path,
-                int(i),
-                f"ts_ms {int(ts[i])} is not after the previous record's {int(ts[i - 1])}",
-            )
-        )
-    if len(bad_order) > MAX_EXAMPLES:
-        faults.append(Fault(path, None, f"time order: {len(bad_order) - MAX_EXAMPLES} more"))
-    prices = np.stack([o, h, lo, c])
-    bad_price = ~(np.isfinite(prices) & (prices > 0)).all(axis=0)
-    for i in np.flatnonzero(bad_price)[:MAX_EXAMPLES]:
-        faults.append(
-            Fault(
-                path,
-                int(i),
-                f"prices must be finite and > 0: open={o[i]!r} high={h[i]!r} low={lo[i]!r} "
-                f"close={c[i]!r}",
-            )
-        )
-    if bad_price.sum() > MAX_EXAMPLES:
-        faults.append(Fault(path, None, f"prices: {int(bad_price.sum()) - MAX_EXAMPLES} more"))
+
+    def prices(i: int) -> str:
+        return f"open={o[i]!r} high={h[i]!r} low={lo[i]!r} close={c[i]!r}"
+
+    stacked = np.stack([o, h, lo, c])
+    bad_price = ~(np.isfinite(stacked) & (stacked > 0)).all(axis=0)
     with np.errstate(invalid="ignore"):
         bad_ohlc = ~bad_price & ~((lo <= np.minimum(o, c)) & (np.maximum(o, c) <= h) & (lo <= h))
         bad_vol = ~(np.isfinite(v) & (v >= 0))
-    for i in np.flatnonzero(bad_ohlc)[:MAX_EXAMPLES]:
-        faults.append(
-            Fault(
-                path,
-                int(i),
-                f"OHLC invariant low <= open,close <= high broken: open={o[i]!r} high={h[i]!r} "
-                f"low={lo[i]!r} close={c[i]!r}",
-            )
-        )
-    if bad_ohlc.sum() > MAX_EXAMPLES:
-        faults.append(Fault(path, None, f"OHLC: {int(bad_ohlc.sum()) - MAX_EXAMPLES} more"))
-    faults += _report(path, "volume", bad_vol, "volume is negative or not finite")
-    return faults
+    return [
+        *_report(
+            path,
+            np.concatenate([[False], step]),
+            lambda i: f"ts_ms {int(ts[i])} is not after the previous record's {int(ts[i - 1])}",
+            "time order: {n} more",
+        ),
+        *_report(
+            path,
+            bad_price,
+            lambda i: f"prices must be finite and > 0: {prices(i)}",
+            "prices: {n} more",
+        ),
+        *_report(
+            path,
+            bad_ohlc,
+            lambda i: f"OHLC invariant low <= open,close <= high broken: {prices(i)}",
+            "OHLC: {n} more",
+        ),
+        *_same(path, "volume", bad_vol, "volume is negative or not finite"),
+    ]
 
 
 def check_journal(records: np.ndarray, path: str) -> list[Fault]:
     faults: list[Fault] = []
     kinds = (JOURNAL_DAY, JOURNAL_LIVE, JOURNAL_GAP, JOURNAL_EMPTY)
-    faults += _report(path, "day", records["ts_ms"] % DAY_MS != 0, "ts_ms is not a UTC midnight")
-    faults += _report(path, "kind", ~np.isin(records["kind"], kinds), "unknown journal kind")
-    faults += _report(path, "body_len", records["body_len"] < 0, "negative body_len")
+    faults += _same(path, "day", records["ts_ms"] % DAY_MS != 0, "ts_ms is not a UTC midnight")
+    faults += _same(path, "kind", ~np.isin(records["kind"], kinds), "unknown journal kind")
+    faults += _same(path, "body_len", records["body_len"] < 0, "negative body_len")
     return faults
 
 
