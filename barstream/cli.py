@@ -2,7 +2,7 @@
 
     barstream demo [--live] [--duration S] [--keep]     offline demo (fake upstream) or live
     barstream run -c FILE [--detach]                    the pipeline under supervisord
-    barstream status -c FILE [--json]                   services, stores, lag, gaps, errors
+    barstream status -c FILE [--all] [--json]           services, lag, gaps, what needs attention
     barstream ctl ARGS…                                 supervisorctl (status, start, stop …)
     barstream stop                                      stop supervisord and every service
     barstream backfill -c FILE --start D --end D        fetch days into the raw cache
@@ -21,7 +21,9 @@ command does is in ``barstream.commands``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -41,9 +43,10 @@ from barstream.commands import (
     cmd_stop,
     cmd_verify,
 )
-from barstream.shared.config import SIDES
+from barstream.shared.config import SERVICES, SIDES
 from barstream.shared.errors import (
     EXIT_ERROR,
+    EXIT_OK,
     EXIT_USAGE,
     BarstreamError,
     ConfigError,
@@ -59,7 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.func
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # inside the try: a reader that left shows here, not at exit
+        return code
+    except BrokenPipeError:  # `barstream history … | head`: the reader has all it wants
+        return stdout_closed()
     except ConfigError as e:
         print(f"barstream {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -70,6 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def stdout_closed() -> int:
+    """The reader of stdout went away (``| head``): point stdout at /dev/null, so the
+    interpreter's final flush does not fail again, and exit 0 without a word."""
+    with contextlib.suppress(OSError, ValueError):  # stdout without a descriptor (tests)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +228,8 @@ COMMANDS: Final = (
         "supervisorctl with barstream's environment (status, start, stop, restart …)",
         "Run supervisorctl -c supervisord.conf ARGS with the environment "
         "supervisord.conf reads. Programs are barstream:downloader … barstream:gateway, "
-        "barstream:fake_upstream and barstream_events.",
+        "barstream:fake_upstream and barstream_events; a bare name (gateway, fake_upstream) "
+        "means barstream:NAME, e.g. barstream ctl restart gateway.",
         (
             config_arg(None),
             *SUPERVISOR,
@@ -221,10 +239,26 @@ COMMANDS: Final = (
     Command(
         "status",
         cmd_status,
-        "services, stores, committed offsets, lag, last bars, gaps, held symbols, errors",
+        "services, lag, gaps, held streams, errors; what needs attention (--all: every store)",
         "Scrape each service's /metrics (checkpoints for services that are down) "
-        "and ask supervisord. Exit 1 when a service is down, a day is a gap or a stream is held.",
-        (LIVE, arg("--json", action="store_true", help="machine-readable output"), *SUPERVISOR),
+        "and ask supervisord. By default one screen: a line per service, the streams covered "
+        "and only what needs attention (gap days, held streams, a service behind or not "
+        "hearing from its upstream, a store more than a day behind the newest of its "
+        "timeframe); --all lists every store. Exit 1 when a shown service is down, a day is "
+        "a gap or a stream is held.",
+        (
+            LIVE,
+            arg("--json", action="store_true", help="machine-readable output"),
+            arg("--all", action="store_true", help="every store, not only what needs attention"),
+            arg(
+                "--symbol",
+                action="append",
+                metavar="SYMBOL",
+                help="only these symbols' streams (repeat, or comma-separated)",
+            ),
+            arg("--service", action="append", choices=SERVICES, help="only this service (repeat)"),
+            *SUPERVISOR,
+        ),
     ),
     Command(
         "backfill",
@@ -274,17 +308,31 @@ COMMANDS: Final = (
         cmd_export,
         "export a resampler store as CSV, MT4 CSV or Parquet",
         "Read data_dir/resampler/SYMBOL/SIDE/TIMEFRAME.bars (read-only). csv: "
-        "time,open,high,low,close,volume (UTC); mt4: YYYY.MM.DD,HH:MM,O,H,L,C,V in MT4 server "
-        "time (New York + 7h), no header; parquet: ts_ms, time, OHLCV, flags.",
+        "time,open,high,low,close,volume,provisional (time UTC YYYY-MM-DDTHH:MM:SSZ, "
+        "provisional 0/1; the format of `barstream history`); mt4: YYYY.MM.DD,HH:MM,O,H,L,C,V "
+        "in MT4 server time (New York + 7h), no header; parquet: ts_ms, time, OHLCV, flags. "
+        "MT4 from a utc-aligned store is refused (exit 2) for timeframes that do not divide an "
+        'hour (4h, 1d, 1W …): set resampler.alignment = "mt4", or pass --allow-utc. '
+        "Says on stderr where the bars went.",
         (
             arg("symbol", help="e.g. EUR-USD"),
             arg("timeframe", help="e.g. 1m, 1h, 1d"),
             arg("--side", default="BID", choices=SIDES),
             arg("--format", choices=("csv", "mt4", "parquet"), default="csv"),
-            arg("--output", "-o", type=Path, help="file (default stdout; parquet: a file)"),
+            arg(
+                "--output",
+                "-o",
+                type=Path,
+                help="file (default stdout; parquet: SYMBOL-SIDE-TF.parquet here)",
+            ),
             arg("--start", help="first bar open time, UTC ISO date/time (inclusive)"),
             arg("--end", help="end, UTC ISO date/time (exclusive)"),
             arg("--provisional", action="store_true", help="include the open bar"),
+            arg(
+                "--allow-utc",
+                action="store_true",
+                help="mt4: export a utc-aligned store's 4h/1d/1W/… bars anyway",
+            ),
             LIVE,
             arg("--data-dir", type=Path, help="read this data directory instead"),
         ),

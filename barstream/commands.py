@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from barstream import configs
-from barstream.shared.config import SIDES
+from barstream.shared.config import SERVICES, SIDES
 from barstream.shared.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, ConfigError, RebuildError
 from barstream.supervise import Supervisor, default_var_dir, service_programs
 
@@ -82,14 +82,21 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from barstream import status
+    from barstream import status, status_view
 
     cfg = configs.load(args.config)
-    statuses = status.collect(cfg, _supervisor(args))
+    symbols = [x for words in args.symbol or () for x in words.split(",") if x]
+    unknown = [x for x in symbols if x not in cfg.pipeline.symbols]
+    if unknown:
+        raise ConfigError(
+            "--symbol", ",".join(unknown), f"not in pipeline.symbols {list(cfg.pipeline.symbols)}"
+        )
+    services = [n for n in SERVICES if n in args.service] if args.service else SERVICES
+    statuses = status.select(status.collect(cfg, _supervisor(args), services), symbols=symbols)
     if args.json:
         print(json.dumps(status.as_json(statuses), indent=2))
     else:
-        print(status.render(statuses))
+        print(status_view.render(statuses, full=args.all))
     return EXIT_ERROR if any(s.faults for s in statuses) else EXIT_OK
 
 
@@ -187,24 +194,36 @@ def cmd_export(args: argparse.Namespace) -> int:
         end = export.parse_time_ms(args.end) if args.end else None
     except ValueError as e:
         raise ConfigError("--start/--end", args.start or args.end, str(e)) from None
-    records = export.read(path, start_ms=start, end_ms=end, provisional=args.provisional)
+    if args.format == "mt4" and not args.allow_utc:
+        why = export.mt4_mismatch(export.store_meta(path))
+        if why is not None:
+            print(f"export: refused: {why}", file=sys.stderr)
+            return EXIT_USAGE
     if args.format == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             print("export: parquet needs pyarrow (pip install pyarrow)", file=sys.stderr)
             return EXIT_USAGE
-        out = args.output or Path(f"{args.symbol}-{args.side}-{args.timeframe}.parquet")
+    records = export.read(path, start_ms=start, end_ms=end, provisional=args.provisional)
+    out: Path | None = args.output
+    if args.format == "parquet":
+        out = out or Path(f"{args.symbol}-{args.side}-{args.timeframe}.parquet")
         export.write_parquet(records, out)
-    else:
-        lines = export.csv_lines(records) if args.format == "csv" else export.mt4_lines(records)
-        if args.output is None:
-            export.write_text(lines, sys.stdout)
+    elif out is None:
+        if args.format == "csv":
+            export.write_csv(records, sys.stdout)
         else:
-            with args.output.open("w", newline="") as f:
-                export.write_text(lines, f)
-    where = args.output or ("stdout" if args.format != "parquet" else out)
-    print(f"export: {len(records)} bars of {path} → {where}", file=sys.stderr)
+            export.write_text(export.mt4_lines(records), sys.stdout)
+        sys.stdout.flush()  # a closed pipe shows here, before the summary
+    else:
+        with out.open("w", newline="") as f:
+            if args.format == "csv":
+                export.write_csv(records, f)
+            else:
+                export.write_text(export.mt4_lines(records), f)
+    where = "stdout" if out is None else str(out.resolve())
+    print(f"export: wrote {len(records)} bars of {path} to {where}", file=sys.stderr)
     return EXIT_OK
 
 

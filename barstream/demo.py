@@ -26,7 +26,7 @@ from typing import TextIO
 
 import numpy as np
 
-from barstream import configs, paths, status
+from barstream import configs, paths, status, status_view
 from barstream.export import num
 from barstream.shared.config import Config
 from barstream.shared.errors import BarstreamError, StoreError, SupervisorError
@@ -84,7 +84,7 @@ def screen(cfg: Config, *, live: bool, elapsed_s: float, sup: Supervisor | None 
         + ("" if live else f", simulated now {sim_now(cfg)} UTC ({cfg.fake_upstream.speed:g}x)")
         + f" — running {elapsed_s:.0f}s — Ctrl-C stops"
     )
-    lines = [head, "", status.render(statuses, streams=False), "", f"last 1m bars of {key}:"]
+    lines = [head, "", status_view.render(statuses, streams=False), "", f"last 1m bars of {key}:"]
     lines.append(
         f"  {'open time (UTC)':<17} {'open':>11} {'high':>11} {'low':>11} "
         f"{'close':>11} {'volume':>10}"

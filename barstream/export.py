@@ -1,4 +1,5 @@
-"""``barstream export``: a resampler store as CSV, MT4 CSV or Parquet (read-only).
+"""``barstream export``: a resampler store as CSV, MT4 CSV or Parquet (read-only); and the
+one CSV writer ``barstream history`` uses too.
 
 Reads ``data_dir/resampler/SYMBOL/SIDE/TIMEFRAME.bars`` (the resampler also keeps the 1m
 series) with ``Store.open(writable=False)`` + ``snapshot()``: a consistent copy even while the
@@ -7,11 +8,17 @@ resampler writes. Provisional (still open) bars are left out unless asked for.
 Formats (prices are the shortest text that reads back as the same float64, ``X.0`` → ``X``;
 volumes are rounded to 6 decimals first, since a bar's volume is a float sum):
 
-- ``csv``: header ``time,open,high,low,close,volume``; ``time`` = bar open, UTC,
-  ``YYYY-MM-DD HH:MM:SS``.
+- ``csv`` (:func:`write_csv`, also ``barstream history``): header
+  ``time,open,high,low,close,volume,provisional``; ``time`` = bar open, UTC, ISO 8601
+  ``YYYY-MM-DDTHH:MM:SSZ``; ``provisional`` ``1`` for a bar that may still change (the
+  open bar), else ``0``.
 - ``mt4``: no header, ``YYYY.MM.DD,HH:MM,O,H,L,C,V`` with the bar open in MT4 server time
   (America/New_York + 7 h: GMT+2, GMT+3 while New York observes DST) — what MetaTrader's
-  History Center imports.
+  History Center imports. The label is the bar's open in server time; it is a true MT4 bar
+  only if the bar starts on MT4's grid: always for an ``mt4``-aligned store, and for a
+  ``utc``-aligned one only for timeframes that divide an hour (1m … 1h: server time is UTC
+  + 2 or 3 whole hours). :func:`mt4_mismatch` names the others (4h, 1d, 1W …: a utc day
+  opens at 02:00 or 03:00 server time).
 - ``parquet``: ``ts_ms`` (int64), ``time`` (timestamp[ms, UTC]), open … volume, ``flags``.
 """
 
@@ -26,17 +33,47 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from barstream.shared.alignment import MT4
+from barstream.shared.errors import ConfigError
+from barstream.shared.header import StoreMeta
 from barstream.shared.record import FLAG_PROVISIONAL
 from barstream.shared.store import Store
-from barstream.shared.timeframe import HOUR_MS
+from barstream.shared.timeframe import HOUR_MS, Timeframe
 
 NEW_YORK: Final = ZoneInfo("America/New_York")
 MT4_SHIFT_MS: Final = MT4.clock_shift_ms  # server time = New York + 7 h
 FORMATS: Final = ("csv", "mt4", "parquet")
+CSV_HEADER: Final = "time,open,high,low,close,volume,provisional"
 
 
 def store_path(data_dir: Path, symbol: str, side: str, timeframe: str) -> Path:
     return data_dir / "resampler" / symbol / side / f"{timeframe}.bars"
+
+
+def store_meta(path: Path) -> StoreMeta:
+    """The header facts (symbol, side, timeframe, alignment) of the store at ``path``."""
+    with Store.open(path, writable=False) as store:
+        return store.meta
+
+
+def mt4_mismatch(meta: StoreMeta) -> str | None:
+    """Why the MT4 labels of this store's bars would not be MT4 bars, or None when they are
+    (an ``mt4``-aligned store, or a timeframe that divides an hour)."""
+    if meta.alignment == MT4.name:
+        return None
+    try:
+        tf = Timeframe.parse(meta.timeframe)
+    except ConfigError:
+        return None  # not a bar timeframe; the store holds what it holds
+    if tf.interval_ms is not None and tf.is_intraday and HOUR_MS % tf.interval_ms == 0:
+        return None
+    return (
+        f"{meta.key} is {meta.alignment or 'utc'}-aligned: its {tf} bars start on the UTC "
+        f"clock, 2 or 3 hours off MT4's server-time {tf} boundaries (a UTC day opens at 02:00 "
+        "or 03:00 server time), so MetaTrader would show shifted bars. Only timeframes that "
+        "divide an hour (1m … 1h) export right from a utc store. Set resampler.alignment = "
+        '"mt4" in the configuration and run `barstream rebuild`, or pass --allow-utc to '
+        "export these bars anyway"
+    )
 
 
 def read(
@@ -82,8 +119,9 @@ def mt4_labels(ts_ms: np.ndarray) -> tuple[list[str], list[str]]:
 
 
 def utc_labels(ts_ms: np.ndarray) -> list[str]:
+    """``YYYY-MM-DDTHH:MM:SSZ`` of UTC ms."""
     text = np.datetime_as_string(ts_ms.astype("datetime64[ms]").astype("datetime64[s]"), unit="s")
-    return [t.replace("T", " ") for t in text]
+    return [f"{t}Z" for t in text]
 
 
 def num(x: float) -> str:
@@ -101,9 +139,17 @@ def _rows(records: np.ndarray) -> Iterator[tuple[str, str, str, str, str]]:
 
 
 def csv_lines(records: np.ndarray) -> Iterable[str]:
-    yield "time,open,high,low,close,volume\n"
-    for when, row in zip(utc_labels(records["ts_ms"]), _rows(records), strict=True):
-        yield f"{when},{','.join(row)}\n"
+    """The one CSV format (module docstring): header, then one line per record."""
+    yield CSV_HEADER + "\n"
+    provisional = ((records["flags"] & FLAG_PROVISIONAL) != 0).tolist()
+    for when, row, p in zip(utc_labels(records["ts_ms"]), _rows(records), provisional, strict=True):
+        yield f"{when},{','.join(row)},{1 if p else 0}\n"
+
+
+def write_csv(records: np.ndarray, out: TextIO) -> int:
+    """Write ``records`` as the one CSV format; returns the number of bars written."""
+    write_text(csv_lines(records), out)
+    return len(records)
 
 
 def mt4_lines(records: np.ndarray) -> Iterable[str]:

@@ -1,31 +1,54 @@
 """``barstream status``: what every service is doing, from its /metrics endpoint, supervisord
-and (when a service is down) its checkpoint.
+and (when a service is down) its checkpoint. The text views are in ``barstream.status_view``.
 
 Pure parts first: ``parse_metrics`` (Prometheus text → samples), ``service_status`` (one
-service's samples → a summary), ``render`` (summaries → text). ``collect`` does the I/O.
+service's samples → a summary), ``select`` (the ``--service``/``--symbol`` filters),
+``attention`` (the streams and services that need a look), ``as_json``. ``collect`` does the
+I/O.
+
+A service's *stores* (``barstream_store_length_records`` …) and its *upstream lag*
+(``barstream_feed_lag_records``, labelled with the upstream's stream keys: the transformer's
+are ``…/fetch``) are kept apart: ``ServiceStatus.streams`` holds only the service's own
+stores, ``ServiceStatus.upstream_lag`` the records it is behind per upstream stream.
+Store keys sort by symbol, side (BID, ASK) and timeframe duration (``stream_order``).
+
+Needs attention (not faults; the exit code counts only ``ServiceStatus.faults``: a service
+down, a gap day, a held stream): a service behind its upstream for ``LAG_ATTENTION_S`` or
+more, or not hearing from it for ``SILENT_ATTENTION_S``; a store with gap days, held, or
+whose last bar is more than ``STALL_BEHIND_MS`` behind the newest of its timeframe in the
+same service.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
+import dataclasses
 import math
 import urllib.error
 import urllib.request
 import xmlrpc.client
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from barstream.configs import metrics_url
 from barstream.shared.checkpoint import Checkpoint
-from barstream.shared.config import SERVICES, Config
-from barstream.shared.errors import CheckpointCorrupt
+from barstream.shared.config import SERVICES, SIDES, Config
+from barstream.shared.errors import CheckpointCorrupt, ConfigError
+from barstream.shared.timeframe import DAY_MS, Timeframe
 from barstream.supervise import Supervisor, program
 
-SCRAPE_TIMEOUT_S = 2.0
+SCRAPE_TIMEOUT_S: Final = 2.0
+#: A service behind its upstream for this long is listed under "needs attention".
+LAG_ATTENTION_S: Final = 5.0
+#: An upstream silent for this long is listed (the feed heartbeats every second).
+SILENT_ATTENTION_S: Final = 30.0
+#: A store whose last bar is more than this behind the newest bar of the same timeframe in
+#: the same service is listed (a market closed for a holiday shows up too: it is a hint).
+STALL_BEHIND_MS: Final = DAY_MS
 
 #: sample name → [(labels, value)]
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -44,9 +67,40 @@ def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
     return {lbl.get(label, ""): v for lbl, v in samples.get(name, [])}
 
 
+def by_stream(samples: Samples, name: str) -> dict[str, float]:
+    """Samples of ``name`` by store key: the ``stream`` label, or ``symbol``/``side``/
+    ``timeframe`` labels joined the same way."""
+    out: dict[str, float] = {}
+    for lbl, v in samples.get(name, []):
+        key = lbl.get("stream") or "/".join(lbl.get(k, "") for k in ("symbol", "side", "timeframe"))
+        out[key] = v
+    return out
+
+
 def value(samples: Samples, name: str) -> float | None:
     got = samples.get(name)
     return sum(v for _, v in got) if got else None
+
+
+def split_key(key: str) -> tuple[str, str, str]:
+    """``SYMBOL/SIDE/TIMEFRAME`` → its three parts (``(key, "", "")`` if it is not one)."""
+    parts = key.split("/")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else (key, "", "")
+
+
+def timeframe_order(text: str) -> tuple[int, int, int, str]:
+    """Timeframes by duration (1m … 4h, 1d, 1W, 1M, 1Y); other words (``fetch``) first."""
+    try:
+        rank = Timeframe.parse(text).sort_key
+    except ConfigError:
+        return (0, 0, 0, text)
+    return (1, *rank, text)
+
+
+def stream_order(key: str) -> tuple[str, int, tuple[int, int, int, str]]:
+    """Store keys by symbol, side (BID, ASK) and timeframe duration."""
+    symbol, side, tf = split_key(key)
+    return symbol, SIDES.index(side) if side in SIDES else len(SIDES), timeframe_order(tf)
 
 
 @dataclass
@@ -54,7 +108,6 @@ class StreamStatus:
     length: int = 0
     committed: int = 0
     last_bar_ms: int | None = None
-    lag_records: float | None = None
 
 
 @dataclass
@@ -68,8 +121,10 @@ class ServiceStatus:
     records_written: float | None = None
     records_out: float | None = None
     feed_lag_seconds: float | None = None
+    heartbeat_age_s: float | None = None  # silence of the upstream
     peers: float | None = None
-    streams: dict[str, StreamStatus] = field(default_factory=dict)
+    streams: dict[str, StreamStatus] = field(default_factory=dict)  # own stores only
+    upstream_lag: dict[str, float] = field(default_factory=dict)  # upstream stream → records
     gaps: dict[str, int] = field(default_factory=dict)  # downloader: stream → gap days
     held: list[str] = field(default_factory=list)  # transformer: held streams
     errors: dict[str, float] = field(default_factory=dict)  # kind → count
@@ -79,9 +134,19 @@ class ServiceStatus:
         out = []
         if not self.up:
             out.append(f"{self.name}: down ({self.error or self.supervisor_state or 'no metrics'})")
-        out += [f"{self.name}: {s}: {n} gap day(s)" for s, n in sorted(self.gaps.items()) if n]
+        gaps = sorted(self.gaps.items(), key=lambda x: stream_order(x[0]))
+        out += [f"{self.name}: {s}: {n} gap day(s)" for s, n in gaps if n]
         out += [f"{self.name}: {s}: held by a bad payload" for s in self.held]
         return out
+
+    @property
+    def behind_records(self) -> float | None:
+        return sum(self.upstream_lag.values()) if self.upstream_lag else None
+
+    @property
+    def newest_bar_ms(self) -> int | None:
+        times = [s.last_bar_ms for s in self.streams.values() if s.last_bar_ms is not None]
+        return max(times) if times else None
 
 
 def service_status(name: str, url: str, samples: Samples) -> ServiceStatus:
@@ -91,27 +156,25 @@ def service_status(name: str, url: str, samples: Samples) -> ServiceStatus:
     st.records_written = value(samples, "barstream_records_written_total")
     st.records_out = value(samples, "barstream_records_out_total")
     st.feed_lag_seconds = value(samples, "barstream_feed_lag_seconds")
+    st.heartbeat_age_s = value(samples, "barstream_upstream_heartbeat_age_seconds")
     st.peers = value(samples, "barstream_feed_peers")
-    lengths = by_label(samples, "barstream_store_length_records", "stream")
-    committed = by_label(samples, "barstream_committed_length_records", "stream")
-    last = by_label(samples, "barstream_last_bar_time_seconds", "stream")
-    lag = by_label(samples, "barstream_feed_lag_records", "stream")
-    for key in sorted(set(lengths) | set(committed)):
+    lengths = by_stream(samples, "barstream_store_length_records")
+    committed = by_stream(samples, "barstream_committed_length_records")
+    last = by_stream(samples, "barstream_last_bar_time_seconds")
+    for key in sorted(set(lengths) | set(committed), key=stream_order):
         st.streams[key] = StreamStatus(
             length=int(lengths.get(key, 0)),
             committed=int(committed.get(key, 0)),
             last_bar_ms=int(last[key] * 1000) if key in last else None,
         )
-    for key, n in lag.items():
-        st.streams.setdefault(key, StreamStatus()).lag_records = n
+    lag = by_stream(samples, "barstream_feed_lag_records")
+    st.upstream_lag = {k: lag[k] for k in sorted(lag, key=stream_order)}
     # barstream_gaps (days that are explicit gaps, per stream); barstream_gap_days before
     # promtool's unit lint renamed it
-    gaps = by_label(samples, "barstream_gaps", "stream") or by_label(
-        samples, "barstream_gap_days", "stream"
-    )
+    gaps = by_stream(samples, "barstream_gaps") or by_stream(samples, "barstream_gap_days")
     st.gaps = {k: int(v) for k, v in gaps.items()}
     st.held = sorted(
-        k for k, v in by_label(samples, "barstream_held_streams", "stream").items() if v
+        (k for k, v in by_stream(samples, "barstream_held_streams").items() if v), key=stream_order
     )
     st.errors = {k: v for k, v in by_label(samples, "barstream_errors_total", "kind").items() if v}
     return st
@@ -123,11 +186,12 @@ def offline_status(name: str, url: str, root: Path, error: str) -> ServiceStatus
     with contextlib.suppress(CheckpointCorrupt, OSError):
         point = Checkpoint(root / "checkpoint.json").load()
         if point is not None:
-            for key, mark in point.stores.items():
+            for key in sorted(point.stores, key=stream_order):
+                mark = point.stores[key]
                 st.streams[key] = StreamStatus(length=mark.length, committed=mark.length)
             held = point.state.get("held")
             if isinstance(held, dict):
-                st.held = sorted(held)
+                st.held = sorted(held, key=stream_order)
     return st
 
 
@@ -137,13 +201,16 @@ def scrape(url: str, timeout_s: float = SCRAPE_TIMEOUT_S) -> str:
     return body.decode()
 
 
-def collect(cfg: Config, supervisor: Supervisor | None) -> list[ServiceStatus]:
+def collect(
+    cfg: Config, supervisor: Supervisor | None, services: Iterable[str] = SERVICES
+) -> list[ServiceStatus]:
+    """Every named service's status (scraped, or from its checkpoint when it is down)."""
     states: dict[str, str] = {}
     if supervisor is not None and supervisor.running():
         with contextlib.suppress(OSError, xmlrpc.client.Error):
             states = {k: str(v["statename"]) for k, v in supervisor.processes().items()}
     out = []
-    for name in SERVICES:
+    for name in services:
         url = metrics_url(cfg, name)
         try:
             st = service_status(name, url, parse_metrics(scrape(url)))
@@ -152,6 +219,91 @@ def collect(cfg: Config, supervisor: Supervisor | None) -> list[ServiceStatus]:
             st = offline_status(name, url, cfg.data_dir(name), f"{url}: {reason}")
         st.supervisor_state = states.get(program(name), "")
         out.append(st)
+    return out
+
+
+def select(
+    statuses: Iterable[ServiceStatus],
+    *,
+    services: Collection[str] = (),
+    symbols: Collection[str] = (),
+) -> list[ServiceStatus]:
+    """Only the named services (all when empty), and of their streams, gaps, held streams and
+    upstream lag only those of the named symbols (all when empty)."""
+    out = []
+    for s in statuses:
+        if services and s.name not in services:
+            continue
+        if symbols:
+
+            def keep(key: str) -> bool:
+                return split_key(key)[0] in symbols
+
+            s = dataclasses.replace(
+                s,
+                streams={k: v for k, v in s.streams.items() if keep(k)},
+                upstream_lag={k: v for k, v in s.upstream_lag.items() if keep(k)},
+                gaps={k: v for k, v in s.gaps.items() if keep(k)},
+                held=[k for k in s.held if keep(k)],
+            )
+        out.append(s)
+    return out
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Something to look at: a store of ``service`` (``stream``), or the service itself
+    (``stream`` empty); ``kind`` is one of ``KINDS``, ``why`` says it in words."""
+
+    service: str
+    stream: str
+    kind: str
+    why: str
+    store: StreamStatus | None = None
+
+
+#: The kinds of attention items, in the order they are listed within a service.
+KINDS: Final = ("silent", "lag", "gaps", "held", "stalled")
+
+
+def attention(statuses: Iterable[ServiceStatus]) -> list[Attention]:
+    """Per service (in order): not hearing from its upstream, behind its upstream, then its
+    stores with gap days, held by a bad payload, or stalled (each kind in stream order)."""
+    out: list[Attention] = []
+    for s in statuses:
+        if s.up and s.heartbeat_age_s is not None and s.heartbeat_age_s >= SILENT_ATTENTION_S:
+            why = f"no upstream message for {s.heartbeat_age_s:.0f}s"
+            out.append(Attention(s.name, "", "silent", why))
+        behind = [k for k, n in s.upstream_lag.items() if n > 0]
+        lag_s = s.feed_lag_seconds or 0.0
+        if s.up and behind and lag_s >= LAG_ATTENTION_S:
+            records = sum(s.upstream_lag[k] for k in behind)
+            why = f"{lag_s:.0f}s behind upstream: {records:,.0f} records, {len(behind)} streams"
+            out.append(Attention(s.name, "", "lag", why))
+        stores = [
+            *((k, "gaps", f"{n} gap day(s)") for k, n in s.gaps.items() if n),
+            *((k, "held", "held by a bad payload") for k in s.held),
+            *((k, "stalled", text) for k, text in _stalled(s).items()),
+        ]
+        stores.sort(key=lambda x: (KINDS.index(x[1]), stream_order(x[0])))
+        out += [Attention(s.name, k, kind, why, s.streams.get(k)) for k, kind, why in stores]
+    return out
+
+
+def _stalled(s: ServiceStatus) -> dict[str, str]:
+    """Stores whose last bar is more than STALL_BEHIND_MS behind the newest of their
+    timeframe in this service."""
+    newest: dict[str, int] = {}
+    for key, x in s.streams.items():
+        if x.last_bar_ms is not None:
+            tf = split_key(key)[2]
+            newest[tf] = max(newest.get(tf, x.last_bar_ms), x.last_bar_ms)
+    out = {}
+    for key, x in s.streams.items():
+        tf = split_key(key)[2]
+        if x.last_bar_ms is not None and newest[tf] - x.last_bar_ms > STALL_BEHIND_MS:
+            days = (newest[tf] - x.last_bar_ms) / DAY_MS
+            out[key] = f"{days:.1f} days behind the newest {tf}"
     return out
 
 
@@ -167,55 +319,11 @@ def as_json(statuses: list[ServiceStatus]) -> dict[str, Any]:
 
     faults = [f for s in statuses for f in s.faults]
     out: dict[str, Any] = clean(
-        {"ok": not faults, "faults": faults, "services": {s.name: asdict(s) for s in statuses}}
+        {
+            "ok": not faults,
+            "faults": faults,
+            "attention": [asdict(a) for a in attention(statuses)],
+            "services": {s.name: asdict(s) for s in statuses},
+        }
     )
     return out
-
-
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def _num(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.0f}" if abs(x) >= 1 or x == 0 else f"{x:.2f}"
-
-
-def render(statuses: list[ServiceStatus], *, streams: bool = True) -> str:
-    lines = [
-        f"{'service':<12} {'state':<9} {'supervisor':<10} {'in':>12} {'written':>12} "
-        f"{'out':>12} {'lag_s':>7} {'stores':>6} {'records':>12}"
-    ]
-    for s in statuses:
-        lag = "-" if s.feed_lag_seconds is None else f"{s.feed_lag_seconds:.1f}"
-        lines.append(
-            f"{s.name:<12} {'up' if s.up else 'DOWN':<9} {s.supervisor_state or '-':<10} "
-            f"{_num(s.records_in):>12} {_num(s.records_written):>12} {_num(s.records_out):>12} "
-            f"{lag:>7} {len(s.streams):>6} {sum(x.length for x in s.streams.values()):>12,}"
-        )
-    if streams:
-        for s in statuses:
-            if not s.streams:
-                continue
-            lines.append("")
-            lines.append(
-                f"{s.name}: {'stream':<24} {'length':>10} {'committed':>10} "
-                f"{'lag':>6}  last bar (UTC)"
-            )
-            for key, x in sorted(s.streams.items()):
-                lag = "-" if x.lag_records is None else f"{x.lag_records:.0f}"
-                lines.append(
-                    f"{'':<{len(s.name)}}  {key:<24} {x.length:>10,} {x.committed:>10,} "
-                    f"{lag:>6}  {_when(x.last_bar_ms)}"
-                )
-    errors = [(s.name, k, v) for s in statuses for k, v in sorted(s.errors.items())]
-    if errors:
-        lines.append("")
-        lines.append("errors: " + ", ".join(f"{n} {k}={v:.0f}" for n, k, v in errors))
-    faults = [f for s in statuses for f in s.faults]
-    lines.append("")
-    lines.append("faults: none" if not faults else "faults:\n  " + "\n  ".join(faults))
-    return "\n".join(lines)

@@ -53,6 +53,18 @@ def program(name: str) -> str:
     return name if ":" in name or name == EVENTS else f"{GROUP}:{name}"
 
 
+#: The bare program names ``barstream ctl`` accepts for ``barstream:NAME``.
+PROGRAMS: Final = frozenset({*SERVICES, FAKE})
+
+
+def ctl_args(args: Sequence[str]) -> list[str]:
+    """supervisorctl arguments with each bare program name (``gateway``, ``fake_upstream``)
+    written ``barstream:NAME``; every other word as given: actions (``status``, ``restart``,
+    ``tail`` …), options, ``all`` (supervisorctl's every program, the event listener
+    included), ``barstream:*``, ``barstream_events``."""
+    return [program(a) if a in PROGRAMS else a for a in args]
+
+
 @dataclass
 class Supervisor:
     """One supervisord instance: its config file, environment and control socket."""
@@ -191,8 +203,16 @@ class Supervisor:
             time.sleep(0.2)
 
     def ctl(self, args: Sequence[str]) -> int:
-        """Run supervisorctl with this instance's environment (output to our terminal)."""
-        cmd = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args]
+        """Run supervisorctl with this instance's environment (output to our terminal);
+        bare program names are accepted (:func:`ctl_args`)."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "supervisor.supervisorctl",
+            "-c",
+            str(self.conf),
+            *ctl_args(args),
+        ]
         return subprocess.call(cmd, env=self.env(), cwd=paths.home())
 
 

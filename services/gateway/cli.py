@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from barstream.export import write_csv
 from barstream.services.gateway.client import (
     DEFAULT_PUBLISH,
     DEFAULT_REQUESTS,
@@ -140,7 +141,8 @@ def run_tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return EXIT_OK
 
 
-def run_history(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_history(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out  # looked up now: tests replace sys.stdout
     if args.format == "parquet" and args.output is None:
         print("history: --format parquet needs --output FILE", file=sys.stderr)
         return EXIT_USAGE
@@ -158,19 +160,22 @@ def run_history(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     except (BarstreamError, TimeoutError) as e:
         print(f"history: {e}", file=sys.stderr)
         return EXIT_ERROR
-    frame = to_pandas(records)
-    frame.index = frame.index.strftime("%Y-%m-%dT%H:%M:%SZ")
     if args.format == "parquet":
+        frame = to_pandas(records)
+        frame.index = frame.index.strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             frame.to_parquet(args.output)
         except ImportError as e:
             print(f"history: parquet needs pyarrow: {e}", file=sys.stderr)
             return EXIT_ERROR
+    elif args.output is None:
+        write_csv(records, out)  # the one CSV format (barstream.export), as `export` writes
+        out.flush()
     else:
-        # A bar's volume is a float sum: round it for text (11055.26, not 11055.259999999998).
-        text = frame.assign(volume=frame["volume"].round(6))
-        text.to_csv(args.output if args.output is not None else out)
-    print(f"history: {len(records)} bars", file=sys.stderr)
+        with args.output.open("w", newline="") as f:
+            write_csv(records, f)
+    where = "stdout" if args.output is None else str(args.output.resolve())
+    print(f"history: wrote {len(records)} bars to {where}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -181,7 +186,13 @@ def _standalone(add: Any, argv: Sequence[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head` left: exit quietly (barstream.cli.stdout_closed)
+        from barstream.cli import stdout_closed
+
+        return stdout_closed()
     return code
 
 

@@ -330,7 +330,7 @@ def test_cli_history_csv_parquet_and_errors(gateway: Procs, tmp_path: Path, caps
     )
     assert code == 0
     lines = out.read_text().splitlines()
-    assert lines[0].startswith("time,open,high,low,close,volume,provisional,flags")
+    assert lines[0] == "time,open,high,low,close,volume,provisional"  # the one CSV format
     assert len(lines) == 11 and lines[1].startswith("2026-01-01T00:10:00Z")
     pq = tmp_path / "bars.parquet"
     assert history_main(["EUR-USD", "5m", "--format", "parquet", "--output", str(pq), *ends]) == 0
@@ -351,6 +351,51 @@ def test_cli_history_csv_parquet_and_errors(gateway: Procs, tmp_path: Path, caps
         "0.3",
     ]
     assert history_main(["EUR-USD", "1m", *dead]) == 1
+
+
+def test_history_and_export_write_the_same_csv(
+    gateway: Procs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same records through `barstream history` (from the gateway) and `barstream
+    export` (from a resampler store holding them) give byte-identical CSV."""
+    from barstream import cli
+    from barstream.shared.header import StoreMeta
+    from barstream.shared.storeset import StoreSet
+
+    records = gateway.gateway_records("EUR-USD/BID/1m")
+    ss = StoreSet.open(tmp_path / "resampler", "resampler")
+    ss.ensure(StoreMeta("EUR-USD", "BID", "1m", "utc")).append(records)
+    ss.touch("EUR-USD/BID/1m")
+    ss.commit()
+    ss.close()
+    ends = ["--publish", gateway.publish, "--requests", gateway.requests, "--timeout", "3"]
+    assert cli.main(["history", "EUR-USD", "1m", *ends]) == 0
+    history = capsys.readouterr().out
+    export = ["export", "EUR-USD", "1m", "--data-dir", str(tmp_path), "--provisional"]
+    assert cli.main(export) == 0
+    assert capsys.readouterr().out == history
+    assert history.count("\n") == len(records) + 1
+    assert history.startswith("time,open,high,low,close,volume,provisional\n2026-01-01T00:00:00Z,")
+
+
+def test_history_and_tail_into_a_closed_pipe_exit_quietly(gateway: Procs) -> None:
+    """`barstream history … | head` with the reader gone: exit 0, no traceback."""
+    import subprocess
+    import sys
+
+    ends = ["--publish", gateway.publish, "--requests", gateway.requests, "--timeout", "5"]
+    for args in (["history", "EUR-USD", "1m"], ["tail", "EUR-USD", "1m", "-n", "50"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "barstream", *args, *ends],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # gone before the first byte
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+        assert code == 0, (args[0], code, err)
+        assert "Traceback" not in err and "Exception ignored" not in err, err
 
 
 def test_cli_tail_prints_history_then_stops(gateway: Procs, capsys) -> None:

@@ -2,6 +2,7 @@
 ports through its environment variables), with the fake upstream as a supervisord program:
 
 - supervisorctl start / stop / restart / status of a service; the event listener sees it;
+  ``barstream ctl`` accepts bare service names;
 - ``barstream status`` parses the services' real /metrics;
 - every /metrics passes ``promtool check metrics``;
 - a real Prometheus scrapes every service and sees records rising (HTTP API);
@@ -29,6 +30,7 @@ import pytest
 
 from barstream.shared.config import SERVICES
 from barstream.shared.store import Store
+from barstream.shared.timeframe import Timeframe
 from barstream.supervise import Supervisor, default_conf, service_programs
 from tests.support.ops import (
     SCRAPE_ERRORS,
@@ -136,6 +138,15 @@ def test_supervisorctl_status_stop_start_restart(pipeline: Pipeline) -> None:
         None,
         0,
     )
+    # barstream ctl takes bare names: `status gateway` is supervisorctl's barstream:gateway
+    sup = ["--var", str(pipeline.sup.var_dir), "--events-port", str(pipeline.sup.events_port)]
+    done = cli("ctl", "-c", str(pipeline.config), *sup, "status", "gateway", "fake_upstream")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["barstream:gateway", "RUNNING"],
+        ["barstream:fake_upstream", "RUNNING"],
+    ], done.stdout
 
 
 def test_status_reads_real_metrics(pipeline: Pipeline) -> None:
@@ -165,7 +176,18 @@ def test_status_reads_real_metrics(pipeline: Pipeline) -> None:
     assert m1["committed"] > 1000 and m1["last_bar_ms"] >= 1_782_302_400_000  # 2026-06-24
     assert services["resampler"]["streams"]["EUR-USD/BID/1h"]["committed"] > 20
     text = cli("status", "-c", str(pipeline.config), "--var", str(pipeline.sup.var_dir))
-    assert "faults: none" in text.stdout and "EUR-USD/BID/1m" in text.stdout
+    assert "faults: none" in text.stdout and "needs attention: none" in text.stdout, text.stdout
+    assert len(text.stdout.splitlines()) <= 40
+    (overview,) = [line for line in text.stdout.splitlines() if line.startswith("streams: ")]
+    assert overview.startswith("streams: 1 symbol(s) (EUR-USD) × 1 side(s) (BID); timeframes ")
+    tfs = overview.split("timeframes ")[1].split(";")[0].split()
+    assert {"1m", "5m", "1h", "1d"} <= set(tfs), overview  # and the cascade's steps
+    assert tfs == sorted(tfs, key=lambda tf: Timeframe.parse(tf).sort_key), overview
+    full = cli("status", "-c", str(pipeline.config), "--var", str(pipeline.sup.var_dir), "--all")
+    assert "faults: none" in full.stdout and "EUR-USD/BID/1m" in full.stdout
+    # the transformer's upstream streams (…/fetch, from its lag gauge) are not its stores
+    assert set(services["transformer"]["streams"]) == {"EUR-USD/BID/days"}
+    assert set(services["transformer"]["upstream_lag"]) == {"EUR-USD/BID/fetch"}
 
 
 def test_status_offline_reports_down_with_exit_1(tmp_path: Path) -> None:
