@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from barstream.services.gateway.client import BarUpdate, GatewayClient
+from barstream.services.gateway.client import GatewayClient
+from barstream.services.gateway.follower import BarUpdate
 from tests.support.bar_source import Procs
 
 pytestmark = pytest.mark.timeout(120)
