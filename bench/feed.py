@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from barstream.shared.feed import FeedClient, FeedServer
+from barstream.shared.feed_client import FeedClient
+from barstream.shared.feed_server import FeedServer
 from barstream.shared.header import StoreMeta
 from barstream.shared.record import RECORD_DTYPE
 from barstream.shared.store import Store

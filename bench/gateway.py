@@ -2,7 +2,7 @@
 
 Every number goes through real processes and real sockets:
 
-- upstream: a real ``shared.feed.FeedServer`` over a StoreSet, in this process (a thread with
+- upstream: a real ``shared.feed_server.FeedServer`` over a StoreSet, in this process (a thread with
   its own event loop), over ipc://;
 - gateway: ``python -m barstream.services.gateway`` (a child process) replicating it, committing
   (fdatasync + checkpoint fsync) before it publishes;
@@ -40,7 +40,7 @@ import numpy as np
 import zmq
 
 from barstream.services.gateway.client import AsyncGatewayClient, GatewayClient
-from barstream.shared.feed import FeedServer
+from barstream.shared.feed_server import FeedServer
 from barstream.shared.header import StoreMeta
 from barstream.shared.record import empty
 from barstream.shared.storeset import StoreSet

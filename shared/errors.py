@@ -10,7 +10,13 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     │   └── StoreClosed
     ├── CheckpointCorrupt         a checkpoint file that cannot be parsed (file)
     ├── ConfigError               a configuration value is invalid (key path, value)
+    │   └── BindError             a socket cannot bind the address a key configures (key,
+    │                             address; in use or not bindable)
     ├── ProtocolError             a malformed or unexpected message on a socket (peer, reason)
+    │   └── Malformed             a frame that is no valid message of its protocol, feed or
+    │                             gateway (code, request_id)
+    ├── GatewayError              the gateway refused a request (code, reason, endpoint):
+    │                             raised by its query core, and by the client for the reply
     ├── UpstreamInvalid           well-framed upstream records a stage cannot take (stream, offset)
     ├── SourceError               the upstream HTTP source failed (symbol, side, day, url)
     │   ├── NotFound              HTTP 404 / before the instrument's history start
@@ -110,10 +116,53 @@ class ConfigError(BarstreamError):
         super().__init__(f"{where}{key} = {value!r}: {message}")
 
 
+class BindError(ConfigError):
+    """A socket could not bind the address configuration key ``key`` holds (``value``)."""
+
+    def __init__(self, key: str, address: str, reason: str, *, in_use: bool = False) -> None:
+        self.address = address
+        self.reason = reason
+        self.hint = (
+            f"another process holds this address (a second copy of this service?): stop it, "
+            f"or set {key} to a free address"
+            if in_use
+            else f"set {key} to an address this host can bind (tcp://HOST:PORT or ipc://PATH)"
+        )
+        super().__init__(key, address, reason)
+
+
 class ProtocolError(BarstreamError):
+    """A malformed or unexpected message; ``reason`` is the message without the peer."""
+
     def __init__(self, message: str, *, peer: str = "") -> None:
         self.peer = peer
+        self.reason = message
         super().__init__(f"{peer}: {message}" if peer else message)
+
+
+class Malformed(ProtocolError):
+    """A frame that is no valid message of its protocol (the feed's, shared/protocol.py, or
+    the gateway's, shared/gateway_protocol.py). ``code`` is what a refusal answers (a
+    gateway_protocol.ERROR_CODES entry; the feed answers "malformed"); ``request_id`` the
+    gateway request it belongs to (0 when unknown)."""
+
+    def __init__(self, message: str, *, code: str = "malformed", request_id: int = 0) -> None:
+        self.code = code
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class GatewayError(BarstreamError):
+    """The gateway refused a request: ``code`` is a gateway_protocol.ERROR_CODES entry,
+    ``reason`` says what was wrong and what to do. The gateway's query core raises it (the
+    reply carries code and reason); the client raises it for an error reply, with the
+    ``endpoint`` that answered."""
+
+    def __init__(self, code: str, reason: str, *, endpoint: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        self.endpoint = endpoint
+        super().__init__(f"{endpoint}: {code}: {reason}" if endpoint else f"{code}: {reason}")
 
 
 class UpstreamInvalid(BarstreamError):

@@ -59,7 +59,7 @@ delimiter frame, which the reply echoes)::
     ├────────────────────────────────────────────────────────────────────────────────────┤
     │ {t:"list", v, id, prefix}       topics, their lengths, time ranges and seqs        │
     ├────────────────────────────────────────────────────────────────────────────────────┤
-    │ {t:"status", v, id}             positions, upstream lag, consumers, counters       │
+    │ {t:"status", v, id}             offsets, upstream lag, consumers, counters         │
     └────────────────────────────────────────────────────────────────────────────────────┘
 
 Replies (ROUTER → DEALER), ``id`` echoes the request's::
@@ -76,9 +76,11 @@ Replies (ROUTER → DEALER), ``id`` echoes the request's::
     │               ERROR_CODES, ``message`` names what was wrong and what to do         │
     └────────────────────────────────────────────────────────────────────────────────────┘
 
-Bounds: a request frame is at most ``MAX_REQUEST_BYTES`` (zmq drops larger messages and
-the connection that sent them); a reply carries at most ``max_request_records`` records.
-A request that cannot be decoded still gets an ``error`` reply (``id`` 0 when unknown).
+Bounds: a request frame is at most ``MAX_REQUEST_BYTES`` (a larger one is refused
+``bad-frames``; over ``MAX_REQUEST_BYTES`` + 4 KiB zmq drops the message and the connection
+that sent it); a reply carries at most ``max_request_records`` records. A request that
+cannot be decoded still gets an ``error`` reply (``id`` 0 when unknown); decoding errors
+raise ``Malformed`` (shared/errors.py) with the reply's code.
 
 The Clone pattern, as the client library implements it: subscribe to the topic and to
 ``"!hb"``; wait for a heartbeat (it proves the subscriptions are active); request a
@@ -90,9 +92,11 @@ means messages were dropped: request ``snapshot`` with ``since_seq`` = last.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 import msgspec
+
+from barstream.shared.errors import Malformed
 
 PROTOCOL_VERSION: Final = 1
 #: Topic frame of heartbeats ('!' sorts before every symbol and never starts one).
@@ -100,12 +104,14 @@ HEARTBEAT_TOPIC: Final = b"!hb"
 HEARTBEAT_INTERVAL_S: Final = 1.0
 #: A consumer that hears nothing (no update, no heartbeat) for this long reconnects.
 HEARTBEAT_TIMEOUT_S: Final = 3.5
-#: Largest request frame accepted (bytes); zmq drops larger messages (ZMQ_MAXMSGSIZE).
+#: Largest request frame accepted (bytes); the gateway's ZMQ_MAXMSGSIZE is 4 KiB above it.
 MAX_REQUEST_BYTES: Final = 64 * 1024
 #: One commit's change larger than this goes out as several consecutive update messages.
 UPDATE_MAX_RECORDS: Final = 65536
 #: Messages the gateway queues per consumer before dropping (the consumer resyncs).
 PUBLISH_HWM: Final = 10_000
+#: Request peers seen within this many seconds count as connected consumers (``Status``).
+CONSUMER_TTL_S: Final = 60.0
 
 ERROR_CODES: Final = (
     "malformed",  # not a msgpack map of this protocol
@@ -255,15 +261,6 @@ Publication = Update | Heartbeat
 # -- encoding ---------------------------------------------------------------------------
 
 
-class Malformed(Exception):
-    """A frame that is not a valid message of this protocol; ``code`` is an ERROR_CODES entry."""
-
-    def __init__(self, code: str, message: str, request_id: int = 0) -> None:
-        super().__init__(message)
-        self.code = code
-        self.request_id = request_id
-
-
 class _Probe(msgspec.Struct):
     """The few fields every request has, decoded leniently to explain a refusal."""
 
@@ -287,18 +284,20 @@ def encode(msg: Request | Reply | Publication) -> bytes:
 def decode_request(frame: bytes | memoryview) -> Request:
     """Decode a request header. Raises Malformed with an ERROR_CODES code and a reason."""
     if len(frame) == 0:
-        raise Malformed("bad-frames", "empty request frame")
+        raise Malformed("empty request frame", code="bad-frames")
     if len(frame) > MAX_REQUEST_BYTES:
-        raise Malformed("bad-frames", f"request of {len(frame)} bytes exceeds {MAX_REQUEST_BYTES}")
+        raise Malformed(
+            f"request of {len(frame)} bytes exceeds {MAX_REQUEST_BYTES}", code="bad-frames"
+        )
     try:
         msg: Request = _request_decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise _explain(frame, e) from None
     if msg.v != PROTOCOL_VERSION:
         raise Malformed(
-            "unsupported-version",
             f"protocol version {msg.v} is not supported; this gateway speaks {PROTOCOL_VERSION}",
-            msg.id,
+            code="unsupported-version",
+            request_id=msg.id,
         )
     return msg
 
@@ -307,38 +306,40 @@ def _explain(frame: bytes | memoryview, error: Exception) -> Malformed:
     try:
         probe = _probe_decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return Malformed("malformed", f"not a msgpack map of this protocol: {error}")
+        return Malformed(f"not a msgpack map of this protocol: {error}")
     rid = probe.id if isinstance(probe.id, int) and not isinstance(probe.id, bool) else 0
     if probe.v is not None and probe.v != PROTOCOL_VERSION:
         return Malformed(
-            "unsupported-version",
             f"protocol version {probe.v!r} is not supported; this gateway speaks {PROTOCOL_VERSION}",
-            rid,
+            code="unsupported-version",
+            request_id=rid,
         )
     if probe.t not in _REQUEST_TYPES:
         return Malformed(
-            "unknown-type",
             f"unknown request type t={probe.t!r}; expected one of {', '.join(_REQUEST_TYPES)}",
-            rid,
+            code="unknown-type",
+            request_id=rid,
         )
-    return Malformed("invalid-field", f"{probe.t} request: {error}", rid)
+    return Malformed(f"{probe.t} request: {error}", code="invalid-field", request_id=rid)
 
 
 def decode_reply(frame: bytes | memoryview) -> Reply:
-    try:
-        msg: Reply = _reply_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise Malformed("malformed", f"bad reply header: {e}") from None
-    if msg.v != PROTOCOL_VERSION:
-        raise Malformed("unsupported-version", f"reply of protocol version {msg.v}")
+    """Decode a reply header (client side). Raises Malformed."""
+    msg: Reply = _decode(_reply_decoder, frame, "reply")
     return msg
 
 
 def decode_publication(frame: bytes | memoryview) -> Publication:
+    """Decode a publication header (client side). Raises Malformed."""
+    msg: Publication = _decode(_publication_decoder, frame, "publication")
+    return msg
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[Any], frame: bytes | memoryview, what: str) -> Any:
     try:
-        msg: Publication = _publication_decoder.decode(frame)
+        msg = decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise Malformed("malformed", f"bad publication header: {e}") from None
+        raise Malformed(f"bad {what} header: {e}") from None
     if msg.v != PROTOCOL_VERSION:
-        raise Malformed("unsupported-version", f"publication of protocol version {msg.v}")
+        raise Malformed(f"{what} of protocol version {msg.v}", code="unsupported-version")
     return msg

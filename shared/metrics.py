@@ -1,6 +1,7 @@
-"""Every Prometheus metric barstream exports, in one place (base units, ``_total`` counters,
-``barstream_`` prefix). Each service process owns one ``Metrics`` (its own registry) and
-serves it on its own port at ``/metrics``.
+"""Every Prometheus metric barstream exports is defined here (base units, ``_total``
+counters, ``barstream_`` prefix): ``Metrics``, what every service exports, and one class per
+service for its own metrics on the same registry (``GatewayMetrics``). Each service process
+owns one ``Metrics`` (its own registry) and serves it on its own port at ``/metrics``.
 
 Labels: ``service`` is set once per registry via a constant label-free naming scheme —
 each process serves only its own metrics, and Prometheus' ``job``/``instance`` tell them
@@ -15,6 +16,8 @@ from typing import Final
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from barstream.shared.gateway_protocol import CONSUMER_TTL_S
 
 log = logging.getLogger("barstream.metrics")
 
@@ -197,5 +200,47 @@ class DownloaderMetrics:
             PREFIX + "revisions",
             "Days whose content changed on re-fetch.",
             ["stream"],
+            registry=r,
+        )
+
+
+class GatewayMetrics:
+    """The gateway's own metrics, on its service's registry."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        r = metrics.registry
+        self.consumers = Gauge(
+            PREFIX + "gateway_consumers",
+            f"Distinct request peers seen in the last {CONSUMER_TTL_S:.0f}s (an estimate).",
+            registry=r,
+        )
+        self.subscriptions = Gauge(
+            PREFIX + "gateway_subscriptions",
+            "zmq subscriptions on the publish socket (subscribe minus unsubscribe messages).",
+            registry=r,
+        )
+        self.requests = Counter(
+            PREFIX + "gateway_requests", "Requests answered, by kind.", ["kind"], registry=r
+        )
+        self.errors = Counter(
+            PREFIX + "gateway_request_errors",
+            "Requests refused, by error code.",
+            ["code"],
+            registry=r,
+        )
+        self.publishes = Counter(
+            PREFIX + "gateway_updates_published", "Update messages published.", registry=r
+        )
+        self.records_published = Counter(
+            PREFIX + "gateway_records_published", "Records in published updates.", registry=r
+        )
+        self.gaps = Counter(
+            PREFIX + "gateway_resyncs",
+            "Resync requests (snapshot with since_seq): consumers that saw a sequence gap.",
+            registry=r,
+        )
+        self.replies_dropped = Counter(
+            PREFIX + "gateway_replies_dropped",
+            "Replies dropped (peer gone or over its queue bound).",
             registry=r,
         )

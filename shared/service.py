@@ -1,10 +1,12 @@
 """The Service base: a class with a short life.
 
 ``run()`` installs uvloop and SIGTERM/SIGINT handlers, awaits ``main()`` and always awaits
-``close()``, which commits and closes sockets (linger 0). A service owns its StoreSet, its
-FeedServer (what it serves downstream) and usually a FeedClient (its upstream). Drain mode
-(``--drain``): ``main()`` returns once the upstream is exhausted and every downstream peer
-has what it needs — tests use it to run a stage to completion without sleeps.
+``close()``, which commits and closes sockets (linger 0; the feed server lingers
+``STOP_DELIVER_S`` when every peer was sent the last commit, so those bytes still go
+out). A service owns its StoreSet, its FeedServer (what it serves downstream) and usually
+a FeedClient (its upstream). Drain mode (``--drain``): ``main()`` returns once the
+upstream is exhausted and every downstream peer has what it needs — tests use it to run a
+stage to completion without sleeps.
 
 The stage contract: a stage's handler is a pure-ish function of one upstream batch that
 *returns* its changes — ``[Change(store key, from offset X, records)]``, each saying "from
@@ -45,15 +47,17 @@ from barstream.shared.errors import (
     BarstreamError,
     UpstreamInvalid,
 )
-from barstream.shared.feed import Attachments, Cut, FeedClient, FeedServer
+from barstream.shared.feed_client import FeedClient
+from barstream.shared.feed_server import Attachments, Cut, FeedServer
 from barstream.shared.header import StoreMeta
 from barstream.shared.metrics import Metrics
 from barstream.shared.storeset import StoreSet
 
 LOG_FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
 
-#: On a clean stop, how long connected downstream peers may take to receive the last commit.
-STOP_FLUSH_S = 1.0
+#: On a clean stop, how long connected downstream peers may take to receive the last commit
+#: (``FeedServer.deliver_pending``), and how long the feed socket then lingers.
+STOP_DELIVER_S = 1.0
 
 #: Least time between commits while the upstream is behind (see ``Service.maybe_commit``).
 CATCHUP_COMMIT_INTERVAL_S = 0.2
@@ -74,7 +78,7 @@ class Change:
     diff: bool = False
 
 
-#: A symbol or side as it may appear in a stream name (and so in a store's path).
+#: A symbol, side or timeframe as it may appear in a store key (and so in a store's path).
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 #: What a stage's handler returns for one upstream batch: its changes, applied in order.
@@ -139,6 +143,7 @@ class Service(abc.ABC):
             metrics=self.metrics,
             attachments=attachments,
             cut=cut,
+            config_key=f"{self.name}.endpoints.feed",
         )
         return self.server
 
@@ -217,18 +222,18 @@ class Service(abc.ABC):
 
     async def close(self) -> None:
         """Commit what is written, then close sockets and stores."""
-        flushed = False
+        delivered = False
         try:
             if self.stores.pending():
                 self.commit()
             if self.server is not None and self.server.peers:
                 # Downstream peers get the last commit before we go (bounded).
-                flushed = await self.server.flush(STOP_FLUSH_S)
+                delivered = await self.server.deliver_pending(STOP_DELIVER_S)
         finally:
             if self.upstream is not None:
                 self.upstream.close()
             if self.server is not None:
-                self.server.close(linger_ms=int(STOP_FLUSH_S * 1000) if flushed else 0)
+                self.server.close(linger_ms=int(STOP_DELIVER_S * 1000) if delivered else 0)
             self.stores.close()
             self.ctx.destroy(linger=0)
             self.metrics.close()
@@ -292,13 +297,9 @@ class Service(abc.ABC):
         """The (symbol, side) of an upstream batch whose stream is ``SYMBOL/SIDE/<kind>``;
         anything else is a counted, logged rejection (None)."""
         try:
-            meta = StoreMeta.from_key(batch.stream)
-        except ValueError as e:
-            self.reject(batch, UpstreamInvalid(str(e), stream=batch.stream))
-            return None
-        if not (_NAME.fullmatch(meta.symbol) and _NAME.fullmatch(meta.side)):
-            why = "symbol and side must be names ([A-Za-z0-9][A-Za-z0-9._-]*)"
-            self.reject(batch, UpstreamInvalid(why, stream=batch.stream))
+            meta = upstream_key_meta(batch.stream)
+        except UpstreamInvalid as e:
+            self.reject(batch, e)
             return None
         if meta.timeframe != kind:
             self.reject(batch, UpstreamInvalid(f"not a {kind!r} stream", stream=batch.stream))
@@ -371,6 +372,19 @@ class Service(abc.ABC):
         inn = up.records_in if up is not None else 0
         out = self.server.records_out if self.server is not None else 0
         return f"<{type(self).__name__} in={inn} out={out} records={records} stores={len(self.stores.stores)}>"
+
+
+def upstream_key_meta(key: str) -> StoreMeta:
+    """The StoreMeta of an upstream store key ``SYMBOL/SIDE/TIMEFRAME`` whose parts are
+    names (they become path components of this service's stores); raises UpstreamInvalid."""
+    try:
+        meta = StoreMeta.from_key(key)
+    except ValueError as e:
+        raise UpstreamInvalid(str(e), stream=key) from None
+    if not all(_NAME.fullmatch(part) for part in (meta.symbol, meta.side, meta.timeframe)):
+        why = "symbol, side and timeframe must be names ([A-Za-z0-9][A-Za-z0-9._-]*)"
+        raise UpstreamInvalid(why, stream=key)
+    return meta
 
 
 def _has_loop() -> bool:

@@ -22,17 +22,17 @@ from barstream.export import write_csv
 from barstream.services.gateway.client import (
     DEFAULT_PUBLISH,
     DEFAULT_REQUESTS,
-    BarUpdate,
     GatewayClient,
-    GatewayError,
     to_pandas,
 )
-from barstream.shared.errors import BarstreamError
+from barstream.services.gateway.follower import BarUpdate
+from barstream.shared.errors import EXIT_ERROR as EXIT_ERROR  # the exit codes it documents
+from barstream.shared.errors import EXIT_OK as EXIT_OK
+from barstream.shared.errors import EXIT_USAGE as EXIT_USAGE
+from barstream.shared.errors import BarstreamError, GatewayError
 from barstream.shared.record import FLAG_PROVISIONAL, FLAG_REVISED
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+#: Interrupted by Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 
 

@@ -1,7 +1,7 @@
 """The gateway's pure core: no sockets, no files — functions on arrays and small state.
 
 - ``resolve_history`` / ``resolve_snapshot``: which offsets of a topic's committed series a
-  request gets, or a ``QueryError`` naming what was wrong (the reply's error code + text);
+  request gets, or a ``GatewayError`` naming what was wrong (the reply's error code + text);
 - ``SeqLog``: a topic's sequence number plus a log of the messages that rewound the
   series, exact for recent messages, conservative for old ones (start < the previous end) — it answers "from which
   offset did anything change after message S?" for a consumer's resync, and is kept in
@@ -16,6 +16,7 @@ from typing import Final
 
 import numpy as np
 
+from barstream.shared.errors import GatewayError
 from barstream.shared.gateway_protocol import History, Snapshot
 from barstream.shared.record import FLAG_PROVISIONAL, RECORD_SIZE
 
@@ -23,14 +24,6 @@ from barstream.shared.record import FLAG_PROVISIONAL, RECORD_SIZE
 SEQLOG_MEMORY: Final = 2048
 #: ... of which the checkpoint keeps this many (a restart folds the rest).
 SEQLOG_PERSIST: Final = 16
-
-
-class QueryError(Exception):
-    """A request the gateway refuses; ``code`` is a gateway_protocol.ERROR_CODES entry."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -49,11 +42,11 @@ def resolve_history(req: History, times_ms: np.ndarray, max_records: int) -> Spa
     n = len(times_ms)
     if req.last is not None:
         if req.start_ms is not None or req.end_ms is not None:
-            raise QueryError("invalid-field", "give either last or start_ms/end_ms, not both")
+            raise GatewayError("invalid-field", "give either last or start_ms/end_ms, not both")
         _check_last(req.last, max_records)
         return Span(max(0, n - req.last), n)
     if req.start_ms is not None and req.end_ms is not None and req.start_ms > req.end_ms:
-        raise QueryError(
+        raise GatewayError(
             "bad-range", f"start_ms {req.start_ms} is after end_ms {req.end_ms}; swap them"
         )
     lo = 0 if req.start_ms is None else int(np.searchsorted(times_ms, req.start_ms, "left"))
@@ -74,19 +67,19 @@ def resolve_snapshot(req: Snapshot, length: int, epoch: str, log: SeqLog, max_re
         _check_last(req.last, max_records)
         return Span(max(0, length - req.last), length)
     if req.epoch != epoch:
-        raise QueryError(
+        raise GatewayError(
             "stale-epoch",
             f"epoch {req.epoch!r} is not this topic's {epoch!r}: the gateway store was "
             "rebuilt; request a fresh snapshot (since_seq -1)",
         )
     if req.since_seq > log.seq:
-        raise QueryError(
+        raise GatewayError(
             "bad-range",
             f"since_seq {req.since_seq} is ahead of the topic's seq {log.seq}; "
             "request a fresh snapshot (since_seq -1)",
         )
     if req.from_offset < 0:
-        raise QueryError("invalid-field", "a resync (since_seq >= 0) needs from_offset >= 0")
+        raise GatewayError("invalid-field", "a resync (since_seq >= 0) needs from_offset >= 0")
     start = min(req.from_offset, length)
     changed = log.changed_since(req.since_seq)
     if changed is not None:
@@ -98,9 +91,9 @@ def resolve_snapshot(req: Snapshot, length: int, epoch: str, log: SeqLog, max_re
 
 def _check_last(last: int, max_records: int) -> None:
     if last < 0:
-        raise QueryError("bad-range", f"last {last} is negative")
+        raise GatewayError("bad-range", f"last {last} is negative")
     if last > max_records:
-        raise QueryError(
+        raise GatewayError(
             "too-large",
             f"last {last} exceeds max_request_records {max_records}; "
             "ask for a time range (answered in pages) instead",

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from barstream.services.gateway.client import BarUpdate, GatewayClient
+from barstream.services.gateway.client import GatewayClient
+from barstream.services.gateway.follower import BarUpdate
 from tests.support.bar_source import Procs, tmpfs_procs
 from tests.support.wait import wait_for
 

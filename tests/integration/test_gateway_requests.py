@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import zmq
 
-from barstream.services.gateway.client import GatewayClient, GatewayError
+from barstream.services.gateway.client import GatewayClient
 from barstream.shared import gateway_protocol as gp
+from barstream.shared.errors import GatewayError
 from tests.support.bar_source import Procs, tmpfs_procs
 from tests.support.wait import wait_for
 

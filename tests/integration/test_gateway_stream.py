@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from barstream.services.gateway.client import AsyncGatewayClient, BarUpdate, GatewayClient
+from barstream.services.gateway.client import AsyncGatewayClient, GatewayClient
+from barstream.services.gateway.follower import BarUpdate
 from barstream.shared.record import FLAG_PROVISIONAL, FLAG_REVISED
 from tests.support.bar_source import Procs, tmpfs_procs
 from tests.support.wait import wait_for

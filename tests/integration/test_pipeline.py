@@ -69,7 +69,8 @@ def test_live_pipeline_to_consumer(tmp_path: Path, ipc_dir: Path) -> None:
     import threading
 
     from barstream.services.aggregator.aggregate import merge
-    from barstream.services.gateway.client import BarUpdate, GatewayClient
+    from barstream.services.gateway.client import GatewayClient
+    from barstream.services.gateway.follower import BarUpdate
     from barstream.services.resampler.resample import resample_all
     from barstream.shared.alignment import PRESETS
     from barstream.shared.record import FLAG_PROVISIONAL

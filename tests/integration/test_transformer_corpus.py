@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from barstream.services.transformer.transform import decode_candles
-from barstream.shared.feed import FeedServer
+from barstream.shared.feed_server import FeedServer
 from barstream.shared.header import StoreMeta
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_DTYPE, KIND_JOURNAL, RECORD_DTYPE
 from barstream.shared.store import Store

@@ -1,5 +1,5 @@
 """A small real upstream for gateway tests: a process that owns a StoreSet of bar stores and
-serves it with ``shared.feed.FeedServer`` while it appends bars, updates the provisional
+serves it with ``shared.feed_server.FeedServer`` while it appends bars, updates the provisional
 open bar and (optionally) revises history — the same feed the resampler serves.
 
     python -m tests.support.bar_source --dir D --endpoint ipc:///tmp/x/up \
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from barstream.shared.feed import FeedServer
+from barstream.shared.feed_server import FeedServer
 from barstream.shared.header import StoreMeta
 from barstream.shared.record import FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
 from barstream.shared.storeset import StoreSet

@@ -26,7 +26,8 @@ import numpy as np
 import zmq
 
 from barstream.shared import protocol as p
-from barstream.shared.feed import FeedClient, FeedServer
+from barstream.shared.feed_client import FeedClient
+from barstream.shared.feed_server import FeedServer
 from barstream.shared.header import StoreMeta
 from barstream.shared.storeset import StoreSet
 from tests.support.plan import apply, ops_for

@@ -11,7 +11,10 @@ import pytest
 import zmq
 
 from barstream.shared import protocol as p
-from barstream.shared.feed import BATCH_MAX_RECORDS, FeedClient, FeedServer, start_offset
+from barstream.shared.checkpoint import UpstreamMark
+from barstream.shared.errors import BindError
+from barstream.shared.feed_client import FeedClient
+from barstream.shared.feed_server import BATCH_MAX_RECORDS, FeedServer, start_offset
 from barstream.shared.header import StoreMeta
 from barstream.shared.storeset import StoreSet
 from tests.support.plan import make_records
@@ -136,17 +139,17 @@ def test_start_offset_rules(tmp_path: Path) -> None:
     up.commit()
     sid = s.store_id.hex()
     assert start_offset(s, None) == 0
-    assert start_offset(s, p.Position("other", 50, 0)) == 0  # another store: from scratch
-    assert start_offset(s, p.Position(sid, 50, 0)) == 50
-    assert start_offset(s, p.Position(sid, 500, 0)) == 100  # beyond what is committed
-    assert start_offset(s, p.Position(sid, -3, 0)) == 0  # nonsense from the wire
-    assert start_offset(s, p.Position(sid, 50, 9)) == 0  # a generation we never had
+    assert start_offset(s, UpstreamMark("other", 50, 0)) == 0  # another store: from scratch
+    assert start_offset(s, UpstreamMark(sid, 50, 0)) == 50
+    assert start_offset(s, UpstreamMark(sid, 500, 0)) == 100  # beyond what is committed
+    assert start_offset(s, UpstreamMark(sid, -3, 0)) == 0  # nonsense from the wire
+    assert start_offset(s, UpstreamMark(sid, 50, 9)) == 0  # a generation we never had
     s.write(30, recs(30, 10, 1))
-    assert start_offset(s, p.Position(sid, 50, 0)) == 30  # uncommitted rewrite: stable prefix
+    assert start_offset(s, UpstreamMark(sid, 50, 0)) == 30  # uncommitted rewrite: stable prefix
     up.commit()
-    assert start_offset(s, p.Position(sid, 50, 0)) == 30  # older generation: from the rewind
-    assert start_offset(s, p.Position(sid, 20, 0)) == 20  # below the rewind: nothing lost
-    assert start_offset(s, p.Position(sid, 40, 1)) == 40
+    assert start_offset(s, UpstreamMark(sid, 50, 0)) == 30  # older generation: from the rewind
+    assert start_offset(s, UpstreamMark(sid, 20, 0)) == 20  # below the rewind: nothing lost
+    assert start_offset(s, UpstreamMark(sid, 40, 1)) == 40
     up.close()
 
 
@@ -163,7 +166,7 @@ def test_credit_limits_batches_in_flight(tmp_path: Path, ipc_dir: Path) -> None:
         ctx, endpoint, up, _ = upstream(tmp_path, ipc_dir, 5 * BATCH_MAX_RECORDS)
         server, serving = serve(ctx, endpoint, up)
         peer = raw_socket(ctx, zmq.DEALER, endpoint)
-        peer.send(p.encode(p.Hello(name="raw", session=1, credit=1)))
+        peer.send(p.encode(p.Hello(name="raw", conn=1, credit=1)))
 
         async def recv_batches(n: int) -> list[p.Batch]:
             out: list[p.Batch] = []
@@ -202,7 +205,7 @@ def test_credit_limits_batches_in_flight(tmp_path: Path, ipc_dir: Path) -> None:
         first = await recv_batches(1)
         assert (first[0].start, first[0].count) == (0, BATCH_MAX_RECORDS)
         await no_batch_for(0.3)
-        peer.send(p.encode(p.Credit(session=1, n=2)))
+        peer.send(p.encode(p.Credit(conn=1, n=2)))
         more = await recv_batches(2)
         assert [b.start for b in more] == [BATCH_MAX_RECORDS, 2 * BATCH_MAX_RECORDS]
         await no_batch_for(0.2)
@@ -225,9 +228,9 @@ def test_malformed_to_server_is_counted_dropped_and_serving_goes_on(
         bad.send(b"\xff\x00garbage")
         bad.send_multipart([b"two", b"frames"])
         bad.send(msgpack({"t": "credit", "v": 7, "session": 1, "n": 1}))
-        bad.send(p.encode(p.Hello(name="x", session=1, credit=-5)))  # refused, not malformed
-        bad.send(p.encode(p.Hello(name="x", session=1, prefixes=["ZZZ"])))  # valid hello
-        bad.send(p.encode(p.Credit(session=1, n=10**9)))  # absurd credit
+        bad.send(p.encode(p.Hello(name="x", conn=1, credit=-5)))  # refused, not malformed
+        bad.send(p.encode(p.Hello(name="x", conn=1, prefixes=["ZZZ"])))  # valid hello
+        bad.send(p.encode(p.Credit(conn=1, n=10**9)))  # absurd credit
         await async_wait_for(
             lambda: server.malformed >= 4,
             5,
@@ -285,17 +288,15 @@ def test_malformed_to_client_is_counted_dropped_and_following_goes_on(
         ident, h = await hello()
         good = recs(0, 10)
 
-        def batch(session: int, start: int, count: int, stream: str = KEY) -> bytes:
-            return p.encode(p.Batch(session, stream, "aa" * 16, 0, start, count, count))
+        def batch(conn: int, start: int, count: int, stream: str = KEY) -> bytes:
+            return p.encode(p.Batch(conn, stream, "aa" * 16, 0, start, count, count))
 
         upstream.send_multipart([ident, b"\x93garbage"])
         upstream.send_multipart(
             [ident, msgpack({"t": "hb", "v": 5, "instance": "i", "wall_ms": 0})]
         )
-        upstream.send_multipart(
-            [ident, batch(h.session, 0, 3, "XAU-USD/BID/1m"), good[:3].tobytes()]
-        )
-        upstream.send_multipart([ident, batch(h.session, 0, 10), good.tobytes()])
+        upstream.send_multipart([ident, batch(h.conn, 0, 3, "XAU-USD/BID/1m"), good[:3].tobytes()])
+        upstream.send_multipart([ident, batch(h.conn, 0, 10), good.tobytes()])
         await async_wait_for(
             lambda: down.bytes() == good.tobytes(),
             5,
@@ -303,10 +304,10 @@ def test_malformed_to_client_is_counted_dropped_and_following_goes_on(
             on_timeout=lambda: f"malformed={down.client.malformed}",
         )
         assert down.client.malformed == 3
-        # A body that does not match its header: counted, and the client starts a new session.
-        upstream.send_multipart([ident, batch(h.session, 10, 5), good[:2].tobytes()])
+        # A body that does not match its header: counted, and the client reconnects.
+        upstream.send_multipart([ident, batch(h.conn, 10, 5), good[:2].tobytes()])
         _ident2, h2 = await hello()
-        assert h2.session == h.session + 1 and h2.streams[KEY].offset == 10
+        assert h2.conn == h.conn + 1 and h2.streams[KEY][1] == 10
         assert down.client.malformed == 4
         down.client.close()
         await following
@@ -369,3 +370,19 @@ def test_prefixes_select_streams(tmp_path: Path, ipc_dir: Path, prefixes: list[s
         ctx.destroy(linger=0)
 
     run(main())
+
+
+def test_bind_failure_names_the_configuration_key(tmp_path: Path) -> None:
+    ctx = zmq.Context()
+    up = StoreSet.open(tmp_path / "up", "up")
+    first = FeedServer(ctx, "tcp://127.0.0.1:0", up, config_key="resampler.endpoints.feed")
+    with pytest.raises(BindError) as e:
+        FeedServer(ctx, first.bound, up, config_key="resampler.endpoints.feed")
+    assert e.value.key == "resampler.endpoints.feed" and e.value.address == first.bound
+    assert str(e.value).startswith(f"resampler.endpoints.feed = {first.bound!r}: Address already")
+    assert "another process holds this address" in str(e.value)
+    with pytest.raises(BindError, match="an address this host can bind"):
+        FeedServer(ctx, "tcpx://nowhere", up, config_key="aggregator.endpoints.feed")
+    first.close()
+    up.close()
+    ctx.destroy(linger=0)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from barstream.services.gateway.client import _Follower, _ms, to_pandas, to_polars
+from barstream.services.gateway.client import to_pandas, to_polars
+from barstream.services.gateway.follower import Follower
+from barstream.services.gateway.frames import ms
 from barstream.shared import gateway_protocol as gp
 from barstream.shared.record import FLAG_PROVISIONAL, empty
 
@@ -35,8 +37,8 @@ def update(seq: int, start: int, records: np.ndarray, end: int | None = None) ->
     )
 
 
-def live(history: int = 3, closed_only: bool = False) -> _Follower:
-    f = _Follower("T", history, closed_only)
+def live(history: int = 3, closed_only: bool = False) -> Follower:
+    f = Follower("T", history, closed_only)
     assert f.request(1) == gp.Snapshot(topic="T", last=history, id=1)
     series = bars(0, 10, provisional_last=True)
     (item,) = f.on_reply(reply(5, 7, series[7:]), series[7:])
@@ -131,11 +133,11 @@ def test_epoch_change_starts_over() -> None:
 
 
 def test_times_and_frames() -> None:
-    assert _ms("2026-01-01") == 1_767_225_600_000
-    assert _ms("2026-01-01T00:01:00+00:00") == 1_767_225_660_000
-    assert _ms(5) == 5 and _ms(None) is None
+    assert ms("2026-01-01") == 1_767_225_600_000
+    assert ms("2026-01-01T00:01:00+00:00") == 1_767_225_660_000
+    assert ms(5) == 5 and ms(None) is None
     with pytest.raises(TypeError):
-        _ms(True)
+        ms(True)
     df = to_pandas(bars(0, 3, provisional_last=True))
     assert list(df["provisional"]) == [False, False, True]
     assert str(df.index.tz) == "UTC"

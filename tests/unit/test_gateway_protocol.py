@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from barstream.shared import gateway_protocol as gp
+from barstream.shared.errors import Malformed
 
 REQUESTS = [
     gp.History(topic="EUR-USD/BID/1h", start_ms=1, end_ms=2, id=5),
@@ -52,14 +53,14 @@ def test_reply_and_publication_round_trip() -> None:
     ],
 )
 def test_refusals_say_why(frame: bytes, code: str) -> None:
-    with pytest.raises(gp.Malformed) as e:
+    with pytest.raises(Malformed) as e:
         gp.decode_request(frame)
     assert e.value.code == code and str(e.value)
     assert code in gp.ERROR_CODES
 
 
 def test_refusal_keeps_the_request_id() -> None:
-    with pytest.raises(gp.Malformed) as e:
+    with pytest.raises(Malformed) as e:
         gp.decode_request(msgspec.msgpack.encode({"t": "history", "v": 1, "id": 42, "last": "x"}))
     assert e.value.request_id == 42
 
@@ -68,7 +69,7 @@ def test_refusal_keeps_the_request_id() -> None:
 def test_arbitrary_bytes_never_crash_the_decoder(frame: bytes) -> None:
     try:
         gp.decode_request(frame)
-    except gp.Malformed as e:
+    except Malformed as e:
         assert e.code in gp.ERROR_CODES
 
 

@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from barstream.services.gateway import query
-from barstream.services.gateway.query import QueryError, SeqLog, Span
+from barstream.services.gateway.query import SeqLog, Span
 from barstream.shared import gateway_protocol as gp
+from barstream.shared.errors import GatewayError
 from barstream.shared.record import FLAG_PROVISIONAL, empty
 
 TIMES = np.arange(10, dtype=np.int64) * 60_000  # bars at 0, 1, ... 9 minutes
@@ -41,7 +42,7 @@ def test_resolve_history_pages_and_refusals() -> None:
         (gp.History(topic="t", start_ms=9, end_ms=8), "bad-range"),
         (gp.History(topic="t", last=1, end_ms=8), "invalid-field"),
     ]:
-        with pytest.raises(QueryError) as e:
+        with pytest.raises(GatewayError) as e:
             query.resolve_history(req, TIMES, 4)
         assert e.value.code == code
 
@@ -70,7 +71,7 @@ def test_resolve_snapshot_fresh_and_resync() -> None:
         (gp.Snapshot(topic="t", since_seq=1, from_offset=-1, epoch="E"), "invalid-field"),
         (gp.Snapshot(topic="t", last=101), "too-large"),
     ]:
-        with pytest.raises(QueryError) as e:
+        with pytest.raises(GatewayError) as e:
             query.resolve_snapshot(bad, 11, "E", log, 100)
         assert e.value.code == code
 

@@ -10,28 +10,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from barstream.shared import protocol as p
+from barstream.shared.errors import Malformed
 
 names = st.text(max_size=20)
 ints = st.integers(-(2**63), 2**63 - 1)
 u = st.integers(0, 2**62)
-positions = st.builds(p.Position, store_id=st.text(max_size=32), offset=u, generation=u)
+marks = st.tuples(st.text(max_size=32), u, u)  # an UpstreamMark: store_id, offset, generation
 
 up_messages = st.one_of(
     st.builds(
         p.Hello,
         name=names,
-        session=u,
-        streams=st.dictionaries(names, positions, max_size=4),
+        conn=u,
+        streams=st.dictionaries(names, marks, max_size=4),
         prefixes=st.lists(names, max_size=3),
         credit=u,
     ),
-    st.builds(p.Credit, session=u, n=ints),
-    st.builds(p.Bye, session=u),
+    st.builds(p.Credit, conn=u, n=ints),
+    st.builds(p.Bye, conn=u),
 )
 down_messages = st.one_of(
     st.builds(
         p.Batch,
-        session=u,
+        conn=u,
         stream=names,
         store_id=names,
         generation=u,
@@ -58,7 +59,7 @@ down_messages = st.one_of(
 @given(msg=up_messages)
 def test_upward_round_trip(msg) -> None:
     assert p.decode_up(p.encode(msg)) == msg
-    with pytest.raises(p.Malformed):
+    with pytest.raises(Malformed):
         p.decode_down(p.encode(msg))  # never mistaken for the other direction
 
 
@@ -66,7 +67,7 @@ def test_upward_round_trip(msg) -> None:
 @given(msg=down_messages)
 def test_downward_round_trip(msg) -> None:
     assert p.decode_down(p.encode(msg)) == msg
-    with pytest.raises(p.Malformed):
+    with pytest.raises(Malformed):
         p.decode_up(p.encode(msg))
 
 
@@ -74,7 +75,7 @@ def test_downward_round_trip(msg) -> None:
 @given(frame=st.binary(max_size=200))
 def test_garbage_is_malformed_or_valid_never_a_crash(frame: bytes) -> None:
     for decode in (p.decode_up, p.decode_down):
-        with contextlib.suppress(p.Malformed):
+        with contextlib.suppress(Malformed):
             decode(frame)
 
 
@@ -88,7 +89,7 @@ def test_truncated_and_flipped_frames(msg, data) -> None:
     flipped[i] ^= data.draw(st.integers(1, 255))
     for frame in (bytes(raw[:cut]), bytes(flipped)):
         for decode in (p.decode_up, p.decode_down):
-            with contextlib.suppress(p.Malformed):
+            with contextlib.suppress(Malformed):
                 decode(frame)
 
 
@@ -114,7 +115,7 @@ def enc(obj: object) -> bytes:
     ],
 )
 def test_malformed_upward(frame: bytes, why: str) -> None:
-    with pytest.raises(p.Malformed, match=why):
+    with pytest.raises(Malformed, match=why):
         p.decode_up(frame)
 
 
@@ -131,16 +132,16 @@ def test_malformed_upward(frame: bytes, why: str) -> None:
     ],
 )
 def test_malformed_downward(frame: bytes, why: str) -> None:
-    with pytest.raises(p.Malformed, match=why):
+    with pytest.raises(Malformed, match=why):
         p.decode_down(frame)
 
 
 def test_oversized_header_is_malformed_before_decoding() -> None:
     big = b"\x00" * (p.MAX_HEADER_BYTES + 1)
     for decode in (p.decode_up, p.decode_down):
-        with pytest.raises(p.Malformed, match="exceeds"):
+        with pytest.raises(Malformed, match="exceeds"):
             decode(big)
-        with pytest.raises(p.Malformed, match="exceeds"):
+        with pytest.raises(Malformed, match="exceeds"):
             decode(memoryview(big))
 
 
@@ -151,5 +152,6 @@ def test_defaults_and_version() -> None:
     assert p.Batch(1, "k", "id", 0, 0, 0, 0).v == p.PROTOCOL_VERSION == 1
 
 
-def test_position_is_a_compact_array() -> None:
-    assert msgspec.msgpack.decode(enc(p.Position("ab", 5, 2))) == ["ab", 5, 2]
+def test_mark_is_a_compact_array() -> None:
+    hello = msgspec.msgpack.decode(enc(p.Hello(name="x", conn=1, streams={"k": ("ab", 5, 2)})))
+    assert hello["streams"]["k"] == ["ab", 5, 2]

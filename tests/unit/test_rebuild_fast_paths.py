@@ -200,7 +200,7 @@ def test_transformer_release_inside_one_batch_keeps_the_held_days(tmp_path: Path
     service = Transformer(cfg, serve_metrics=False)
     try:
         batch = p.Batch(
-            session=1,
+            conn=1,
             stream="EUR-USD/BID/fetch",
             store_id="00",
             generation=0,

@@ -32,7 +32,7 @@ def bars(n: int, start: int = 0) -> np.ndarray:
 
 def batch(stream: str, start: int, count: int) -> p.Batch:
     return p.Batch(
-        session=1,
+        conn=1,
         stream=stream,
         store_id="00",
         generation=0,
