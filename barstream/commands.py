@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from barstream import configs
+from barstream import configs, ports
 from barstream.shared.config import SERVICES, SIDES
 from barstream.shared.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, ConfigError, RebuildError
 from barstream.supervise import Supervisor, default_var_dir, service_programs
@@ -27,19 +27,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from barstream import demo
 
     path = args.config or (configs.LIVE_CONFIG if args.live else configs.DEMO_CONFIG)
+    var_dir = args.var or default_var_dir()
     return demo.run(
-        path,
+        _with_port_offset(path, args.port_offset, var_dir),
         live=args.live,
         keep=args.keep or args.live,
         duration_s=args.duration,
-        var_dir=args.var or default_var_dir(),
+        var_dir=var_dir,
         events_port=args.events_port,
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    configs.load(args.config)  # fail here, with the key path, not inside five services
-    sup = _supervisor(args, demo=args.fake_upstream)
+    var_dir = args.var or default_var_dir()
+    path = _with_port_offset(args.config, args.port_offset, var_dir)
+    cfg = configs.load(path)  # fail here, with the key path, not inside five services
+    sup = Supervisor(
+        path,
+        var_dir,
+        demo=args.fake_upstream,
+        events_port=ports.events_port(cfg, args.events_port),
+    )
+    sup.check_not_running()
+    free = ports.check_free(
+        cfg, fake=args.fake_upstream, events_port=sup.events_port, prefix="barstream run"
+    )
+    if not free:
+        return EXIT_USAGE
     proc = sup.start(foreground=not args.detach)
     names = service_programs(demo=args.fake_upstream)
     states = sup.wait_running(names, 30.0)
@@ -225,6 +239,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     where = "stdout" if out is None else str(out.resolve())
     print(f"export: wrote {len(records)} bars of {path} to {where}", file=sys.stderr)
     return EXIT_OK
+
+
+def _with_port_offset(path: Path, offset: int | None, var_dir: Path) -> Path:
+    """``path``, or with ``--port-offset N`` the derived file that sets
+    ``pipeline.port_offset = N`` (``barstream.ports.offset_config``), said on stderr."""
+    if offset is None:
+        return path
+    derived = ports.offset_config(path, offset, var_dir)
+    print(
+        f"barstream: every TCP port moved by {offset}; the services read {derived} "
+        f"(give it as -c to status, history, tail …)",
+        file=sys.stderr,
+    )
+    return derived
 
 
 def _supervisor(args: argparse.Namespace, *, demo: bool = False) -> Supervisor:

@@ -10,6 +10,7 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     │   └── StoreClosed
     ├── CheckpointCorrupt         a checkpoint file that cannot be parsed (file)
     ├── ConfigError               a configuration value is invalid (key path, value)
+    │   └── BindError             a configured port this host cannot listen on (key, address)
     ├── ProtocolError             a malformed or unexpected message on a socket (peer, reason)
     ├── UpstreamInvalid           well-framed upstream records a stage cannot take (stream, offset)
     ├── SourceError               the upstream HTTP source failed (symbol, side, day, url)
@@ -108,6 +109,24 @@ class ConfigError(BarstreamError):
         self.path = path
         where = f"{path}: " if path else ""
         super().__init__(f"{where}{key} = {value!r}: {message}")
+
+
+class BindError(ConfigError):
+    """A configured address this host cannot listen on: ``key`` names the configuration key
+    that sets it, ``value`` its value (an address or a port); ``in_use``: another socket
+    holds it (else the host is not this machine's, or two keys share the port)."""
+
+    IN_USE_HINT = (
+        "another barstream or program holds it: stop it, "
+        "or run with --port-offset N, or set pipeline.port_offset"
+    )
+
+    def __init__(
+        self, key: str, value: object, message: str, *, in_use: bool, path: str = ""
+    ) -> None:
+        self.in_use = in_use
+        self.hint = self.IN_USE_HINT if in_use else "fix the configuration file and start again"
+        super().__init__(key, value, message, path=path)
 
 
 class ProtocolError(BarstreamError):
