@@ -115,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from barstream.backfill import backfill
+    from barstream.backfill import backfill, report
 
     cfg = configs.load(args.config)
     if args.end < args.start:
@@ -126,15 +126,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         if side not in SIDES:
             raise ConfigError("--sides", side, "must be BID or ASK")
     res = asyncio.run(backfill(cfg, symbols, sides, args.start, args.end, progress=not args.quiet))
-    print(
-        f"backfill: {res.fetched} days fetched ({res.bytes / 1e6:.1f} MB in {res.elapsed_s:.1f}s), "
-        f"{res.cached_already} already cached, {res.not_final} not final yet, "
-        f"{len(res.not_found)} not found, {len(res.failed)} failed",
-        file=sys.stderr,
+    rerun = (
+        f"barstream backfill -c {args.config} --start {{start}} --end {{end}} "
+        "--symbols {symbols} --sides {sides}"
     )
-    for line in [*res.not_found, *res.failed][:20]:
-        print(f"  {line}", file=sys.stderr)
-    return EXIT_ERROR if res.failed or res.not_found else EXIT_OK
+    for line in report(res, rerun=rerun):
+        print(line, file=sys.stderr)
+    return EXIT_ERROR if res.missing else EXIT_OK
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:

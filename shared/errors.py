@@ -15,6 +15,7 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     ├── UpstreamInvalid           well-framed upstream records a stage cannot take (stream, offset)
     ├── SourceError               the upstream HTTP source failed (symbol, side, day, url)
     │   ├── NotFound              HTTP 404 / before the instrument's history start
+    │   ├── HostUnresolved        the upstream's host name does not resolve (DNS): not retried
     │   └── TransientSourceError  429 / 5xx / timeout / connection error / refused body (retry)
     ├── PayloadInvalid            a response that failed decoding or validation
     │                             (symbol, side, day, field, index)
@@ -169,6 +170,13 @@ class SourceError(BarstreamError):
 
 class NotFound(SourceError):
     hint = "check the symbol name and the configured start date against the instrument's history"
+
+
+class HostUnresolved(SourceError):
+    """The upstream's host name does not resolve (DNS): not retried, since every request to
+    it would fail alike until the configuration or the network is fixed."""
+
+    hint = "check downloader.base_url and this machine's DNS"
 
 
 class TransientSourceError(SourceError):
