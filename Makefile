@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)   ## create/refresh .venv
 
-run: $(STAMP)    ## offline demo under supervisord (LIVE=1 for the real Dukascopy feed)
-	@$(PY) -m barstream demo $(if $(LIVE),--live,) $(if $(DURATION),--duration $(DURATION),)
+run: $(STAMP)    ## offline demo under supervisord (LIVE=1 real feed; PORT_OFFSET=N moves every port)
+	@$(PY) -m barstream demo $(if $(LIVE),--live,) $(if $(DURATION),--duration $(DURATION),) \
+		$(if $(PORT_OFFSET),--port-offset $(PORT_OFFSET),)
 
 # Locally `make test` skips the slow suites (chaos with many kills, soak, the full demo);
 # under CI (CI=true) it runs them too: ~10 min in all on 2 cores, well inside CI's limit.

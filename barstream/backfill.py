@@ -5,6 +5,10 @@ configuration's base URL and request budget, so a backfill is exactly as polite 
 service. Days already cached are skipped; the current day (by the upstream's clock, read
 from its HTTP ``Date``) and later days are never cached. Safe while the downloader runs
 (cache writes are atomic). A later ``barstream rebuild`` turns the cache into stores.
+
+A one-shot command: a day whose fetch fails (after the source's retries) is reported, not
+retried later — ``report`` lists the days left missing and the command that asks for them
+again. A host that does not resolve stops the backfill at once (every day would fail alike).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import datetime as dt
 import time
 from dataclasses import dataclass, field
+from typing import Final
 
 from tqdm import tqdm
 
@@ -23,10 +28,23 @@ from barstream.services.downloader.source import (
     RequestBudget,
 )
 from barstream.shared.config import Config
-from barstream.shared.errors import NotFound, SourceError
+from barstream.shared.errors import HostUnresolved, NotFound, SourceError
 
 #: Fetches in flight at once (the budget decides the rate).
 CONCURRENCY = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """A day the backfill left out of the raw cache, and why (the error's reason)."""
+
+    symbol: str
+    side: str
+    day: dt.date
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.symbol}/{self.side}/{self.day.isoformat()}: {self.why}"
 
 
 @dataclass
@@ -34,10 +52,18 @@ class BackfillResult:
     fetched: int = 0
     cached_already: int = 0
     not_final: int = 0  # the upstream's today or later: never cached
-    not_found: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    not_found: list[Missing] = field(default_factory=list)
+    failed: list[Missing] = field(default_factory=list)
+    #: Days not asked for: the backfill stopped early (``stopped`` says why).
+    not_tried: list[Missing] = field(default_factory=list)
+    stopped: str = ""
     bytes: int = 0
     elapsed_s: float = 0.0
+
+    @property
+    def missing(self) -> list[Missing]:
+        """Every day asked for that is not in the raw cache now (not-final days aside)."""
+        return [*self.failed, *self.not_tried, *self.not_found]
 
 
 def days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -84,13 +110,19 @@ async def backfill(
                 sym, side, day = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            where = f"{sym}/{side}/{day.isoformat()}"
+            if res.stopped:
+                res.not_tried.append(Missing(sym, side, day, "not tried"))
+                bar.update(1)
+                continue
             try:
                 result = await source.fetch_day(sym, side, day)
             except NotFound as e:
-                res.not_found.append(f"{where}: {e}")
+                res.not_found.append(Missing(sym, side, day, e.reason))
+            except HostUnresolved as e:  # every other day would fail alike: stop asking
+                res.failed.append(Missing(sym, side, day, e.reason))
+                res.stopped = res.stopped or f"{d.base_url}: {e.reason} ({e.hint})"
             except SourceError as e:
-                res.failed.append(f"{where}: {e}")
+                res.failed.append(Missing(sym, side, day, e.reason))
             else:
                 if result.server_ms is not None:
                     clock_ms[0] = result.server_ms - int(time.time() * 1000)
@@ -110,3 +142,40 @@ async def backfill(
         bar.close()
     res.elapsed_s = time.monotonic() - began
     return res
+
+
+#: Days listed one by one in the report (the rest are counted).
+LISTED: Final = 20
+
+
+def report(res: BackfillResult, *, rerun: str) -> list[str]:
+    """What a finished backfill prints: the counts, the days left missing and why, and what
+    to do about them. ``rerun`` is the command that asks again, with ``{start}``, ``{end}``,
+    ``{symbols}`` and ``{sides}`` fields, filled in here to cover the days left undone."""
+    lines = [
+        f"backfill: {res.fetched} days fetched ({res.bytes / 1e6:.1f} MB in {res.elapsed_s:.1f}s), "
+        f"{res.cached_already} already cached, {res.not_final} not final yet, "
+        f"{len(res.not_found)} not found, {len(res.failed)} failed"
+        + (f", {len(res.not_tried)} not tried" if res.not_tried else "")
+    ]
+    shown = sorted([*res.failed, *res.not_found], key=lambda m: (m.symbol, m.side, m.day))
+    lines += [f"  {m}" for m in shown[:LISTED]]
+    if len(shown) > LISTED:
+        lines.append(f"  … and {len(shown) - LISTED} more")
+    if res.stopped:
+        lines.append(f"backfill: stopped early: {res.stopped}")
+    undone = [*res.failed, *res.not_tried]
+    if undone:
+        lines.append(
+            f"backfill: {len(undone)} day(s) left undone, not in the raw cache; fix the cause "
+            "and run again (cached days are skipped): "
+            + rerun.format(
+                start=min(m.day for m in undone).isoformat(),
+                end=max(m.day for m in undone).isoformat(),
+                symbols=",".join(dict.fromkeys(m.symbol for m in undone)),
+                sides=",".join(dict.fromkeys(m.side for m in undone)),
+            )
+        )
+    if res.not_found:
+        lines.append(f"backfill: {len(res.not_found)} day(s) not found upstream: {NotFound.hint}")
+    return lines

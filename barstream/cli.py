@@ -1,7 +1,7 @@
 """``barstream`` — run, watch, check and export the pipeline.
 
     barstream demo [--live] [--duration S] [--keep]     offline demo (fake upstream) or live
-    barstream run -c FILE [--detach]                    the pipeline under supervisord
+    barstream run -c FILE [--detach] [--port-offset N]  the pipeline under supervisord
     barstream status -c FILE [--all] [--json]           services, lag, gaps, what needs attention
     barstream ctl ARGS…                                 supervisorctl (status, start, stop …)
     barstream stop                                      stop supervisord and every service
@@ -181,6 +181,15 @@ SUPERVISOR: Final = (
     ),
 )
 QUIET: Final = arg("--quiet", "-q", action="store_true", help="no progress bar")
+#: Moves every TCP port of a supervisord run (the configuration key pipeline.port_offset).
+PORT_OFFSET: Final = arg(
+    "--port-offset",
+    type=int,
+    metavar="N",
+    help="add N to every TCP port of the run (feeds, metrics, gateway, fake upstream, "
+    "--events-port): a second instance beside another; sets pipeline.port_offset in a copy "
+    "of the configuration written to the run directory",
+)
 
 COMMANDS: Final = (
     Command(
@@ -189,12 +198,15 @@ COMMANDS: Final = (
         "offline demo under supervisord with a live screen (Ctrl-C stops)",
         "Start every service and the fake Dukascopy upstream under supervisord "
         "(config/demo.toml; data starts empty unless --keep), wait until bars flow, then show "
-        "a live status screen and the last EUR-USD 1m bars. Ctrl-C stops everything cleanly.",
+        "a live status screen and the last EUR-USD 1m bars. Ctrl-C stops everything cleanly. "
+        "Every TCP port of the run is checked first: a taken one exits 2, naming its "
+        "configuration key (--port-offset N moves them all).",
         (
             config_arg(None, " (default config/demo.toml, or config/live.toml with --live)"),
             arg("--live", action="store_true", help="the real Dukascopy API (config/live.toml)"),
             arg("--duration", type=float, help="stop after this many seconds"),
             arg("--keep", action="store_true", help="keep the demo's data from earlier runs"),
+            PORT_OFFSET,
             *SUPERVISOR,
         ),
     ),
@@ -203,7 +215,9 @@ COMMANDS: Final = (
         cmd_run,
         "run the pipeline under supervisord (foreground or --detach)",
         "Start supervisord with supervisord.conf and every service with the given "
-        "configuration. Foreground until Ctrl-C (every service stops cleanly), or --detach.",
+        "configuration. Foreground until Ctrl-C (every service stops cleanly), or --detach. "
+        "Every TCP port of the run is checked first: a taken one exits 2, naming its "
+        "configuration key (--port-offset N moves them all).",
         (
             LIVE,
             arg("--detach", action="store_true", help="daemonize supervisord and return"),
@@ -212,6 +226,7 @@ COMMANDS: Final = (
                 action="store_true",
                 help="also start the fake upstream (demo mode)",
             ),
+            PORT_OFFSET,
             *SUPERVISOR,
         ),
     ),

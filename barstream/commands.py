@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from barstream import configs
+from barstream import configs, ports
 from barstream.shared.config import SERVICES, SIDES
 from barstream.shared.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, ConfigError, RebuildError
 from barstream.supervise import Supervisor, default_var_dir, service_programs
@@ -27,19 +27,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from barstream import demo
 
     path = args.config or (configs.LIVE_CONFIG if args.live else configs.DEMO_CONFIG)
+    var_dir = args.var or default_var_dir()
     return demo.run(
-        path,
+        _with_port_offset(path, args.port_offset, var_dir),
         live=args.live,
         keep=args.keep or args.live,
         duration_s=args.duration,
-        var_dir=args.var or default_var_dir(),
+        var_dir=var_dir,
         events_port=args.events_port,
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    configs.load(args.config)  # fail here, with the key path, not inside five services
-    sup = _supervisor(args, demo=args.fake_upstream)
+    var_dir = args.var or default_var_dir()
+    path = _with_port_offset(args.config, args.port_offset, var_dir)
+    cfg = configs.load(path)  # fail here, with the key path, not inside five services
+    sup = Supervisor(
+        path,
+        var_dir,
+        demo=args.fake_upstream,
+        events_port=ports.events_port(cfg, args.events_port),
+    )
+    sup.check_not_running()
+    free = ports.check_free(
+        cfg, fake=args.fake_upstream, events_port=sup.events_port, prefix="barstream run"
+    )
+    if not free:
+        return EXIT_USAGE
     proc = sup.start(foreground=not args.detach)
     names = service_programs(demo=args.fake_upstream)
     states = sup.wait_running(names, 30.0)
@@ -101,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from barstream.backfill import backfill
+    from barstream.backfill import backfill, report
 
     cfg = configs.load(args.config)
     if args.end < args.start:
@@ -112,15 +126,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         if side not in SIDES:
             raise ConfigError("--sides", side, "must be BID or ASK")
     res = asyncio.run(backfill(cfg, symbols, sides, args.start, args.end, progress=not args.quiet))
-    print(
-        f"backfill: {res.fetched} days fetched ({res.bytes / 1e6:.1f} MB in {res.elapsed_s:.1f}s), "
-        f"{res.cached_already} already cached, {res.not_final} not final yet, "
-        f"{len(res.not_found)} not found, {len(res.failed)} failed",
-        file=sys.stderr,
+    rerun = (
+        f"barstream backfill -c {args.config} --start {{start}} --end {{end}} "
+        "--symbols {symbols} --sides {sides}"
     )
-    for line in [*res.not_found, *res.failed][:20]:
-        print(f"  {line}", file=sys.stderr)
-    return EXIT_ERROR if res.failed or res.not_found else EXIT_OK
+    for line in report(res, rerun=rerun):
+        print(line, file=sys.stderr)
+    return EXIT_ERROR if res.missing else EXIT_OK
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
@@ -225,6 +237,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     where = "stdout" if out is None else str(out.resolve())
     print(f"export: wrote {len(records)} bars of {path} to {where}", file=sys.stderr)
     return EXIT_OK
+
+
+def _with_port_offset(path: Path, offset: int | None, var_dir: Path) -> Path:
+    """``path``, or with ``--port-offset N`` the derived file that sets
+    ``pipeline.port_offset = N`` (``barstream.ports.offset_config``), said on stderr."""
+    if offset is None:
+        return path
+    derived = ports.offset_config(path, offset, var_dir)
+    print(
+        f"barstream: every TCP port moved by {offset}; the services read {derived} "
+        f"(give it as -c to status, history, tail …)",
+        file=sys.stderr,
+    )
+    return derived
 
 
 def _supervisor(args: argparse.Namespace, *, demo: bool = False) -> Supervisor:

@@ -8,6 +8,9 @@ Waits until 1m bars reach the resampler, then redraws a screen every second: the
 (from /metrics and supervisord) and the last 1m bars of the first symbol (read-only from the
 resampler's store). Ctrl-C (or ``--duration`` seconds) stops supervisord, which stops every
 service with SIGTERM (each commits and exits).
+
+Before anything starts (or the data is reset), every TCP port of the run is checked free
+(``barstream.ports``): a taken one exits 2 naming its configuration key.
 """
 
 from __future__ import annotations
@@ -26,10 +29,16 @@ from typing import TextIO
 
 import numpy as np
 
-from barstream import configs, paths, status, status_view
+from barstream import configs, paths, ports, status, status_view
 from barstream.export import num
 from barstream.shared.config import Config
-from barstream.shared.errors import BarstreamError, StoreError, SupervisorError
+from barstream.shared.errors import (
+    EXIT_ERROR,
+    EXIT_USAGE,
+    BarstreamError,
+    StoreError,
+    SupervisorError,
+)
 from barstream.shared.record import FLAG_PROVISIONAL
 from barstream.shared.store import Store
 from barstream.supervise import Supervisor, service_programs
@@ -119,10 +128,19 @@ def run(
     out: TextIO = sys.stdout,
 ) -> int:
     cfg = configs.load(config_path)
+    sup = Supervisor(
+        config_path, var_dir, demo=not live, events_port=ports.events_port(cfg, events_port)
+    )
+    try:
+        sup.check_not_running()
+    except SupervisorError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if not ports.check_free(cfg, fake=not live, events_port=sup.events_port, prefix="demo"):
+        return EXIT_USAGE  # before anything starts or the data is reset
     if not live and not keep:
         root = reset_data(cfg)
         print(f"demo: starting from an empty {root}", file=sys.stderr)
-    sup = Supervisor(config_path, var_dir, demo=not live, events_port=events_port)
 
     # Ctrl-C and SIGTERM end the screen loop; supervisord (its own session) is stopped below.
     def _raise(_sig: int, _frame: FrameType | None) -> None:

@@ -60,6 +60,7 @@ def drain_config(source: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str
     """The configuration of a rebuild: the same pipeline, cache-only, private endpoints."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in source.items()}
     data.setdefault("pipeline", {})["data_dir"] = cfg.pipeline.data_dir
+    data["pipeline"]["port_offset"] = 0  # its ports below are private and free as they are
     data.setdefault("downloader", {})["cache_only"] = True
     prev = ""
     for name in SERVICES:

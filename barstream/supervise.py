@@ -100,11 +100,7 @@ class Supervisor:
     def start(self, *, foreground: bool) -> subprocess.Popen[bytes] | None:
         """Start supervisord. Foreground: a child process (``-n``) the caller stops with
         ``shutdown``; else it daemonizes and this returns once its socket answers."""
-        if self.running():
-            raise SupervisorError(
-                f"supervisord already answers on {self.socket_path}; "
-                "stop it first (barstream ctl shutdown)"
-            )
+        self.check_not_running()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)]
         if foreground:
@@ -128,6 +124,14 @@ class Supervisor:
             )
         self.wait_socket(15.0)
         return None
+
+    def check_not_running(self) -> None:
+        """Raise ``SupervisorError`` if this run directory's supervisord already answers."""
+        if self.running():
+            raise SupervisorError(
+                f"supervisord already answers on {self.socket_path}; "
+                "stop it first (barstream ctl shutdown)"
+            )
 
     def wait_socket(self, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + timeout_s

@@ -6,6 +6,12 @@ Every error names the key path and the bad value::
 
 Nothing below ``__main__`` reads the environment: settings are built here, at the edge,
 and passed down as typed objects. See README "Configuration" for every key.
+
+Endpoints are resolved here, once: unset ones get their defaults (feeds 7101.., metrics
+9101.., gateway 7110/7111), then ``pipeline.port_offset`` shifts every TCP port of the run —
+feeds, upstreams, metrics, gateway, the fake upstream and the ``downloader.base_url`` that
+names the fake's port — so every service and command reading the file sees the same ports.
+``tcp_listens`` lists the ports a run listens on (the CLI checks them before it starts).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 import tomllib
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -44,6 +52,9 @@ class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     #: Commit at most this often while data flows (a burst's end always commits).
     commit_interval_s: float = 0.05
+    #: Added to every TCP port of the run (defaults and configured ones): a second instance
+    #: beside another on one host.
+    port_offset: int = 0
 
 
 class DownloaderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -242,8 +253,118 @@ def _check(cfg: Config) -> None:
         raise bad("gateway.max_request_records", cfg.gateway.max_request_records, "must be >= 1")
     for name in SERVICES:
         port = cfg.endpoints(name).metrics_port
-        if port is None or not 0 <= port <= 65535:
+        if port is None or not 0 <= port <= MAX_PORT:
             raise bad(f"{name}.endpoints.metrics_port", port, "must be a TCP port")
+    if not 0 <= cfg.fake_upstream.port <= MAX_PORT:
+        raise bad("fake_upstream.port", cfg.fake_upstream.port, "must be a TCP port")
+    if p.port_offset < 0:
+        raise bad("pipeline.port_offset", p.port_offset, "must be >= 0")
+
+
+# -- TCP ports: the offset and the list of listening ports ---------------------------------
+
+MAX_PORT: Final = 65535
+
+
+def offset_port(port: int, offset: int) -> int:
+    """``port`` shifted by ``offset``; 0 (any free port) stays 0."""
+    return port + offset if port else 0
+
+
+def _address_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a ``tcp://HOST:PORT`` address; None for ipc://, ``*`` or ``!`` ports."""
+    scheme, sep, rest = address.partition("://")
+    if scheme != "tcp" or not sep or ":" not in rest:
+        return None
+    host, port = rest.rsplit(":", 1)
+    return (host.strip("[]"), int(port)) if port.isdigit() else None
+
+
+def _shift_address(address: str, offset: int) -> str:
+    hp = _address_port(address)
+    if hp is None or hp[1] == 0:
+        return address
+    head = address.rsplit(":", 1)[0]
+    return f"{head}:{hp[1] + offset}"
+
+
+def _shift_url(url: str, old: int, offset: int) -> str:
+    """``url`` with its port moved by ``offset`` when it is ``old`` (the fake upstream's)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.port != old or not old:
+        return url
+    netloc = parts.netloc.rsplit(":", 1)[0] + f":{old + offset}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _apply_port_offset(cfg: Config) -> None:
+    """Shift every TCP port of ``cfg`` by ``pipeline.port_offset`` (after the defaults are
+    filled, so defaults and configured ports move together); a port pushed past 65535 is an
+    error naming ``pipeline.port_offset`` and the key it moved."""
+    n = cfg.pipeline.port_offset
+    if not n:
+        return
+    fake = cfg.fake_upstream
+    cfg.downloader.base_url = _shift_url(cfg.downloader.base_url, fake.port, n)
+    fake.port = offset_port(fake.port, n)
+    for name in SERVICES:
+        ep = cfg.endpoints(name)
+        ep.feed = _shift_address(ep.feed, n)
+        ep.upstream = _shift_address(ep.upstream, n)
+        ep.metrics_port = offset_port(ep.metrics_port or 0, n)
+    cfg.gateway.publish = _shift_address(cfg.gateway.publish, n)
+    cfg.gateway.requests = _shift_address(cfg.gateway.requests, n)
+    connects = [
+        (f"{name}.endpoints.upstream", _address_port(cfg.endpoints(name).upstream))
+        for name in SERVICES
+    ]
+    ports = [(x.key, x.port) for x in tcp_listens(cfg)] + [
+        (key, hp[1]) for key, hp in connects if hp is not None
+    ]
+    for key, port in ports:
+        if port > MAX_PORT:
+            raise ConfigError(
+                "pipeline.port_offset",
+                n,
+                f"moves {key} to port {port}, past {MAX_PORT}",
+                path=cfg.source,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """One TCP port a run listens on: the configuration key that sets it, host and port."""
+
+    key: str
+    host: str
+    port: int
+    #: The configured value as the key holds it (an address, or the port).
+    value: str | int
+
+
+def tcp_listens(cfg: Config, *, fake: bool = True) -> list[Listen]:
+    """Every TCP port ``cfg`` makes the services (and, with ``fake``, the fake upstream)
+    listen on, offset included; ipc:// endpoints and any-free ports (0, ``*``) are left out."""
+    out: list[Listen] = []
+    for name in SERVICES:
+        ep = cfg.endpoints(name)
+        hp = _address_port(ep.feed)
+        if hp is not None and hp[1]:
+            out.append(Listen(f"{name}.endpoints.feed", hp[0], hp[1], ep.feed))
+        if ep.metrics_port:
+            key = f"{name}.endpoints.metrics_port"
+            out.append(Listen(key, ep.metrics_host, ep.metrics_port, ep.metrics_port))
+    for key, address in (
+        ("gateway.publish", cfg.gateway.publish),
+        ("gateway.requests", cfg.gateway.requests),
+    ):
+        hp = _address_port(address)
+        if hp is not None and hp[1]:
+            out.append(Listen(key, hp[0], hp[1], address))
+    if fake and cfg.fake_upstream.port:
+        port = cfg.fake_upstream.port
+        out.append(Listen("fake_upstream.port", cfg.pipeline.host, port, port))
+    return out
 
 
 def _lookup(data: Any, path: str) -> object:
@@ -282,6 +403,7 @@ def from_dict(data: dict[str, Any], *, source: str = "") -> Config:
     cfg.source = source
     _fill_defaults(cfg)
     _check(cfg)
+    _apply_port_offset(cfg)
     return cfg
 
 

@@ -10,8 +10,8 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     │   └── StoreClosed
     ├── CheckpointCorrupt         a checkpoint file that cannot be parsed (file)
     ├── ConfigError               a configuration value is invalid (key path, value)
-    │   └── BindError             a socket cannot bind the address a key configures (key,
-    │                             address; in use or not bindable)
+    │   └── BindError             a socket or port this host cannot bind (key, address; in use,
+    │                             or not this host's)
     ├── ProtocolError             a malformed or unexpected message on a socket (peer, reason)
     │   └── Malformed             a frame that is no valid message of its protocol, feed or
     │                             gateway (code, request_id)
@@ -20,6 +20,7 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     ├── UpstreamInvalid           well-framed upstream records a stage cannot take (stream, offset)
     ├── SourceError               the upstream HTTP source failed (symbol, side, day, url)
     │   ├── NotFound              HTTP 404 / before the instrument's history start
+    │   ├── HostUnresolved        the upstream's host name does not resolve (DNS): not retried
     │   └── TransientSourceError  429 / 5xx / timeout / connection error / refused body (retry)
     ├── PayloadInvalid            a response that failed decoding or validation
     │                             (symbol, side, day, field, index)
@@ -117,18 +118,27 @@ class ConfigError(BarstreamError):
 
 
 class BindError(ConfigError):
-    """A socket could not bind the address configuration key ``key`` holds (``value``)."""
+    """A configured address this host cannot listen on: ``key`` names the configuration key
+    that sets it, ``value`` its value (an address or a port); ``in_use``: another socket
+    holds it (else the host is not this machine's, or two keys share the port)."""
 
-    def __init__(self, key: str, address: str, reason: str, *, in_use: bool = False) -> None:
-        self.address = address
-        self.reason = reason
+    IN_USE_HINT = (
+        "another barstream or program holds it: stop it, "
+        "or run with --port-offset N, or set pipeline.port_offset"
+    )
+
+    def __init__(
+        self, key: str, value: object, message: str, *, in_use: bool = False, path: str = ""
+    ) -> None:
+        self.in_use = in_use
+        self.address = str(value)
         self.hint = (
-            f"another process holds this address (a second copy of this service?): stop it, "
-            f"or set {key} to a free address"
+            self.IN_USE_HINT
             if in_use
-            else f"set {key} to an address this host can bind (tcp://HOST:PORT or ipc://PATH)"
+            else f"fix the configuration file and start again: {key} must be an address "
+            "this host can bind (tcp://HOST:PORT or ipc://PATH)"
         )
-        super().__init__(key, address, reason)
+        super().__init__(key, value, message, path=path)
 
 
 class ProtocolError(BarstreamError):
@@ -199,6 +209,13 @@ class SourceError(BarstreamError):
 
 class NotFound(SourceError):
     hint = "check the symbol name and the configured start date against the instrument's history"
+
+
+class HostUnresolved(SourceError):
+    """The upstream's host name does not resolve (DNS): not retried, since every request to
+    it would fail alike until the configuration or the network is fixed."""
+
+    hint = "check downloader.base_url and this machine's DNS"
 
 
 class TransientSourceError(SourceError):

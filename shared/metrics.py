@@ -10,6 +10,7 @@ apart; ``stream`` is a store key ``SYMBOL/SIDE/TIMEFRAME``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from typing import Final
@@ -17,6 +18,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from barstream.shared.errors import BindError
 from barstream.shared.gateway_protocol import CONSUMER_TTL_S
 
 log = logging.getLogger("barstream.metrics")
@@ -155,9 +157,20 @@ class Metrics:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Serve /metrics on ``host:port`` (0 = ephemeral) in a daemon thread; returns the port."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1", *, path: str = "") -> int:
+        """Serve /metrics on ``host:port`` (0 = ephemeral) in a daemon thread; returns the port.
+        A port it cannot bind raises ``BindError`` naming ``<service>.endpoints.metrics_port``
+        (``path``: the configuration file, for the message)."""
+        try:
+            server, thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            raise BindError(
+                f"{self.service}.endpoints.metrics_port",
+                port,
+                f"cannot listen on {host}:{port}: {e.strerror or e}",
+                in_use=e.errno == errno.EADDRINUSE,
+                path=path,
+            ) from e
         self._server, self._thread = server, thread
         bound = int(server.server_port)
         log.info("%s: metrics on http://%s:%d/metrics", self.service, host, bound)

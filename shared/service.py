@@ -45,6 +45,8 @@ from barstream.shared.errors import (
     EXIT_OK,
     EXIT_USAGE,
     BarstreamError,
+    BindError,
+    ConfigError,
     UpstreamInvalid,
 )
 from barstream.shared.feed_client import FeedClient
@@ -244,9 +246,15 @@ class Service(abc.ABC):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         if self._serve_metrics:
-            self.metrics_port = self.metrics.serve(
-                self.endpoints.metrics_port or 0, self.endpoints.metrics_host
-            )
+            try:
+                self.metrics_port = self.metrics.serve(
+                    self.endpoints.metrics_port or 0,
+                    self.endpoints.metrics_host,
+                    path=self.config.source,
+                )
+            except BindError:  # main() turns it into exit 2, naming the key
+                await self.close()
+                raise
         self.update_store_gauges()
         self.log.info("starting: %r", self)
         try:
@@ -419,6 +427,9 @@ def main(service_cls: type[Service], argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return service.run()
+    except ConfigError as e:  # a configured port it cannot listen on (BindError): exit 2
+        log.error("cannot start: %s", e)
+        return EXIT_USAGE
     except BarstreamError as e:
         log.error("stopped on error: %s", e)
         return EXIT_ERROR

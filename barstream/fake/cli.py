@@ -9,7 +9,8 @@
 (port, speed, seed, start = the simulated time at startup), bound to ``pipeline.host``, so
 the fake and the downloader's ``base_url`` come from one file; supervisord's
 ``barstream:fake_upstream`` program and docker-compose's ``demo`` profile run exactly this.
-It logs to stderr; a bad configuration exits 2, a port it cannot bind exits 1.
+It logs to stderr; a bad configuration exits 2, and so does a port it cannot bind (the
+message names ``fake_upstream.port``).
 
 ``serve`` takes every setting as an option (and ``--fault`` specs); it prints
 ``fake upstream listening on URL`` to stdout once it answers (tests read the URL of
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import json
 import logging
 import signal
@@ -42,7 +44,7 @@ from barstream.fake.faults import FAULT_KINDS
 from barstream.fake.upstream import FakeUpstream
 from barstream.shared import config as config_mod
 from barstream.shared.config import Config
-from barstream.shared.errors import ConfigError
+from barstream.shared.errors import BindError, ConfigError
 
 log = logging.getLogger("barstream.fake")
 
@@ -235,8 +237,15 @@ def run_config(path: Path) -> int:
     try:
         serve_until_signal(upstream, started)
     except OSError as e:
-        log.error("cannot listen on %s:%d: %s", cfg.pipeline.host, cfg.fake_upstream.port, e)
-        return 1
+        err = BindError(
+            "fake_upstream.port",
+            cfg.fake_upstream.port,
+            f"cannot listen on {cfg.pipeline.host}:{cfg.fake_upstream.port}: {e.strerror or e}",
+            in_use=e.errno == errno.EADDRINUSE,
+            path=cfg.source,
+        )
+        log.error("cannot start: %s", err)
+        return 2
     log.info("stopped")
     return 0
 

@@ -22,7 +22,9 @@ Contract
   ``TransientSourceError`` (``status``, ``retry_after_s``); after ``max_attempts`` the fetch
   raises one naming the last reason.
 - Not retried: 404 and days before the symbol's configured history start raise ``NotFound``
-  (the latter without a request); any other 4xx raises ``SourceError``.
+  (the latter without a request); any other 4xx raises ``SourceError``; a host name that
+  does not resolve (DNS) raises ``HostUnresolved`` after its one request — every retry would
+  fail alike (a refused connection is retried: the fake upstream may start after us).
 - Every error names symbol, side, day and URL. A 200 body is returned as received (gunzipped);
   judging its candles is the transformer's job.
 - ``body_digest`` = the first 8 bytes of ``blake2b(body)`` as a little-endian uint64, the value
@@ -38,6 +40,7 @@ import gzip
 import hashlib
 import http.client
 import random
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -49,7 +52,12 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, TypedDict
 
 from barstream.shared.config import DownloaderConfig
-from barstream.shared.errors import NotFound, SourceError, TransientSourceError
+from barstream.shared.errors import (
+    HostUnresolved,
+    NotFound,
+    SourceError,
+    TransientSourceError,
+)
 from barstream.shared.timeframe import DAY_MS
 
 __all__ = [
@@ -350,7 +358,8 @@ class HttpSource:
     def _get(self, where: _Where, timeout_s: float) -> tuple[int, bytes, int | None]:
         """One blocking GET (runs in a worker thread). A failed attempt worth another raises
         ``TransientSourceError``; 404 ``NotFound``, any other 4xx ``SourceError`` (each
-        with the response's ``Date`` as ``server_ms``)."""
+        with the response's ``Date`` as ``server_ms``); a host that does not resolve
+        ``HostUnresolved``."""
         headers = {"User-Agent": self.settings.user_agent, "Accept": "application/json"}
         if self.settings.gzip:
             headers["Accept-Encoding"] = "gzip"
@@ -382,6 +391,11 @@ class HttpSource:
             ) from None
         except (TimeoutError, OSError, http.client.HTTPException, urllib.error.URLError) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if isinstance(reason, socket.gaierror):  # the next request would fail alike
+                host = urllib.parse.urlsplit(where["url"]).hostname
+                raise HostUnresolved(
+                    f"dns: host {host!r} does not resolve: {reason}", **where
+                ) from None
             kind = "timeout" if isinstance(reason, TimeoutError) else "connection"
             raise TransientSourceError(
                 f"{kind}: {type(reason).__name__}: {reason}", **where

@@ -36,7 +36,13 @@ from barstream.services.downloader.source import (
 )
 from barstream.services.transformer.transform import decode_candles
 from barstream.shared.config import from_dict
-from barstream.shared.errors import NotFound, PayloadInvalid, SourceError, TransientSourceError
+from barstream.shared.errors import (
+    HostUnresolved,
+    NotFound,
+    PayloadInvalid,
+    SourceError,
+    TransientSourceError,
+)
 from barstream.shared.record import FLAG_PROVISIONAL
 from tests.conftest import REPO
 
@@ -253,6 +259,17 @@ def test_connection_refused_is_transient() -> None:
     src = HttpSource(settings, RequestBudget(100.0, 10))
     with pytest.raises(TransientSourceError, match="connection"):
         run(src.fetch_day("EUR-USD", "BID", PAST))
+
+
+def test_an_unresolvable_host_costs_exactly_one_attempt() -> None:
+    retry = RetryPolicy(max_attempts=7, base_delay_s=0.01)
+    settings = SourceSettings(base_url="http://nonexistent.invalid/", retry=retry)
+    src = HttpSource(settings, RequestBudget(100.0, 10))
+    with pytest.raises(HostUnresolved, match=r"'nonexistent\.invalid' does not resolve") as e:
+        run(src.fetch_day("EUR-USD", "BID", PAST))
+    assert not isinstance(e.value, TransientSourceError)
+    assert (src.attempts_total, src.retries_total) == (1, 0)
+    assert "check downloader.base_url" in str(e.value)
 
 
 def test_bad_bodies_are_returned_for_the_transformer_to_reject(fake: FakeUpstream) -> None:

@@ -156,3 +156,95 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML") as e:
         config.load(bad)
     assert e.value.value == str(bad)
+
+
+# -- pipeline.port_offset ------------------------------------------------------------------
+
+
+def test_port_offset_moves_every_default_tcp_port() -> None:
+    cfg = config.from_dict({"pipeline": {"port_offset": 100}})
+    assert [cfg.endpoints(s).feed for s in config.SERVICES] == [
+        f"tcp://127.0.0.1:{p}" for p in range(7201, 7206)
+    ]
+    assert cfg.endpoints("transformer").upstream == "tcp://127.0.0.1:7201"
+    assert cfg.endpoints("gateway").upstream == "tcp://127.0.0.1:7204"
+    assert cfg.endpoints("downloader").upstream == ""
+    assert [cfg.endpoints(s).metrics_port for s in config.SERVICES] == list(range(9201, 9206))
+    assert (cfg.gateway.publish, cfg.gateway.requests) == (
+        "tcp://127.0.0.1:7210",
+        "tcp://127.0.0.1:7211",
+    )
+    assert cfg.fake_upstream.port == 8887
+    assert cfg.downloader.base_url == "https://jetta.dukascopy.com"  # not the fake: unchanged
+
+
+def test_port_offset_moves_configured_ports_and_the_fakes_base_url() -> None:
+    cfg = config.from_dict(
+        {
+            "pipeline": {"port_offset": 5},
+            "downloader": {
+                "base_url": "http://127.0.0.1:8787",
+                "endpoints": {"feed": "tcp://0.0.0.0:9000", "metrics_port": 0},
+            },
+            "transformer": {"endpoints": {"feed": "ipc:///tmp/t.feed", "metrics_port": 9500}},
+            "aggregator": {"endpoints": {"upstream": "tcp://[::1]:6000", "feed": "tcp://*:*"}},
+            "gateway": {"publish": "ipc:///tmp/gw.pub"},
+            "fake_upstream": {"port": 8787},
+        }
+    )
+    assert cfg.endpoints("downloader").feed == "tcp://0.0.0.0:9005"
+    assert cfg.endpoints("transformer").upstream == "tcp://127.0.0.1:9005"
+    assert cfg.endpoints("downloader").metrics_port == 0  # any free port stays any
+    assert cfg.endpoints("transformer").feed == "ipc:///tmp/t.feed"
+    assert cfg.endpoints("transformer").metrics_port == 9505
+    assert cfg.endpoints("aggregator").upstream == "tcp://[::1]:6005"
+    assert cfg.endpoints("aggregator").feed == "tcp://*:*"
+    assert cfg.gateway.publish == "ipc:///tmp/gw.pub"
+    assert cfg.gateway.requests == "tcp://127.0.0.1:7116"
+    assert cfg.fake_upstream.port == 8792
+    assert cfg.downloader.base_url == "http://127.0.0.1:8792"  # still the fake's
+
+
+def test_no_offset_changes_nothing() -> None:
+    assert config.from_dict({"pipeline": {"port_offset": 0}}) == config.default()
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ({"pipeline": {"port_offset": -1}}, ">= 0"),
+        ({"pipeline": {"port_offset": 60000}}, "moves downloader.endpoints.feed to port 67101"),
+        (
+            {"pipeline": {"port_offset": 500}, "gateway": {"endpoints": {"metrics_port": 65100}}},
+            "moves gateway.endpoints.metrics_port to port 65600, past 65535",
+        ),
+        (
+            {
+                "pipeline": {"port_offset": 10},
+                "transformer": {"endpoints": {"feed": "ipc:///x"}},
+                "aggregator": {"endpoints": {"upstream": "tcp://h:65530"}},
+            },
+            "moves aggregator.endpoints.upstream to port 65540",
+        ),
+    ],
+)
+def test_a_bad_port_offset_names_the_key(data: dict[str, object], why: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(data, source="barstream.toml")
+    assert e.value.key == "pipeline.port_offset"
+    assert why in str(e.value)
+
+
+def test_tcp_listens_lists_every_port_a_run_binds_with_its_key() -> None:
+    cfg = config.from_dict(
+        {"pipeline": {"port_offset": 1}, "resampler": {"endpoints": {"feed": "ipc:///tmp/r"}}}
+    )
+    listens = {x.key: (x.host, x.port) for x in config.tcp_listens(cfg)}
+    assert listens["downloader.endpoints.feed"] == ("127.0.0.1", 7102)
+    assert "resampler.endpoints.feed" not in listens  # ipc://
+    assert listens["gateway.endpoints.metrics_port"] == ("127.0.0.1", 9106)
+    assert listens["gateway.publish"] == ("127.0.0.1", 7111)
+    assert listens["gateway.requests"] == ("127.0.0.1", 7112)
+    assert listens["fake_upstream.port"] == ("127.0.0.1", 8788)
+    assert "fake_upstream.port" not in {x.key for x in config.tcp_listens(cfg, fake=False)}
+    assert len(listens) == 4 + 5 + 2 + 1

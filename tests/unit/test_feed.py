@@ -380,7 +380,7 @@ def test_bind_failure_names_the_configuration_key(tmp_path: Path) -> None:
         FeedServer(ctx, first.bound, up, config_key="resampler.endpoints.feed")
     assert e.value.key == "resampler.endpoints.feed" and e.value.address == first.bound
     assert str(e.value).startswith(f"resampler.endpoints.feed = {first.bound!r}: Address already")
-    assert "another process holds this address" in str(e.value)
+    assert "another barstream or program holds it" in str(e.value)
     with pytest.raises(BindError, match="an address this host can bind"):
         FeedServer(ctx, "tcpx://nowhere", up, config_key="aggregator.endpoints.feed")
     first.close()
