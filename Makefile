@@ -6,18 +6,38 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run demo test test-all check fmt lint type bench clean help
+.PHONY: run demo test test-all check fmt lint type bench clean help venv lock
 
 help:            ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-$(STAMP): pyproject.toml
+# Every package in .venv, pip and setuptools included, is the version constraints.txt pins
+# (pyproject.toml gives the ranges; `make lock` resolves them anew into constraints.txt).
+CONSTRAINTS := constraints.txt
+PIP_Q := -m pip install -q --disable-pip-version-check
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(PY) $(PIP_Q) -c $(CONSTRAINTS) --upgrade pip setuptools
+	@$(PY) $(PIP_Q) -c $(CONSTRAINTS) -e '.[dev]'
 	@touch $@
 
-venv: $(STAMP)   ## create/refresh .venv
+venv: $(STAMP)   ## create/refresh .venv (the versions constraints.txt pins)
+
+# A throwaway venv gets the newest versions pyproject.toml allows (runtime + dev extras);
+# its `pip freeze` becomes constraints.txt. Then `make venv` installs them and `make check`
+# says whether they work.
+lock:            ## re-resolve every dependency into constraints.txt (then: make check, commit)
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" $(PIP_Q) --upgrade pip setuptools; \
+	"$$tmp/venv/bin/python" $(PIP_Q) '.[dev]'; \
+	{ echo "# Every package of barstream's runtime and dev dependencies (pyproject.toml), pinned."; \
+	  echo "# Resolved by \`make lock\` with $$("$$tmp/venv/bin/python" -V) on $$(uname -sm); do not edit by hand."; \
+	  echo "# Used by \`make venv\`: pip install -c constraints.txt -e '.[dev]'."; \
+	  "$$tmp/venv/bin/python" -m pip freeze --all --exclude barstream; } > "$$tmp/$(CONSTRAINTS)"; \
+	mv "$$tmp/$(CONSTRAINTS)" $(CONSTRAINTS); \
+	echo "$(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) packages pinned"
 
 run: $(STAMP)    ## offline demo under supervisord (LIVE=1 real feed; PORT_OFFSET=N moves every port)
 	@$(PY) -m barstream demo $(if $(LIVE),--live,) $(if $(DURATION),--duration $(DURATION),) \

@@ -10,6 +10,7 @@
     barstream verify -c FILE | --data-dir DIR           check every store; exit 1 on a fault
     barstream export SYMBOL TF --format csv|mt4|parquet  resampler store → file
     barstream tail / history …                          the gateway client (services/gateway/cli.py)
+    barstream --version                                 barstream X.Y.Z (the installed version)
 
 Exit codes: 0 ok, 1 a fault was found or the operation failed, 2 usage or configuration error.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.metadata
 import os
 import sys
 import traceback
@@ -98,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 fault found / operation failed, 2 usage or config error.",
     )
     parser.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
+    parser.add_argument(
+        "--version", action="version", version=f"barstream {_version()}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     gateway_cli, why = _gateway_cli()
     for command in COMMANDS:
@@ -109,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         for name in ("tail", "history"):
             _unavailable(name, why).add_to(sub)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, via importlib.metadata)."""
+    try:
+        return importlib.metadata.version("barstream")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
 
 # -- the commands, declared ----------------------------------------------------------------

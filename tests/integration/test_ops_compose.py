@@ -1,11 +1,13 @@
 """docker-compose.yml, supervisord.conf, config/compose*.toml and deploy/prometheus.yml stay in
-step (there is no Docker engine here, so ``docker compose config`` cannot check them)."""
+step, and .dockerignore with the Dockerfile (there is no Docker engine here, so
+``docker compose config`` and ``docker build`` cannot check them)."""
 
 from __future__ import annotations
 
 import configparser
 import datetime as dt
 import shlex
+import tomllib
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 
 from barstream.shared import config as config_mod
 from barstream.shared.config import SERVICES
+from tests.support.docker import DockerIgnore, copy_sources
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is in the dev extras (pip install -e '.[dev]')")
 
@@ -144,3 +147,59 @@ def test_demo_config_is_consistent_with_the_fake() -> None:
     assert 2 <= weeks <= 5, "history starts a few weeks before the fake's simulated now"
     assert sim_day.weekday() < 5, "the simulated now is a weekday: live minutes form"
     assert len(cfg.pipeline.symbols) >= 3 and cfg.pipeline.sides == ["BID", "ASK"]
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
+    ignore = DockerIgnore()
+    for path in (
+        ".venv",
+        ".venv/lib/python3.11/site-packages/numpy/__init__.py",
+        "var",
+        "var/data/raw/EUR-USD/BID/2026/1/5.json",
+        ".git",
+        ".git/objects/pack/x.pack",
+        "build/lib/barstream/cli.py",
+        "dist/barstream-0.1.0-py3-none-any.whl",
+        "barstream.egg-info/PKG-INFO",
+        "bench/out/rebuild.json",
+        ".mypy_cache/3.11/x.json",
+        ".ruff_cache/x",
+        ".pytest_cache/v",
+        ".hypothesis/examples/x",
+        "shared/__pycache__/store.cpython-311.pyc",
+        "services/gateway/__pycache__/query.cpython-311.pyc",
+    ):
+        assert ignore.excludes(path), f".dockerignore lets {path} into the build context"
+
+
+def test_dockerfile_copies_what_the_install_needs_and_dockerignore_keeps_it() -> None:
+    ignore = DockerIgnore()
+    sources = copy_sources()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    needed = {
+        project["project"]["readme"],
+        *project["project"]["license-files"],
+        "pyproject.toml",
+        "constraints.txt",  # pip install -c constraints.txt .
+        *project["tool"]["setuptools"]["package-dir"].values(),
+        "config",  # the services' --config config/compose.toml
+        "supervisord.conf",  # package data (barstream/resources/supervisord.conf links to it)
+    }
+    assert needed <= set(sources), f"the Dockerfile does not COPY {needed - set(sources)}"
+    copied = [REPO / source for source in sources]
+    for top in copied:
+        assert top.exists(), f"the Dockerfile copies {top.name}, which does not exist"
+        files = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
+        for f in files:
+            rel = f.relative_to(REPO).as_posix()
+            if "__pycache__" not in rel:
+                assert not ignore.excludes(rel), f".dockerignore drops {rel}, which is copied"
+        for link in [p for p in (top, *top.rglob("*")) if p.is_symlink()]:
+            # barstream/shared -> ../shared, barstream/resources/supervisord.conf -> …: the
+            # package data the wheel needs must be in the image too, not a dangling link
+            target = link.resolve()
+            assert any(target == c or c in target.parents for c in copied), (
+                f"{link.relative_to(REPO)} points at {target.relative_to(REPO)}, "
+                "which the Dockerfile does not COPY"
+            )
+    assert "pip install -c constraints.txt ." in (REPO / "Dockerfile").read_text()
