@@ -85,8 +85,23 @@ def _client(args: argparse.Namespace) -> GatewayClient:
         from barstream.shared import config as config_mod
 
         cfg = config_mod.load(args.config)
-        publish, requests = cfg.gateway.publish, cfg.gateway.requests
+        publish = config_mod.connect_address(cfg.gateway.publish)
+        requests = config_mod.connect_address(cfg.gateway.requests)
     return GatewayClient(args.publish or publish, args.requests or requests, timeout_s=args.timeout)
+
+
+def answered_by(client: GatewayClient, args: argparse.Namespace) -> str:
+    """Which gateway answers: its instance id, its request endpoint and where that came
+    from (a command run without ``-c`` talks to whatever holds the default ports)."""
+    where = (
+        f"config {args.config}"
+        if args.config is not None
+        else "--requests"
+        if args.requests
+        else "the default endpoint: no -c given"
+    )
+    instance = client.status().instance
+    return f"gateway {instance} at {client.requests} ({where})"
 
 
 def _time(text: str | None) -> int | str | None:
@@ -124,6 +139,7 @@ def run_tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return EXIT_USAGE
     try:
         with _client(args) as client:
+            print(f"tail: following {answered_by(client, args)}", file=sys.stderr)
             updates = 0
             for item in client.stream(
                 args.symbol, args.timeframe, args.side, args.history, args.closed_only
@@ -151,6 +167,7 @@ def run_history(args: argparse.Namespace, out: TextIO | None = None) -> int:
             records = client.history(
                 args.symbol, args.timeframe, _time(args.start), _time(args.end), args.side
             )
+            source = answered_by(client, args)
     except ValueError as e:
         print(f"history: bad --start/--end: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -175,7 +192,7 @@ def run_history(args: argparse.Namespace, out: TextIO | None = None) -> int:
         with args.output.open("w", newline="") as f:
             write_csv(records, f)
     where = "stdout" if args.output is None else str(args.output.resolve())
-    print(f"history: wrote {len(records)} bars to {where}", file=sys.stderr)
+    print(f"history: wrote {len(records)} bars to {where}, from {source}", file=sys.stderr)
     return EXIT_OK
 
 

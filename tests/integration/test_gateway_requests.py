@@ -4,6 +4,7 @@ dropped, for oversize frames) while the gateway keeps serving."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import urllib.request
@@ -330,6 +331,10 @@ def test_cli_history_csv_parquet_and_errors(gateway: Procs, tmp_path: Path, caps
         ]
     )
     assert code == 0
+    err = capsys.readouterr().err
+    # which gateway answered: instance id, endpoint, and where the endpoint came from
+    assert f"at {gateway.requests} (--requests)" in err, err
+    assert re.search(r"from gateway [0-9a-f]{16} at ", err), err
     lines = out.read_text().splitlines()
     assert lines[0] == "time,open,high,low,close,volume,provisional"  # the one CSV format
     assert len(lines) == 11 and lines[1].startswith("2026-01-01T00:10:00Z")
