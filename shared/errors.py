@@ -133,7 +133,7 @@ class BindError(ConfigError):
         self.in_use = in_use
         self.address = str(value)
         self.hint = (
-            self.IN_USE_HINT
+            f"{self.IN_USE_HINT}, or set {key} to a free address"
             if in_use
             else f"fix the configuration file and start again: {key} must be an address "
             "this host can bind (tcp://HOST:PORT or ipc://PATH)"

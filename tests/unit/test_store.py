@@ -415,7 +415,10 @@ def test_bad_magic(tmp_path: Path) -> None:
 
 def test_bad_header_crc(tmp_path: Path) -> None:
     path = make_store(tmp_path)
-    patch(path, 40, b"X")  # inside the symbol
+    # byte 48: the symbol's first ("E" of EUR-USD; byte 40 was inside the random store id,
+    # which held "X" once in 256 runs, and then nothing changed)
+    assert path.read_bytes()[48:49] == b"E"
+    patch(path, 48, b"X")
     with pytest.raises(StoreCorrupt, match="checksum") as e:
         Store.open(path, writable=False)
     assert str(path) in str(e.value)
