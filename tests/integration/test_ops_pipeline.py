@@ -83,7 +83,9 @@ def pipeline() -> Iterator[Pipeline]:
                 lambda: sample(
                     scrape(p.metrics_port("gateway")),
                     "barstream_committed_length_records",
-                    stream="EUR-USD/BID/1m",
+                    symbol="EUR-USD",
+                    side="BID",
+                    timeframe="1m",
                 ),
                 60,
                 what="1m bars at the gateway",
