@@ -207,3 +207,20 @@ def test_cli_status_filters_and_refuses_an_unknown_symbol(
     assert list(got["services"]) == ["resampler"] and not got["ok"]
     assert cli.main([*base, "--symbol", "XAU-USD"]) == 2
     assert "--symbol = 'XAU-USD': not in pipeline.symbols" in capsys.readouterr().err
+
+
+def test_by_stream_joins_the_three_labels() -> None:
+    samples: status.Samples = {
+        "g": [
+            ({"symbol": "EUR-USD", "side": "BID", "timeframe": "1m"}, 1.0),
+            ({"symbol": "EUR-USD", "side": "ASK", "timeframe": "fetch"}, 2.0),
+            ({"symbol": "nodelimiter", "side": "", "timeframe": ""}, 3.0),  # not a key
+            ({"stream": "USD-JPY/BID/5m"}, 4.0),  # a service before issue 17
+        ]
+    }
+    assert status.by_stream(samples, "g") == {
+        "EUR-USD/BID/1m": 1.0,
+        "EUR-USD/ASK/fetch": 2.0,
+        "nodelimiter": 3.0,
+        "USD-JPY/BID/5m": 4.0,
+    }
