@@ -38,6 +38,7 @@ from barstream.configs import metrics_url
 from barstream.shared.checkpoint import Checkpoint
 from barstream.shared.config import SERVICES, SIDES, Config
 from barstream.shared.errors import CheckpointCorrupt, ConfigError
+from barstream.shared.metrics import STREAM_LABELS
 from barstream.shared.timeframe import DAY_MS, Timeframe
 from barstream.supervise import Supervisor, program
 
@@ -68,11 +69,13 @@ def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
 
 
 def by_stream(samples: Samples, name: str) -> dict[str, float]:
-    """Samples of ``name`` by store key: the ``stream`` label, or ``symbol``/``side``/
-    ``timeframe`` labels joined the same way."""
+    """Samples of ``name`` by store key: its ``symbol``/``side``/``timeframe`` labels joined
+    (``SYMBOL/SIDE/TIMEFRAME``; a key that was not one is in ``symbol`` alone), or the one
+    ``stream`` label services before issue 17 exported."""
     out: dict[str, float] = {}
     for lbl, v in samples.get(name, []):
-        key = lbl.get("stream") or "/".join(lbl.get(k, "") for k in ("symbol", "side", "timeframe"))
+        parts = [lbl.get(k, "") for k in STREAM_LABELS]
+        key = "/".join(parts) if parts[1] or parts[2] else parts[0] or lbl.get("stream", "")
         out[key] = v
     return out
 

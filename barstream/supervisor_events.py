@@ -17,6 +17,10 @@ Metrics (served at ``http://HOST:PORT/metrics``)::
     barstream_process_restarts_total{program}           STARTING after EXITED or BACKOFF
     barstream_process_unexpected_exits_total{program}   EXITED with expected:0
     barstream_events_total{eventname}                   every event seen
+    process_*, python_*                                 the listener's own process (memory, fds)
+
+No ``*_created`` series: the registry comes from ``barstream.shared.metrics``, whose import
+turns them off.
 
 ``program`` is ``group:name`` (``barstream:downloader``), or the name for a lone program.
 """
@@ -30,6 +34,8 @@ from collections.abc import Sequence
 from typing import IO, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from barstream.shared.metrics import runtime_registry
 
 log = logging.getLogger("barstream.supervisor_events")
 
@@ -56,7 +62,7 @@ class StateMetrics:
     """Process-state metrics on one registry (pure; fed one event at a time)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.registry = registry or runtime_registry()
         r = self.registry
         self.state = Gauge(
             "barstream_process_state",

@@ -27,7 +27,7 @@ from zmq.utils.monitor import recv_monitor_message
 from barstream.shared import protocol as p
 from barstream.shared.checkpoint import UpstreamMark
 from barstream.shared.errors import Malformed, ProtocolError
-from barstream.shared.metrics import Metrics
+from barstream.shared.metrics import Metrics, stream_labels
 from barstream.shared.protocol import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S
 from barstream.shared.record import DTYPES, KIND_BARS, RECORD_SIZE
 from barstream.shared.sockets import Wakeup, read_ready_frames, readable
@@ -306,7 +306,7 @@ class FeedClient:
             if self.metrics is not None:
                 for key, (end, _gen) in msg.ends.items():
                     mark = self.marks.get(key)
-                    self.metrics.feed_lag_records.labels(key).set(
+                    self.metrics.feed_lag_records.labels(*stream_labels(key, strict=False)).set(
                         end - (mark.offset if mark else 0)
                     )
             return ""
@@ -356,7 +356,7 @@ class FeedClient:
         if self.metrics is not None:
             self.metrics.batches_in.inc()
             self.metrics.records_in.inc(batch.count)
-            self.metrics.feed_lag_records.labels(batch.stream).set(
+            self.metrics.feed_lag_records.labels(*stream_labels(batch.stream, strict=False)).set(
                 max(0, batch.end - batch.start - batch.count)
             )
         return ""

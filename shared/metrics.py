@@ -5,7 +5,16 @@ owns one ``Metrics`` (its own registry) and serves it on its own port at ``/metr
 
 Labels: ``service`` is set once per registry via a constant label-free naming scheme —
 each process serves only its own metrics, and Prometheus' ``job``/``instance`` tell them
-apart; ``stream`` is a store key ``SYMBOL/SIDE/TIMEFRAME``.
+apart. A metric per store carries ``symbol``, ``side`` and ``timeframe``: the three parts of
+the store key ``SYMBOL/SIDE/TIMEFRAME`` (``stream_labels``); for the downloader's journal
+streams (``SYMBOL/SIDE/fetch``) and the transformer's (``SYMBOL/SIDE/days``) ``timeframe``
+is ``fetch`` / ``days``.
+
+Every registry also carries prometheus_client's process, platform and GC collectors
+(``process_resident_memory_bytes``, ``process_open_fds``, ``python_info``,
+``python_gc_*``: ``runtime_registry``), and importing this module turns off the
+``*_created`` series of counters, histograms and summaries for the whole process
+(``disable_created_metrics``): every barstream process that exports metrics imports it.
 """
 
 from __future__ import annotations
@@ -16,7 +25,17 @@ import threading
 from typing import Final
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 
 from barstream.shared.errors import BindError
 from barstream.shared.gateway_protocol import CONSUMER_TTL_S
@@ -24,6 +43,35 @@ from barstream.shared.gateway_protocol import CONSUMER_TTL_S
 log = logging.getLogger("barstream.metrics")
 
 PREFIX: Final = "barstream_"
+#: The labels of a metric per store: the three parts of its key.
+STREAM_LABELS: Final = ("symbol", "side", "timeframe")
+
+# No ``*_created`` twin for any counter/histogram of this process (global in prometheus_client).
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def stream_labels(key: str, *, strict: bool = True) -> tuple[str, str, str]:
+    """The ``symbol``, ``side``, ``timeframe`` label values of a store key
+    ``SYMBOL/SIDE/TIMEFRAME`` (three non-empty parts; the journals' ``…/fetch`` and
+    ``…/days`` give ``fetch`` and ``days``). A key that is not three non-empty parts raises
+    ValueError; with ``strict=False`` (a key read off the wire) it becomes
+    ``(key, "", "")`` instead, so a bad upstream cannot stop the caller."""
+    parts = key.split("/")
+    if len(parts) == 3 and all(parts):
+        return parts[0], parts[1], parts[2]
+    if strict:
+        raise ValueError(f"not a store key SYMBOL/SIDE/TIMEFRAME: {key!r}")
+    return key, "", ""
+
+
+def runtime_registry() -> CollectorRegistry:
+    """A new registry with the process (memory, CPU, file descriptors), platform
+    (``python_info``) and garbage-collector collectors registered on it."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
 class TransformerMetrics:
@@ -33,7 +81,7 @@ class TransformerMetrics:
         self.held_streams = Gauge(
             PREFIX + "held_streams",
             "Streams held by a payload that failed validation (1 = held).",
-            ["stream"],
+            STREAM_LABELS,
             registry=base.registry,
         )
 
@@ -51,7 +99,7 @@ class ResamplerMetrics:
         self.last_closed_bar_time = Gauge(
             PREFIX + "last_closed_bar_time_seconds",
             "Open time of the last closed (non-provisional) bar per store.",
-            ["stream"],
+            STREAM_LABELS,
             registry=base.registry,
         )
 
@@ -61,7 +109,7 @@ class Metrics:
 
     def __init__(self, service: str) -> None:
         self.service = service
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = runtime_registry()
         r = self.registry
         self.info = Gauge(
             PREFIX + "service_info",
@@ -89,7 +137,7 @@ class Metrics:
         self.feed_lag_records = Gauge(
             PREFIX + "feed_lag_records",
             "Upstream committed end minus our position.",
-            ["stream"],
+            STREAM_LABELS,
             registry=r,
         )
         self.feed_lag_seconds = Gauge(
@@ -123,18 +171,21 @@ class Metrics:
         )
         # -- stores --
         self.store_length = Gauge(
-            PREFIX + "store_length_records", "Records in each store.", ["stream"], registry=r
+            PREFIX + "store_length_records",
+            "Records in each store.",
+            STREAM_LABELS,
+            registry=r,
         )
         self.committed_length = Gauge(
             PREFIX + "committed_length_records",
             "Committed length of each store.",
-            ["stream"],
+            STREAM_LABELS,
             registry=r,
         )
         self.last_bar_time = Gauge(
             PREFIX + "last_bar_time_seconds",
             "Open time of the last record of each store (UTC).",
-            ["stream"],
+            STREAM_LABELS,
             registry=r,
         )
         self.commits = Counter(PREFIX + "commits", "Checkpoint commits.", registry=r)
@@ -150,7 +201,7 @@ class Metrics:
         self.rewinds = Counter(
             PREFIX + "rewinds",
             "Rewrites of this service's committed records (provisional updates, revisions, late days).",
-            ["stream"],
+            STREAM_LABELS,
             registry=r,
         )
         self.errors = Counter(PREFIX + "errors", "Errors by kind.", ["kind"], registry=r)
@@ -196,7 +247,7 @@ class DownloaderMetrics:
         self.gaps = Gauge(
             PREFIX + "gaps",
             "Days that could not be fetched (explicit gaps).",
-            ["stream"],
+            STREAM_LABELS,
             registry=r,
         )
         self.budget_requests = Gauge(
@@ -212,7 +263,7 @@ class DownloaderMetrics:
         self.revisions = Counter(
             PREFIX + "revisions",
             "Days whose content changed on re-fetch.",
-            ["stream"],
+            STREAM_LABELS,
             registry=r,
         )
 

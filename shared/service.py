@@ -52,7 +52,7 @@ from barstream.shared.errors import (
 from barstream.shared.feed_client import FeedClient
 from barstream.shared.feed_server import Attachments, Cut, FeedServer
 from barstream.shared.header import StoreMeta
-from barstream.shared.metrics import Metrics
+from barstream.shared.metrics import Metrics, stream_labels
 from barstream.shared.storeset import StoreSet
 
 LOG_FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
@@ -294,7 +294,7 @@ class Service(abc.ABC):
             if first == before == store.length:
                 continue  # the store already read so
             if first < store.committed_length:
-                self.metrics.rewinds.labels(change.key).inc()
+                self.metrics.rewinds.labels(*stream_labels(change.key)).inc()
             self.stores.touch(change.key)
             self.metrics.records_written.inc(store.length - first)
             self.changed(change.key, first)
@@ -366,10 +366,11 @@ class Service(abc.ABC):
             store = stores.get(key)
             if store is None:
                 continue
-            self.metrics.store_length.labels(key).set(store.length)
-            self.metrics.committed_length.labels(key).set(store.committed_length)
+            labels = stream_labels(key)
+            self.metrics.store_length.labels(*labels).set(store.length)
+            self.metrics.committed_length.labels(*labels).set(store.committed_length)
             if store.committed_length:
-                self.metrics.last_bar_time.labels(key).set(
+                self.metrics.last_bar_time.labels(*labels).set(
                     int(store.view(store.committed_length - 1, store.committed_length)["ts_ms"][0])
                     / 1000
                 )

@@ -41,7 +41,7 @@ from barstream.services.downloader.source import (
 )
 from barstream.shared.config import Config
 from barstream.shared.errors import NotFound, SourceError
-from barstream.shared.metrics import DownloaderMetrics
+from barstream.shared.metrics import DownloaderMetrics, stream_labels
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP
 from barstream.shared.timeframe import DAY_MS
 
@@ -205,7 +205,7 @@ class Fetcher:
         entry = st.journal.replay(days) if days else None
         if entry is not None:
             self.host.write(st, entry)
-            self.metrics.gaps.labels(st.key).set(st.journal.gaps)
+            self.metrics.gaps.labels(*stream_labels(st.key)).set(st.journal.gaps)
         return len(days)
 
     async def final(self, st: StreamState, day: dt.date) -> FetchResult | str | None:
@@ -275,7 +275,7 @@ class Fetcher:
             entry = st.journal.gap(day_ms)
         if entry is not None:
             self.host.write(st, entry)
-            self.metrics.gaps.labels(st.key).set(st.journal.gaps)
+            self.metrics.gaps.labels(*stream_labels(st.key)).set(st.journal.gaps)
 
     async def poll_live(self, st: StreamState, today: dt.date) -> None:
         try:
@@ -356,7 +356,7 @@ class Fetcher:
         self.cache.put(st.symbol, st.side, day, result.body)
         prev = st.journal.days.get(day_ms)
         if prev is not None and prev.kind == JOURNAL_DAY:
-            self.metrics.revisions.labels(st.key).inc()
+            self.metrics.revisions.labels(*stream_labels(st.key)).inc()
             self.log.warning(
                 "%s: %s was revised upstream (content changed); republishing", st.key, day
             )

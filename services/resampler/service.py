@@ -24,7 +24,7 @@ from barstream.shared import protocol as p
 from barstream.shared.alignment import PRESETS
 from barstream.shared.config import Config
 from barstream.shared.header import StoreMeta
-from barstream.shared.metrics import ResamplerMetrics
+from barstream.shared.metrics import ResamplerMetrics, stream_labels
 from barstream.shared.record import FLAG_PROVISIONAL
 from barstream.shared.service import Change, Changes, Service
 from barstream.shared.sessions import sessions_of
@@ -107,4 +107,6 @@ class Resampler(Service):
             tail = store.view(max(0, n - 2), n)
             closed = tail[(tail["flags"] & FLAG_PROVISIONAL) == 0]
             if len(closed):
-                self.rmetrics.last_closed_bar_time.labels(key).set(int(closed["ts_ms"][-1]) / 1000)
+                self.rmetrics.last_closed_bar_time.labels(*stream_labels(key)).set(
+                    int(closed["ts_ms"][-1]) / 1000
+                )

@@ -28,7 +28,7 @@ from barstream.shared import protocol as p
 from barstream.shared.config import Config
 from barstream.shared.errors import PayloadInvalid, UpstreamInvalid
 from barstream.shared.header import StoreMeta
-from barstream.shared.metrics import TransformerMetrics
+from barstream.shared.metrics import TransformerMetrics, stream_labels
 from barstream.shared.record import (
     JOURNAL_DAY,
     JOURNAL_LIVE,
@@ -155,7 +155,7 @@ class Transformer(Service):
     def _hold(self, stream: str, day_ms: int, offset: int, error: str) -> None:
         self.held[stream] = {"day_ms": day_ms, "offset": offset, "error": error}
         self.stores.state["held"] = dict(self.held)
-        self.held_gauge.labels(stream).set(1)
+        self.held_gauge.labels(*stream_labels(stream)).set(1)
         self.log.error(
             "holding %s at journal offset %d (%s) until a good payload arrives",
             stream,
@@ -166,7 +166,7 @@ class Transformer(Service):
     def _unhold(self, stream: str, why: str) -> None:
         self.held.pop(stream, None)
         self.stores.state["held"] = dict(self.held)
-        self.held_gauge.labels(stream).set(0)
+        self.held_gauge.labels(*stream_labels(stream)).set(0)
         self.log.info("released %s: %s", stream, why)
 
     def __repr__(self) -> str:

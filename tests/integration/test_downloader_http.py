@@ -43,6 +43,7 @@ from barstream.shared.errors import (
     SourceError,
     TransientSourceError,
 )
+from barstream.shared.metrics import STREAM_LABELS, stream_labels
 from barstream.shared.record import FLAG_PROVISIONAL
 from tests.conftest import REPO
 
@@ -409,7 +410,8 @@ def test_a_refetch_refuses_a_body_that_is_not_candle_json(
         assert dl.cache.get("EUR-USD", "BID", PAST) == good.body
         assert dl.stores.stores[st.key].length == journaled  # no revision journaled
         revisions = dl.metrics.registry.get_sample_value(
-            "barstream_revisions_total", {"stream": st.key}
+            "barstream_revisions_total",
+            dict(zip(STREAM_LABELS, stream_labels(st.key), strict=True)),
         )
         assert not revisions
     finally:

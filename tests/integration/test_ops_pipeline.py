@@ -4,7 +4,8 @@ ports through its environment variables), with the fake upstream as a supervisor
 - supervisorctl start / stop / restart / status of a service; the event listener sees it;
   ``barstream ctl`` accepts bare service names;
 - ``barstream status`` parses the services' real /metrics;
-- every /metrics passes ``promtool check metrics``;
+- every /metrics passes ``promtool check metrics``, has the process/platform collectors, no
+  ``_created`` series, and per-store metrics labelled ``symbol``/``side``/``timeframe``;
 - a real Prometheus scrapes every service and sees records rising (HTTP API);
 - ``barstream rebuild`` recomputes the stores from the raw cache, equal to the live ones.
 """
@@ -31,6 +32,7 @@ import pytest
 from barstream.shared.config import SERVICES
 from barstream.shared.store import Store
 from barstream.shared.timeframe import Timeframe
+from barstream.status import parse_metrics
 from barstream.supervise import Supervisor, default_conf, service_programs
 from tests.support.ops import (
     SCRAPE_ERRORS,
@@ -83,7 +85,9 @@ def pipeline() -> Iterator[Pipeline]:
                 lambda: sample(
                     scrape(p.metrics_port("gateway")),
                     "barstream_committed_length_records",
-                    stream="EUR-USD/BID/1m",
+                    symbol="EUR-USD",
+                    side="BID",
+                    timeframe="1m",
                 ),
                 60,
                 what="1m bars at the gateway",
@@ -238,6 +242,40 @@ def test_promtool_accepts_every_metrics_endpoint(pipeline: Pipeline) -> None:
         if done.returncode != 0:
             problems.append(f"{name}: {done.stdout}{done.stderr}".strip())
     assert not problems, "\n".join(problems)
+
+
+def test_every_endpoint_has_process_metrics_no_created_and_store_labels(
+    pipeline: Pipeline,
+) -> None:
+    ports = {name: pipeline.metrics_port(name) for name in SERVICES}
+    ports["supervisor_events"] = pipeline.sup.events_port
+    for name, port in ports.items():
+        text = scrape_text(port)
+        samples = parse_metrics(text)
+        for metric in ("process_resident_memory_bytes", "process_open_fds", "python_info"):
+            assert sample(samples, metric) is not None, f"{name}: no {metric}"
+        series = [line.split("{")[0].split(" ")[0] for line in text.splitlines()]
+        created = [n for n in series if n.endswith("_created")]
+        assert not created, f"{name}: {created}"
+        if name == "supervisor_events":
+            continue
+        for metric in ("barstream_store_length_records", "barstream_committed_length_records"):
+            got = samples.get(metric, [])
+            assert got, f"{name}: no {metric}"
+            for labels, _ in got:
+                assert set(labels) == {"symbol", "side", "timeframe"}, f"{name}: {labels}"
+                assert all(labels.values()), f"{name}: {labels}"
+    aggregator = scrape(ports["aggregator"])
+    assert (
+        sample(
+            aggregator,
+            "barstream_feed_lag_records",
+            symbol="EUR-USD",
+            side="BID",
+            timeframe="days",  # the transformer's stream: the timeframe label holds ``days``
+        )
+        is not None
+    )
 
 
 def _query(port: int, expr: str) -> list[dict[str, Any]]:

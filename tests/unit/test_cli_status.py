@@ -10,11 +10,11 @@ import random
 from pathlib import Path
 
 import pytest
-from prometheus_client import Gauge, generate_latest
+from prometheus_client import generate_latest
 
 from barstream import cli, status, status_view
 from barstream.shared.config import SERVICES
-from barstream.shared.metrics import Metrics, TransformerMetrics
+from barstream.shared.metrics import DownloaderMetrics, Metrics, TransformerMetrics, stream_labels
 from barstream.shared.timeframe import DAY_MS, MINUTE_MS
 from tests.support.ops import free_port, pipeline_config, write_config
 
@@ -51,23 +51,23 @@ def scraped(
     """One service's status from the text its Metrics registry exposes."""
     m = Metrics(name)
     for i, key in enumerate(keys(STORES[name])):
-        m.store_length.labels(key).set(1000 + i)
-        m.committed_length.labels(key).set(1000 + i)
+        m.store_length.labels(*stream_labels(key)).set(1000 + i)
+        m.committed_length.labels(*stream_labels(key)).set(1000 + i)
         last = NOW_MS - (3 * DAY_MS if key in stale else MINUTE_MS)
-        m.last_bar_time.labels(key).set(last / 1000)
+        m.last_bar_time.labels(*stream_labels(key)).set(last / 1000)
     for key in keys(UPSTREAM.get(name, [])):
-        m.feed_lag_records.labels(key).set((behind or {}).get(key, 0))
+        m.feed_lag_records.labels(*stream_labels(key)).set((behind or {}).get(key, 0))
     m.feed_lag_seconds.set(lag_s)
     m.upstream_heartbeat_age.set(silent_s)
     m.records_in.inc(12345)
     if name == "downloader":
-        g = Gauge("barstream_gaps", "gap days", ["stream"], registry=m.registry)
+        g = DownloaderMetrics(m).gaps
         for key in keys(["fetch"]):
-            g.labels(key).set((gaps or {}).get(key, 0))
+            g.labels(*stream_labels(key)).set((gaps or {}).get(key, 0))
     if name == "transformer":
         t = TransformerMetrics(m)
         for key in keys(["days"]):
-            t.held_streams.labels(key).set(1 if key in held else 0)
+            t.held_streams.labels(*stream_labels(key)).set(1 if key in held else 0)
     text = generate_latest(m.registry).decode()
     return status.service_status(name, f"http://x/{name}", status.parse_metrics(text))
 
@@ -207,3 +207,20 @@ def test_cli_status_filters_and_refuses_an_unknown_symbol(
     assert list(got["services"]) == ["resampler"] and not got["ok"]
     assert cli.main([*base, "--symbol", "XAU-USD"]) == 2
     assert "--symbol = 'XAU-USD': not in pipeline.symbols" in capsys.readouterr().err
+
+
+def test_by_stream_joins_the_three_labels() -> None:
+    samples: status.Samples = {
+        "g": [
+            ({"symbol": "EUR-USD", "side": "BID", "timeframe": "1m"}, 1.0),
+            ({"symbol": "EUR-USD", "side": "ASK", "timeframe": "fetch"}, 2.0),
+            ({"symbol": "nodelimiter", "side": "", "timeframe": ""}, 3.0),  # not a key
+            ({"stream": "USD-JPY/BID/5m"}, 4.0),  # a service before issue 17
+        ]
+    }
+    assert status.by_stream(samples, "g") == {
+        "EUR-USD/BID/1m": 1.0,
+        "EUR-USD/ASK/fetch": 2.0,
+        "nodelimiter": 3.0,
+        "USD-JPY/BID/5m": 4.0,
+    }

@@ -93,7 +93,7 @@ def test_repr_shows_counters(tmp_path: Path, ipc_dir: Path) -> None:
         s.append(make_records(1, 1, 0, 0, 5))
         demo.commit()
         assert repr(demo) == "<Demo in=0 out=0 records=5 stores=1>"
-        assert demo.metrics.committed_length.labels("EUR-USD/BID/1m")._value.get() == 5
+        assert demo.metrics.committed_length.labels("EUR-USD", "BID", "1m")._value.get() == 5
         assert demo.maybe_commit() is False  # nothing pending
     finally:
         import asyncio

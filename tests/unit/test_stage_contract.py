@@ -61,6 +61,7 @@ def aggregator(tmp_path: Path):
 def test_apply_appends_rewrites_and_counts(aggregator: Aggregator) -> None:
     s = aggregator
     key = s.stores.ensure(StoreMeta("EUR-USD", "BID", "1m")).meta.key
+    labels = {"symbol": "EUR-USD", "side": "BID", "timeframe": "1m"}
     s.apply([Change(key, 0, (bars(5),))])
     store = s.stores.stores[key]
     assert store.length == 5
@@ -69,7 +70,7 @@ def test_apply_appends_rewrites_and_counts(aggregator: Aggregator) -> None:
     # A diff change that repeats what the store reads changes nothing, counts nothing.
     s.apply([Change(key, 2, (bars(3, 2),), diff=True)])
     assert store.length == 5 and not s.stores.pending()
-    assert value(s, "barstream_rewinds_total", stream=key) == 0
+    assert value(s, "barstream_rewinds_total", **labels) == 0
     # From 3 on the store now reads one different record: a rewind of committed history,
     # rewritten only from the first record that differs.
     new = bars(2, 3)[:1].copy()
@@ -77,7 +78,7 @@ def test_apply_appends_rewrites_and_counts(aggregator: Aggregator) -> None:
     s.apply([Change(key, 3, (bars(0), new), diff=True)])
     assert store.length == 4
     assert float(store.records["close"][3]) == 9.0
-    assert value(s, "barstream_rewinds_total", stream=key) == 1
+    assert value(s, "barstream_rewinds_total", **labels) == 1
     assert value(s, "barstream_records_written_total") == 6
     assert s.stores.pending()
     # Parts are written as their concatenation, without a diff.
