@@ -6,7 +6,16 @@ applies it through an async handler, returns credit, keeps the marks in
 ``StoreSet.upstream`` so the next commit records them, and reconnects — a new connection,
 with jittered exponential backoff — when the upstream disconnects, restarts, goes quiet
 for ``PEER_TIMEOUT_S``, says it does not know us, or sends a batch it cannot take. A stage
-may ask for records again (``request_resend``). Its loop is built from the pieces of
+may ask for records again (``request_resend``).
+
+Liveness: ``upstream_age_s`` (the ``upstream_heartbeat_age_seconds`` gauge) is the time since
+the last valid message *from the upstream* (heartbeat, batch, reset, error), across
+reconnects — a reconnect is not a message from the upstream, so the age of a dead upstream
+keeps growing; before any message it counts from when the client began following.
+``lag_s`` (``feed_lag_seconds``) is how long we have been behind the upstream's committed
+end, and, once the upstream has been silent past ``PEER_TIMEOUT_S``, at least that silence
+(we cannot know we are caught up with an upstream we do not hear). The reconnect timer
+(silence on the current connection) is separate and unchanged. Its loop is built from the pieces of
 ``shared/sockets.py``; the rules are docs/PROTOCOL.md's "Feed protocol".
 """
 
@@ -86,8 +95,10 @@ class FeedClient:
         self._wake: Wakeup | None = None
         self._closed = False
         self._owed = 0  # credit to return
-        self._last_rx = 0.0
+        self._last_rx = 0.0  # last frame on this connection, or the connect (reconnect timer)
         self._last_tx = 0.0
+        self._started = 0.0  # when run() began following (0: never ran)
+        self._last_heard = 0.0  # the upstream's last valid message, across reconnects
         self._monitor: zmq.Socket[bytes] | None = None
         self._conn_rx = 0  # messages received on the current connection
         self._resend = False
@@ -109,6 +120,8 @@ class FeedClient:
     async def run(self, *, until_caught_up: bool = False) -> None:
         """Follow the upstream until ``close()`` (or, in drain mode, until caught up)."""
         backoff = RETRY_MIN_S
+        if not self._started:
+            self._started = time.monotonic()
         while not self._closed:
             if self._conn_rx:
                 backoff = RETRY_MIN_S  # the last connection worked: retry fast again
@@ -133,7 +146,7 @@ class FeedClient:
                 reason,
                 delay,
             )
-            await asyncio.sleep(delay)
+            await self._backoff(delay)
             backoff = min(backoff * 2, RETRY_MAX_S)
 
     def close(self) -> None:
@@ -164,13 +177,34 @@ class FeedClient:
 
     @property
     def lag_s(self) -> float:
-        """Seconds this follower has been behind its upstream's committed end (0: caught up)."""
-        return 0.0 if self._behind_since is None else time.monotonic() - self._behind_since
+        """Seconds this follower has been behind its upstream's committed end (0: caught
+        up); while the upstream has been silent for over ``PEER_TIMEOUT_S``, at least the
+        time since its last message."""
+        behind = 0.0 if self._behind_since is None else time.monotonic() - self._behind_since
+        age = self.upstream_age_s
+        return max(behind, age) if age > PEER_TIMEOUT_S else behind
 
     @property
     def upstream_age_s(self) -> float:
-        """Seconds since the upstream's last message (or since connecting; -1: never ran)."""
-        return time.monotonic() - self._last_rx if self._last_rx else -1.0
+        """Seconds since the upstream's last valid message, across reconnects (before any:
+        since ``run()`` began; -1: never ran)."""
+        since = self._last_heard or self._started
+        return time.monotonic() - since if since else -1.0
+
+    def _publish_liveness(self) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_heartbeat_age.set(self.upstream_age_s)
+            self.metrics.feed_lag_seconds.set(self.lag_s)
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep ``delay`` before reconnecting, keeping the liveness gauges current."""
+        until = time.monotonic() + delay
+        while not self._closed:
+            self._publish_liveness()
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, HEARTBEAT_INTERVAL_S / 2))
 
     # -- connection ---------------------------------------------------------------------
 
@@ -253,9 +287,7 @@ class FeedClient:
                 self._send_credit()
             if now - self._last_rx > PEER_TIMEOUT_S:
                 return f"no message for {PEER_TIMEOUT_S:.0f}s"
-            if self.metrics is not None:
-                self.metrics.upstream_heartbeat_age.set(now - self._last_rx)
-                self.metrics.feed_lag_seconds.set(self.lag_s)
+            self._publish_liveness()
             if handled:
                 if self.on_idle is not None and not readable(sock):
                     await self.on_idle()
@@ -296,6 +328,7 @@ class FeedClient:
         except Malformed as e:
             self._bad(f"bad header: {e}")
             return ""
+        self._last_heard = time.monotonic()
         if isinstance(msg, p.Heartbeat):
             if self.upstream_instance and msg.instance != self.upstream_instance:
                 self.upstream_instance = msg.instance

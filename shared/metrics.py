@@ -142,12 +142,13 @@ class Metrics:
         )
         self.feed_lag_seconds = Gauge(
             PREFIX + "feed_lag_seconds",
-            "Seconds this service has been behind its upstream's committed end (0 = caught up).",
+            "Seconds this service has been behind its upstream's committed end (0 = caught up); "
+            "while the upstream is silent past the peer timeout, at least that silence.",
             registry=r,
         )
         self.upstream_heartbeat_age = Gauge(
             PREFIX + "upstream_heartbeat_age_seconds",
-            "Seconds since the last upstream message.",
+            "Seconds since the last message from the upstream, across reconnects.",
             registry=r,
         )
         self.reconnects = Counter(

@@ -386,3 +386,93 @@ def test_bind_failure_names_the_configuration_key(tmp_path: Path) -> None:
     first.close()
     up.close()
     ctx.destroy(linger=0)
+
+
+def test_upstream_age_and_lag_grow_across_reconnects_while_the_upstream_is_gone(
+    tmp_path: Path, ipc_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconnect is no message from the upstream: the age of a dead upstream keeps
+    growing past many reconnect attempts (and the lag with it); a new upstream resets it."""
+    from barstream.shared import feed_client
+    from barstream.shared.metrics import Metrics
+
+    monkeypatch.setattr(feed_client, "PEER_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(feed_client, "RETRY_MAX_S", 0.1)
+    metrics = Metrics("down")
+
+    def gauge(name: str) -> float:  # by name, whatever its labels
+        values = [
+            sample.value
+            for family in metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == "barstream_" + name
+        ]
+        assert len(values) == 1, values
+        return values[0]
+
+    async def main() -> None:
+        ctx, endpoint, up, s = upstream(tmp_path, ipc_dir, 100)
+        server, serving = serve(ctx, endpoint, up)
+        down = Replica(ctx, endpoint, tmp_path / "down", metrics=metrics)
+        assert down.client.upstream_age_s == -1.0  # never ran
+        following = asyncio.create_task(down.client.run())
+        await async_wait_for(
+            lambda: down.bytes() == s.records.tobytes(), 5, what="the downstream to replicate"
+        )
+        assert down.client.upstream_age_s < 1.5 and down.client.lag_s == 0.0
+        server.close()
+        await serving
+        reconnects0 = down.client.reconnects
+        ages: list[float] = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.5:
+            ages.append(down.client.upstream_age_s)
+            await asyncio.sleep(0.05)
+        assert ages == sorted(ages)  # monotonic across the reconnects
+        assert down.client.reconnects - reconnects0 >= 3  # several attempts, none reset it
+        assert ages[-1] > 2.4  # > 3 × the (patched) PEER_TIMEOUT_S
+        assert down.client.lag_s >= ages[-1]
+        await asyncio.sleep(0.6)  # the gauges follow (updated during the backoff too)
+        assert gauge("upstream_heartbeat_age_seconds") > 2.4
+        assert gauge("feed_lag_seconds") > 2.4
+        server, serving = serve(ctx, endpoint, up)  # the upstream is back
+        await async_wait_for(
+            lambda: down.client.upstream_age_s < 1.5, 5, what="the age to drop back"
+        )
+        await async_wait_for(lambda: down.client.lag_s == 0.0, 5, what="the lag to drop back")
+        await async_wait_for(
+            lambda: gauge("upstream_heartbeat_age_seconds") < 1.5, 5, what="the gauge to drop"
+        )
+        down.client.close()
+        await following
+        server.close()
+        await serving
+        up.close()
+        down.stores.close()
+        ctx.destroy(linger=0)
+
+    run(main())
+
+
+def test_upstream_age_counts_from_the_start_when_the_upstream_never_came_up(
+    tmp_path: Path, ipc_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from barstream.shared import feed_client
+
+    monkeypatch.setattr(feed_client, "PEER_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(feed_client, "RETRY_MAX_S", 0.1)
+
+    async def main() -> None:
+        ctx = zmq.Context()
+        down = Replica(ctx, f"ipc://{ipc_dir}/nobody", tmp_path / "down")
+        following = asyncio.create_task(down.client.run())
+        await asyncio.sleep(1.2)
+        assert down.client.reconnects >= 2
+        assert 1.1 < down.client.upstream_age_s < 3.0
+        assert down.client.lag_s >= 1.1
+        down.client.close()
+        await following
+        down.stores.close()
+        ctx.destroy(linger=0)
+
+    run(main())
