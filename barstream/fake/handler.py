@@ -72,7 +72,7 @@ def make_handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 if fault.kind == "slow":
                     time.sleep(fault.delay_s)
                 else:
-                    upstream.count(route, self._fault(fault))
+                    self._fault(fault, route)
                     return
             try:
                 reply = upstream.reply(self.path)
@@ -98,21 +98,26 @@ def make_handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             upstream.count("control")
             self._send(reply, allow_gzip=False)
 
-        def _fault(self, fault: Fault) -> int:
-            """Misbehave as ``fault`` says; returns the status sent (0 = none)."""
+        def _fault(self, fault: Fault, route: str) -> None:
+            """Misbehave as ``fault`` says. The request is counted (with the status it gets,
+            0 = none) *before* the answer leaves, so a client that has its answer always
+            sees it in the stats."""
             kind = fault.kind
             if kind in ("429", "500", "503", "404"):
                 status = int(kind)
                 headers = {"Retry-After": str(fault.retry_after_s)} if status == 429 else {}
+                upstream.count(route, status)
                 self._send(Reply(status, b'{"error":"injected"}', headers=headers))
-                return status
+                return
             if kind == "reset":
+                upstream.count(route, 0)
                 self.close_connection = True
                 linger = struct.pack("ii", 1, 0)
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
                 self.connection.close()
-                return 0
+                return
             reply = upstream.reply(self.path)
+            upstream.count(route, fault.status)
             if kind == "empty":
                 self._send(Reply(fault.status, b""))
             elif kind == "invalid_json":
@@ -123,7 +128,6 @@ def make_handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 self._send(Reply(fault.status, corrupt_candles(reply.body)))
             elif kind == "truncate":
                 self._send(reply, truncate=True)
-            return fault.status
 
         def _send(self, reply: Reply, *, allow_gzip: bool = True, truncate: bool = False) -> None:
             """Status line, headers and body in one buffer, written once (see the module
