@@ -41,6 +41,7 @@ from barstream.commands import (
     cmd_export,
     cmd_rebuild,
     cmd_run,
+    cmd_serve,
     cmd_status,
     cmd_stop,
     cmd_verify,
@@ -286,6 +287,23 @@ COMMANDS: Final = (
             ),
             arg("--service", action="append", choices=SERVICES, help="only this service (repeat)"),
             *SUPERVISOR,
+        ),
+    ),
+    Command(
+        "serve",
+        cmd_serve,
+        "the HTTP API and live chart over the gateway (foreground)",
+        "Serve the gateway's bars over HTTP on api.host:api.port (default 8790): "
+        "/v1/bars/SYMBOL/SIDE/TF in json, ndjson, csv, mt4, arrow, parquet; live bars as "
+        "Server-Sent Events on /v1/stream/SYMBOL/SIDE/TF (resume with Last-Event-ID); "
+        "/v1/topics, /v1/status, /healthz, /metrics, /openapi.json; the chart page on /. "
+        "It talks to the gateway's sockets only, so it can run on another host. Under "
+        "`barstream run`/`demo` supervisord runs it as the program barstream:api.",
+        (
+            LIVE,
+            arg("--host", help="listen on this host (default api.host: pipeline.host)"),
+            arg("--port", type=int, help="listen on this port (default api.port, 8790)"),
+            arg("--no-access-log", action="store_true", help="no log line per request"),
         ),
     ),
     Command(

@@ -15,7 +15,7 @@ from barstream.services.gateway.client import (
     to_pandas,
     to_polars,
 )
-from barstream.services.gateway.follower import BarUpdate
+from barstream.services.gateway.follower import BarUpdate, Position
 from barstream.shared.errors import GatewayError
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "BarUpdate",
     "GatewayClient",
     "GatewayError",
+    "Position",
     "to_pandas",
     "to_polars",
 ]

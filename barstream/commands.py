@@ -114,6 +114,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_ERROR if any(s.faults for s in statuses) else EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from barstream.services.api import server
+    from barstream.shared.service import setup_logging
+
+    setup_logging("api")
+    cfg = configs.load(args.config)
+    if args.host:
+        cfg.api.host = args.host
+    if args.port is not None:
+        cfg.api.port = args.port
+    return server.serve(cfg, access_log=not args.no_access_log)
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     from barstream.backfill import backfill, report
 

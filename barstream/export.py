@@ -130,7 +130,7 @@ def num(x: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def _rows(records: np.ndarray) -> Iterator[tuple[str, str, str, str, str]]:
+def rows(records: np.ndarray) -> Iterator[tuple[str, str, str, str, str]]:
     cols = [records[k].tolist() for k in ("open", "high", "low", "close", "volume")]
     for o, h, lo, c, v in zip(*cols, strict=True):
         # Prices are exact decimals already; a volume is a float sum of decimal volumes, so
@@ -142,7 +142,7 @@ def csv_lines(records: np.ndarray) -> Iterable[str]:
     """The one CSV format (module docstring): header, then one line per record."""
     yield CSV_HEADER + "\n"
     provisional = ((records["flags"] & FLAG_PROVISIONAL) != 0).tolist()
-    for when, row, p in zip(utc_labels(records["ts_ms"]), _rows(records), provisional, strict=True):
+    for when, row, p in zip(utc_labels(records["ts_ms"]), rows(records), provisional, strict=True):
         yield f"{when},{','.join(row)},{1 if p else 0}\n"
 
 
@@ -154,7 +154,7 @@ def write_csv(records: np.ndarray, out: TextIO) -> int:
 
 def mt4_lines(records: np.ndarray) -> Iterable[str]:
     dates, times = mt4_labels(records["ts_ms"])
-    for d, t, row in zip(dates, times, _rows(records), strict=True):
+    for d, t, row in zip(dates, times, rows(records), strict=True):
         yield f"{d},{t},{','.join(row)}\n"
 
 

@@ -21,6 +21,7 @@ same service.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import math
@@ -223,6 +224,22 @@ def collect(
         st.supervisor_state = states.get(program(name), "")
         out.append(st)
     return out
+
+
+def collect_remote(cfg: Config, services: Iterable[str] = SERVICES) -> list[ServiceStatus]:
+    """Every named service's status from its /metrics endpoint only (no supervisord, no
+    files: what a client on another host can know); a service that does not answer is down."""
+
+    def one(name: str) -> ServiceStatus:
+        url = metrics_url(cfg, name)
+        try:
+            return service_status(name, url, parse_metrics(scrape(url)))
+        except (OSError, urllib.error.URLError, ValueError) as e:
+            return ServiceStatus(name, url, error=f"{url}: {getattr(e, 'reason', e)}")
+
+    names = list(services)
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(names))) as pool:
+        return list(pool.map(one, names))
 
 
 def select(

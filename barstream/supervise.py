@@ -33,6 +33,7 @@ from barstream.shared.errors import SupervisorError
 
 GROUP: Final = "barstream"
 FAKE: Final = "fake_upstream"
+API: Final = "api"  # barstream serve: the HTTP API and chart
 EVENTS: Final = "barstream_events"
 DEFAULT_EVENTS_PORT: Final = 9100
 #: supervisord states of a process that count as "up".
@@ -54,7 +55,7 @@ def program(name: str) -> str:
 
 
 #: The bare program names ``barstream ctl`` accepts for ``barstream:NAME``.
-PROGRAMS: Final = frozenset({*SERVICES, FAKE})
+PROGRAMS: Final = frozenset({*SERVICES, FAKE, API})
 
 
 def ctl_args(args: Sequence[str]) -> list[str]:
@@ -221,4 +222,4 @@ class Supervisor:
 
 
 def service_programs(*, demo: bool) -> list[str]:
-    return ([FAKE] if demo else []) + list(SERVICES)
+    return ([FAKE] if demo else []) + list(SERVICES) + [API]

@@ -110,6 +110,21 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
 
 
+class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``barstream serve``: the HTTP API and chart page, a client of the gateway."""
+
+    host: str = ""  # "" = pipeline.host
+    port: int = 8790  # 0: any free port (logged)
+    #: Most bars one request may return (a larger range is refused 413, naming this).
+    max_records: int = 2_000_000
+    #: Gateway request connections shared by the HTTP requests in flight.
+    gateway_connections: int = 8
+    #: Live (SSE) streams served at once (more are refused 503).
+    max_streams: int = 256
+    #: Seconds between keep-alive comments on an idle SSE stream.
+    keepalive_s: float = 15.0
+
+
 class FakeUpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     port: int = 8787
     speed: float = 60.0
@@ -125,6 +140,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     aggregator: AggregatorConfig = msgspec.field(default_factory=AggregatorConfig)
     resampler: ResamplerConfig = msgspec.field(default_factory=ResamplerConfig)
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     fake_upstream: FakeUpstreamConfig = msgspec.field(default_factory=FakeUpstreamConfig)
     #: Where the file was read from ("" when built in code); set by ``load``.
     source: str = ""
@@ -161,6 +177,8 @@ def _fill_defaults(cfg: Config) -> None:
         cfg.gateway.publish = f"tcp://{host}:7110"
     if not cfg.gateway.requests:
         cfg.gateway.requests = f"tcp://{host}:7111"
+    if not cfg.api.host:
+        cfg.api.host = host
 
 
 #: Wildcard bind hosts → the loopback address a peer on the same host connects to.
@@ -251,6 +269,14 @@ def _check(cfg: Config) -> None:
         raise bad("gateway.publish_hwm", cfg.gateway.publish_hwm, "must be >= 1")
     if cfg.gateway.max_request_records < 1:
         raise bad("gateway.max_request_records", cfg.gateway.max_request_records, "must be >= 1")
+    a = cfg.api
+    if not 0 <= a.port <= MAX_PORT:
+        raise bad("api.port", a.port, "must be a TCP port (0: any free port)")
+    for key in ("max_records", "gateway_connections", "max_streams"):
+        if getattr(a, key) < 1:
+            raise bad(f"api.{key}", getattr(a, key), "must be >= 1")
+    if a.keepalive_s <= 0:
+        raise bad("api.keepalive_s", a.keepalive_s, "must be > 0")
     for name in SERVICES:
         port = cfg.endpoints(name).metrics_port
         if port is None or not 0 <= port <= MAX_PORT:
@@ -314,6 +340,8 @@ def _apply_port_offset(cfg: Config) -> None:
         ep.metrics_port = offset_port(ep.metrics_port or 0, n)
     cfg.gateway.publish = _shift_address(cfg.gateway.publish, n)
     cfg.gateway.requests = _shift_address(cfg.gateway.requests, n)
+    if cfg.api.port:
+        cfg.api.port = offset_port(cfg.api.port, n)
     connects = [
         (f"{name}.endpoints.upstream", _address_port(cfg.endpoints(name).upstream))
         for name in SERVICES
@@ -361,6 +389,8 @@ def tcp_listens(cfg: Config, *, fake: bool = True) -> list[Listen]:
         hp = _address_port(address)
         if hp is not None and hp[1]:
             out.append(Listen(key, hp[0], hp[1], address))
+    if cfg.api.port:
+        out.append(Listen("api.port", cfg.api.host, cfg.api.port, cfg.api.port))
     if fake and cfg.fake_upstream.port:
         port = cfg.fake_upstream.port
         out.append(Listen("fake_upstream.port", cfg.pipeline.host, port, port))

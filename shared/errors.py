@@ -274,3 +274,16 @@ class RebuildError(BarstreamError):
     """A rebuild's drain run failed or did not finish."""
 
     hint = "see the rebuild log it names; fix the cause and run `barstream rebuild` again"
+
+
+class ApiError(BarstreamError):
+    """An HTTP API request that cannot be answered as asked: ``status`` is the HTTP status
+    (404 unknown topic, 422 bad parameter, 413 range over the limit, 406 unknown format,
+    503 gateway unavailable), ``code`` a short name, the message what was wrong and what to
+    do. The API answers it as ``{"error": code, "message": …}``."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+        self.status = status
+        self.code = code
+        self.extra = extra
+        super().__init__(message)

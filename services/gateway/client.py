@@ -49,14 +49,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import numpy as np
 import zmq
 
 from barstream.services.gateway.driver import REQUEST_TIMEOUT_S, Driver
-from barstream.services.gateway.follower import KEEP_RECORDS, BarUpdate, Follower
+from barstream.services.gateway.follower import KEEP_RECORDS, BarUpdate, Follower, Position
 from barstream.services.gateway.frames import Answer, Call, HistoryPages, expect
 from barstream.shared import gateway_protocol as gp
 from barstream.shared.record import FLAG_PROVISIONAL
@@ -87,13 +87,17 @@ class _Base(Generic[_Stream]):
         timeout_s: float = REQUEST_TIMEOUT_S,
         rcvhwm: int = gp.PUBLISH_HWM,
         keep_records: int = KEEP_RECORDS,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
+        """``context``: a zmq context to share (several clients in one process: one I/O
+        thread); the client then leaves it open on ``close``."""
         self.publish = publish
         self.requests = requests
         self.timeout_s = timeout_s
         self.rcvhwm = rcvhwm
         self.keep_records = keep_records
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._own_ctx = context is None
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context() if context is None else context
         self._req: zmq.Socket[bytes] | None = None
         self._next_id = 1
         self.drivers: list[Driver] = []
@@ -128,7 +132,8 @@ class _Base(Generic[_Stream]):
         self._drop_socket()
         for d in self.drivers:
             d.close()
-        self.ctx.destroy(linger=0)
+        if self._own_ctx:
+            self.ctx.destroy(linger=0)
 
     def stream(
         self,
@@ -139,11 +144,20 @@ class _Base(Generic[_Stream]):
         closed_only: bool = False,
         *,
         timeout_s: float | None = None,
+        resume: Position | None = None,
     ) -> _Stream:
         """The last ``history`` bars, then every change, gap-free (see the module doc).
-        ``timeout_s``: raise TimeoutError when no item comes for that long (None: wait)."""
+        ``timeout_s``: raise TimeoutError when no item comes for that long (None: wait).
+        ``resume``: the ``position`` of the last item a consumer applied (saved across its
+        restart): continue from there with no gap and no duplicate instead of a history
+        item (a store rebuilt since gives a "reset" item of the last ``history`` bars)."""
+        topic = gp.topic_of(symbol, side, timeframe)
         return self.stream_topics(
-            [gp.topic_of(symbol, side, timeframe)], history, closed_only, timeout_s=timeout_s
+            [topic],
+            history,
+            closed_only,
+            timeout_s=timeout_s,
+            resume=None if resume is None else {topic: resume},
         )
 
     def stream_topics(
@@ -153,20 +167,30 @@ class _Base(Generic[_Stream]):
         closed_only: bool = False,
         *,
         timeout_s: float | None = None,
+        resume: Mapping[str, Position] | None = None,
     ) -> _Stream:
-        """``stream`` over several topics on one connection (items carry ``topic``)."""
+        """``stream`` over several topics on one connection (items carry ``topic``);
+        ``resume``: topic → position to continue from (see ``stream``)."""
         raise NotImplementedError
 
     # -- internals ----------------------------------------------------------------------
 
     def _steps(
-        self, topics: Iterable[str], history: int, closed_only: bool, timeout_s: float | None
+        self,
+        topics: Iterable[str],
+        history: int,
+        closed_only: bool,
+        timeout_s: float | None,
+        resume: Mapping[str, Position] | None = None,
     ) -> Generator[_Step, None, None]:
         """A stream as steps either facade carries out: items to hand on, or the sockets
         to wait on (and for how long) before the next step."""
         followers = [Follower(t, history, closed_only, keep=self.keep_records) for t in topics]
         if not followers:
             raise ValueError("stream of no topic")
+        for f in followers:
+            if resume and f.topic in resume:
+                f.resume(resume[f.topic])
         driver = Driver(self.ctx, self.publish, self.requests, followers, rcvhwm=self.rcvhwm)
         self.drivers.append(driver)
         try:
@@ -263,8 +287,10 @@ class GatewayClient(_Base[Iterator[BarUpdate]]):
         closed_only: bool = False,
         *,
         timeout_s: float | None = None,
+        resume: Mapping[str, Position] | None = None,
     ) -> Iterator[BarUpdate]:
-        with contextlib.closing(self._steps(topics, history, closed_only, timeout_s)) as steps:
+        steps_ = self._steps(topics, history, closed_only, timeout_s, resume)
+        with contextlib.closing(steps_) as steps:
             for step in steps:
                 if isinstance(step, list):
                     yield from step
@@ -321,8 +347,10 @@ class AsyncGatewayClient(_Base[AsyncIterator[BarUpdate]]):
         closed_only: bool = False,
         *,
         timeout_s: float | None = None,
+        resume: Mapping[str, Position] | None = None,
     ) -> AsyncIterator[BarUpdate]:
-        with contextlib.closing(self._steps(topics, history, closed_only, timeout_s)) as steps:
+        steps_ = self._steps(topics, history, closed_only, timeout_s, resume)
+        with contextlib.closing(steps_) as steps:
             for step in steps:
                 if isinstance(step, list):
                     for item in step:

@@ -50,6 +50,13 @@ class BarUpdate:
     records: np.ndarray
     replaces: int  # bars the consumer already received that this item supersedes
     kind: str  # "history" | "update" | "resync" | "reset"
+    epoch: str = ""  # the gateway store's identity (a new one: the store was rebuilt)
+
+    @property
+    def position(self) -> Position:
+        """Where a consumer that applied this item stands: pass it back as
+        ``stream(..., resume={topic: position})`` to continue with no gap, no duplicate."""
+        return Position(self.epoch, self.seq, self.end_offset)
 
     @property
     def end_offset(self) -> int:
@@ -60,6 +67,34 @@ class BarUpdate:
         """Mask of the records that may still change (the open bar)."""
         mask: np.ndarray = (self.records["flags"] & FLAG_PROVISIONAL) != 0
         return mask
+
+
+@dataclass(frozen=True)
+class Position:
+    """A consumer's place in a topic: the gateway store (``epoch``), the last message applied
+    (``seq``) and the end of the series it holds (``end``; closed-only: of its closed bars)."""
+
+    epoch: str
+    seq: int
+    end: int
+
+    def encode(self) -> str:
+        """``epoch.seq.end`` (the SSE event id of the HTTP API)."""
+        return f"{self.epoch}.{self.seq}.{self.end}"
+
+    @classmethod
+    def decode(cls, text: str) -> Position:
+        """The inverse of ``encode``; ValueError names what is wrong."""
+        parts = text.strip().split(".")
+        if len(parts) != 3 or not parts[0].isalnum() or len(parts[0]) > 64:
+            raise ValueError(f"position {text[:80]!r} is not EPOCH.SEQ.END")
+        try:
+            seq, end = int(parts[1]), int(parts[2])
+        except ValueError:
+            raise ValueError(f"position {text[:80]!r}: SEQ and END must be integers") from None
+        if seq < 0 or end < 0:
+            raise ValueError(f"position {text[:80]!r}: SEQ and END must be >= 0")
+        return cls(parts[0], seq, end)
 
 
 class Series:
@@ -158,6 +193,17 @@ class Follower:
 
     def __post_init__(self) -> None:
         self.series = Series(max(self.keep, self.history))
+
+    def resume(self, at: Position) -> None:
+        """Continue a consumer that holds the series up to ``at.end`` as of message
+        ``at.seq`` (from a saved ``BarUpdate.position``): the first request is a resync from
+        there, so the consumer gets only what changed or came since — no history item. A
+        position in another epoch (the store was rebuilt since) gets a "reset" item."""
+        self.started = True
+        self.epoch, self.seq = at.epoch, at.seq
+        self.series.reset(at.end, np.zeros(0, dtype=RECORD_DTYPE))
+        self.closed_end = self.yielded_closed = at.end
+        self.received_from = 0  # the consumer may hold everything below at.end
 
     # -- requests this follower needs ---------------------------------------------------
 
@@ -337,4 +383,5 @@ class Follower:
             records=self.series.view(lo, max(lo, stop)).copy(),
             replaces=replaces,
             kind=kind,
+            epoch=self.epoch,
         )

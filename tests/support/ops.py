@@ -61,6 +61,7 @@ def pipeline_config(
             "requests": f"ipc://{run_dir}/gw.req",
         },
         "fake_upstream": {"port": fake_port, "speed": speed, "seed": 1, "start": sim_start},
+        "api": {"port": free_port()},
     }
     prev = ""
     for name in SERVICES:

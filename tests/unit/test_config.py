@@ -246,5 +246,6 @@ def test_tcp_listens_lists_every_port_a_run_binds_with_its_key() -> None:
     assert listens["gateway.publish"] == ("127.0.0.1", 7111)
     assert listens["gateway.requests"] == ("127.0.0.1", 7112)
     assert listens["fake_upstream.port"] == ("127.0.0.1", 8788)
+    assert listens["api.port"] == ("127.0.0.1", 8791)  # the HTTP API (barstream serve)
     assert "fake_upstream.port" not in {x.key for x in config.tcp_listens(cfg, fake=False)}
-    assert len(listens) == 4 + 5 + 2 + 1
+    assert len(listens) == 4 + 5 + 2 + 1 + 1

@@ -1,0 +1,262 @@
+"""The HTTP API (``barstream serve``): a starlette app over the gateway's sockets.
+
+It never opens another service's files: bars, topics and the gateway's status come through
+the gateway's request socket (a bounded pool of connections, ``pool.py``), live bars
+through its publish socket (``live.py``), the other services' state from their /metrics
+endpoints — so the API can run on another host than the pipeline.
+
+Routes (docs/PROTOCOL.md "HTTP API"; the OpenAPI document is ``GET /openapi.json``):
+``/healthz``, ``/v1/topics``, ``/v1/status``, ``/v1/bars/{symbol}/{side}/{timeframe}``,
+``/v1/stream/{symbol}/{side}/{timeframe}`` (Server-Sent Events), ``/metrics``, and the
+chart page (``/``, ``/static/…``). Every error is JSON ``{"error", "message"}`` with a
+status that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import msgspec
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import exposition as prom_exposition
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+
+from barstream import status as pipeline_status
+from barstream.services.api import formats, history, live, openapi, params, web
+from barstream.services.api.pool import Pool
+from barstream.shared.config import Config, connect_address
+from barstream.shared.errors import ApiError, GatewayError
+
+log = logging.getLogger("barstream.api")
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "barstream_api_requests", "HTTP requests answered", ["route", "status"], registry=r
+        )
+        self.seconds = Histogram(
+            "barstream_api_request_seconds",
+            "Time to the first byte of a response",
+            ["route"],
+            registry=r,
+        )
+        self.bars = Counter("barstream_api_bars_sent", "Bars sent in /v1/bars bodies", registry=r)
+        self.streams = Gauge("barstream_api_live_streams", "SSE streams open", registry=r)
+        self.events = Counter("barstream_api_live_events", "SSE events sent", registry=r)
+
+
+class Api:
+    """What the routes share: the configuration, the gateway pool, the metrics."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.metrics = ApiMetrics()
+        self.publish = connect_address(cfg.gateway.publish)
+        self.requests = connect_address(cfg.gateway.requests)
+        self._pool: Pool | None = None
+        self.live_streams = 0
+
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            self._pool = Pool(self.publish, self.requests, self.cfg.api.gateway_connections)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+def _error(status: int, code: str, message: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
+
+
+def _gateway_down(api: Api, e: Exception) -> ApiError:
+    return ApiError(
+        503,
+        "gateway-unavailable",
+        f"the gateway at {api.requests} did not answer ({e}); is it running? "
+        "(`barstream status`, `barstream ctl start gateway`)",
+    )
+
+
+def _refused(e: GatewayError) -> ApiError:
+    status = {"unknown-topic": 404, "too-large": 413}.get(e.code, 422)
+    return ApiError(status, e.code, e.reason)
+
+
+@contextlib.asynccontextmanager
+async def _gateway(api: Api) -> AsyncIterator[Any]:
+    """A pooled gateway connection; its failures become the API's 503 / 4xx."""
+    try:
+        async with api.pool.client() as gw:
+            yield gw
+    except GatewayError as e:
+        raise _refused(e) from None
+    except TimeoutError as e:
+        raise _gateway_down(api, e) from None
+
+
+def create_app(cfg: Config) -> Starlette:
+    api = Api(cfg)
+
+    def route(name: str, fn: Any) -> Any:
+        async def handler(request: Request) -> Response:
+            t0 = time.perf_counter()
+            try:
+                response: Response = await fn(request)
+            except ApiError as e:
+                response = _error(e.status, e.code, str(e), **e.extra)
+            except Exception:
+                log.exception("api: %s %s failed", request.method, request.url.path)
+                response = _error(500, "internal", "the API failed; see its log")
+            api.metrics.requests.labels(name, str(response.status_code)).inc()
+            api.metrics.seconds.labels(name).observe(time.perf_counter() - t0)
+            return response
+
+        return handler
+
+    async def healthz(request: Request) -> Response:
+        try:
+            async with _gateway(api) as gw:
+                st = await gw.status()
+        except ApiError as e:
+            return _error(503, e.code, str(e), ok=False)
+        return JSONResponse(
+            {"ok": True, "gateway": st.instance, "upstream_age_s": st.upstream_age_s}
+        )
+
+    async def topics(request: Request) -> Response:
+        params.unknown(request.query_params, frozenset({"prefix"}))
+        prefix = request.query_params.get("prefix", "")[: params.MAX_PARAM_CHARS]
+        async with _gateway(api) as gw:
+            listing = await gw.list_topics(prefix)
+        out = []
+        for t in listing:
+            symbol, side, tf = t.topic.split("/")
+            out.append(
+                {"topic": t.topic, "symbol": symbol, "side": side, "timeframe": tf}
+                | msgspec.structs.asdict(t)
+            )
+        return JSONResponse({"topics": out})
+
+    async def status(request: Request) -> Response:
+        params.unknown(request.query_params, frozenset())
+        gateway: dict[str, Any] | None
+        try:
+            async with _gateway(api) as gw:
+                gateway = msgspec.to_builtins(await gw.status())
+        except ApiError as e:
+            gateway = {"error": str(e)}
+        statuses = await anyio.to_thread.run_sync(lambda: pipeline_status.collect_remote(api.cfg))
+        return JSONResponse(pipeline_status.as_json(statuses) | {"gateway": gateway})
+
+    async def bars(request: Request) -> Response:
+        ref = params.topic_ref(cfg, **request.path_params)
+        q = params.bars_query(cfg, ref, request.query_params, request.headers.get("accept", ""))
+        enc = formats.Encoder(q.fmt, ref.topic, q.tz)
+        gw_cm = _gateway(api)
+        gw = await gw_cm.__aenter__()
+        try:
+            info = await history.topic_info(gw, ref.topic)
+            history.bound(q, info, cfg.api.max_records)
+            source = history.pages(gw, q, info)
+            first = await anext(source, None)
+        except BaseException as e:
+            await gw_cm.__aexit__(type(e), e, e.__traceback__)
+            raise
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                yield enc.start()
+                page = first
+                while page is not None:
+                    yield await anyio.to_thread.run_sync(enc.page, page)
+                    api.metrics.bars.inc(len(page))
+                    page = await anext(source, None)
+                yield enc.end()
+            except BaseException as e:
+                # Mid-body failure: the connection is cut (no silent short answer).
+                await gw_cm.__aexit__(type(e), e, e.__traceback__)
+                raise
+            else:
+                await gw_cm.__aexit__(None, None, None)
+
+        suffix = {"mt4": "csv", "ndjson": "ndjson", "arrow": "arrow"}.get(q.fmt, q.fmt)
+        name = f"{ref.symbol}_{ref.side}_{ref.timeframe}.{suffix}"
+        headers = {"X-Barstream-Topic": ref.topic}
+        if q.fmt in ("csv", "mt4", "parquet", "arrow"):
+            headers["Content-Disposition"] = f'inline; filename="{name}"'
+        return StreamingResponse(body(), media_type=enc.media_type, headers=headers)
+
+    async def stream(request: Request) -> Response:
+        ref = params.topic_ref(cfg, **request.path_params)
+        q = params.stream_query(cfg, ref, request.query_params)
+        resume = live.resume_position(request.headers.get("last-event-id"))
+        if api.live_streams >= cfg.api.max_streams:
+            raise ApiError(
+                503,
+                "too-many-streams",
+                f"{api.live_streams} live streams are open, the most api.max_streams allows; "
+                "retry later",
+            )
+        return live.response(api, q, resume)
+
+    async def metrics(request: Request) -> Response:
+        return Response(
+            generate_latest(api.metrics.registry), media_type=prom_exposition.CONTENT_TYPE_LATEST
+        )
+
+    async def openapi_doc(request: Request) -> Response:
+        return JSONResponse(openapi.document(cfg))
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        text = (
+            f"no route {request.url.path[:200]!r}; see GET /openapi.json"
+            if exc.status_code == 404
+            else str(exc.detail)
+        )
+        api.metrics.requests.labels("other", str(exc.status_code)).inc()
+        return _error(exc.status_code, code, text)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        log.info(
+            "api: serving on http://%s:%d (gateway %s)", cfg.api.host, cfg.api.port, api.requests
+        )
+        try:
+            yield
+        finally:
+            api.close()
+
+    routes: list[Route | Mount] = [
+        Route("/healthz", route("healthz", healthz)),
+        Route("/v1/topics", route("topics", topics)),
+        Route("/v1/status", route("status", status)),
+        Route("/v1/bars/{symbol}/{side}/{timeframe}", route("bars", bars)),
+        Route("/v1/stream/{symbol}/{side}/{timeframe}", route("stream", stream)),
+        Route("/metrics", route("metrics", metrics)),
+        Route("/openapi.json", route("openapi", openapi_doc)),
+        *web.routes(),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: not_found},
+    )
+    app.state.api = api
+    return app

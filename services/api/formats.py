@@ -1,0 +1,270 @@
+"""Bars as HTTP bodies: the formats of ``GET /v1/bars`` (pure: records in, bytes out).
+
+Every format is written page by page (``Encoder.page``), so a long range streams: the API
+asks the gateway for one page, encodes it and sends it before asking for the next.
+
+- ``json``: ``{"topic": T, "bars": [BAR, …], "count": N}``; ``ndjson``: one BAR per line.
+  BAR = ``{"ts_ms", "time", "open", "high", "low", "close", "volume", "flags",
+  "provisional"}``; ``time`` is the bar open as ISO 8601 in the requested zone (``Z`` for
+  UTC, else its offset, e.g. ``+02:00``).
+- ``csv``: the one CSV format of ``barstream export`` (``time,open,…,provisional``), its
+  ``time`` in the requested zone.
+- ``mt4``: MetaTrader's History Center CSV (``YYYY.MM.DD,HH:MM,O,H,L,C,V``, server time).
+- ``arrow``: an Arrow IPC stream (``application/vnd.apache.arrow.stream``), one record batch
+  per page; ``parquet``: a Parquet file, one row group per page. Columns: ``ts_ms`` int64,
+  ``time`` timestamp[ms, UTC], open … volume float64, ``flags`` uint16.
+
+Prices and volumes in the text formats are the shortest text that reads back as the same
+float64 (``barstream.export.num``); in json/ndjson they are JSON numbers (msgspec writes
+the shortest round-tripping form), so every format decodes back to the records exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Callable
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+import msgspec
+import numpy as np
+
+from barstream import export
+from barstream.shared.record import FLAG_PROVISIONAL, RECORD_DTYPE
+from barstream.shared.timeframe import HOUR_MS
+
+#: format name → media type.
+MEDIA_TYPES: Final = {
+    "json": "application/json",
+    "ndjson": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+    "mt4": "text/csv; charset=utf-8",
+    "arrow": "application/vnd.apache.arrow.stream",
+    "parquet": "application/vnd.apache.parquet",
+}
+FORMATS: Final = tuple(MEDIA_TYPES)
+#: Accept-header media types (without parameters) → format, for content negotiation.
+_BY_MEDIA: Final = {
+    "application/json": "json",
+    "application/x-ndjson": "ndjson",
+    "application/ndjson": "ndjson",
+    "text/csv": "csv",
+    "application/vnd.apache.arrow.stream": "arrow",
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
+}
+
+
+def negotiate(accept: str) -> str | None:
+    """The format an ``Accept`` header asks for first (q-values honoured), json for
+    ``*/*`` or no header; None when it names only media types we do not write."""
+    if not accept.strip():
+        return "json"
+    choices: list[tuple[float, int, str]] = []
+    for i, part in enumerate(accept.split(",")):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for p in params:
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        fmt = "json" if media in ("*/*", "application/*") else _BY_MEDIA.get(media.lower())
+        if fmt is not None and q > 0:
+            choices.append((-q, i, fmt))
+    return min(choices)[2] if choices else None
+
+
+class Bar(msgspec.Struct):
+    ts_ms: int
+    time: str
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    flags: int
+    provisional: bool
+
+
+def zone(name: str) -> ZoneInfo | None:
+    """The IANA zone ``name`` (None for UTC); raises KeyError-like ValueError otherwise."""
+    if name.upper() in ("", "UTC", "Z", "ETC/UTC"):
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"tz={name!r} is not an IANA time zone (e.g. Europe/London)") from e
+
+
+def time_labels(ts_ms: np.ndarray, tz: ZoneInfo | None) -> list[str]:
+    """ISO 8601 labels of UTC ms: ``…Z`` in UTC, else local time with its offset. The
+    offset is looked up once per distinct UTC hour (zone changes fall on whole hours or
+    half hours; a quarter-hour zone is looked up per bar)."""
+    if tz is None:
+        return export.utc_labels(ts_ms)
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    keys = ts // (HOUR_MS // 4)
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    offsets = np.empty(len(uniq), dtype=np.int64)
+    suffix: list[str] = []
+    for i, k in enumerate(uniq):
+        when = dt.datetime.fromtimestamp(int(k) * 900, dt.UTC).astimezone(tz)
+        off = when.utcoffset() or dt.timedelta(0)
+        offsets[i] = int(off.total_seconds() * 1000)
+        minutes = int(off.total_seconds()) // 60
+        sign = "+" if minutes >= 0 else "-"
+        suffix.append(f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}")
+    inv = inverse.reshape(-1)
+    local = (ts + offsets[inv]).astype("datetime64[ms]").astype("datetime64[s]")
+    text = np.datetime_as_string(local, unit="s")
+    return [f"{t}{suffix[j]}" for t, j in zip(text.tolist(), inv.tolist(), strict=True)]
+
+
+def bars(records: np.ndarray, tz: ZoneInfo | None = None) -> list[Bar]:
+    """Records as JSON-ready bars."""
+    cols = [records[k].tolist() for k in ("ts_ms", "open", "high", "low", "close", "volume")]
+    flags = records["flags"].tolist()
+    labels = time_labels(records["ts_ms"], tz)
+    return [
+        Bar(t, label, o, h, lo, c, v, f, bool(f & FLAG_PROVISIONAL))
+        for t, label, o, h, lo, c, v, f in zip(*cols[:1], labels, *cols[1:], flags, strict=True)
+    ]
+
+
+_json = msgspec.json.Encoder()
+
+
+def arrow_table(records: np.ndarray) -> Any:
+    """Records as a pyarrow Table (the columns of the module docstring)."""
+    import pyarrow as pa
+
+    ts = pa.array(np.ascontiguousarray(records["ts_ms"]), pa.int64())
+    cols: dict[str, Any] = {"ts_ms": ts, "time": ts.cast(pa.timestamp("ms", tz="UTC"))}
+    for k in ("open", "high", "low", "close", "volume"):
+        cols[k] = pa.array(np.ascontiguousarray(records[k]), pa.float64())
+    cols["flags"] = pa.array(np.ascontiguousarray(records["flags"]), pa.uint16())
+    return pa.table(cols)
+
+
+class Encoder:
+    """One response body of format ``fmt``: ``start()``, ``page(records)`` per page, ``end()``
+    — each returns the bytes to send next."""
+
+    def __init__(self, fmt: str, topic: str, tz: ZoneInfo | None = None) -> None:
+        if fmt not in MEDIA_TYPES:
+            raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+        self.fmt = fmt
+        self.topic = topic
+        self.tz = tz
+        self.count = 0
+        self._sink = _Sink()
+        self._writer: Any = None
+        self._page: Callable[[np.ndarray], bytes] = getattr(self, f"_page_{fmt}")
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.fmt]
+
+    def start(self) -> bytes:
+        if self.fmt == "json":
+            return b'{"topic":' + _json.encode(self.topic) + b',"bars":['
+        if self.fmt == "csv":
+            return (export.CSV_HEADER + "\n").encode()
+        return b""
+
+    def page(self, records: np.ndarray) -> bytes:
+        out = self._page(records) if len(records) else b""
+        self.count += len(records)
+        return out
+
+    def end(self) -> bytes:
+        if self.fmt == "json":
+            return b'],"count":' + str(self.count).encode() + b"}"
+        if self.fmt in ("arrow", "parquet"):
+            if self._writer is None:  # no page at all: still a valid, empty stream/file
+                self._open(arrow_table(np.zeros(0, dtype=RECORD_DTYPE)).schema)
+            self._writer.close()
+            return self._drain()
+        return b""
+
+    # -- formats ------------------------------------------------------------------------
+
+    def _page_json(self, records: np.ndarray) -> bytes:
+        body = _json.encode(bars(records, self.tz))[1:-1]  # the list's items, no brackets
+        return (b"," + body) if self.count else body
+
+    def _page_ndjson(self, records: np.ndarray) -> bytes:
+        buf = bytearray()
+        for bar in bars(records, self.tz):
+            _json.encode_into(bar, buf, -1)
+            buf += b"\n"
+        return bytes(buf)
+
+    def _page_csv(self, records: np.ndarray) -> bytes:
+        provisional = ((records["flags"] & FLAG_PROVISIONAL) != 0).tolist()
+        labels = time_labels(records["ts_ms"], self.tz)
+        rows = export.rows(records)
+        lines = [
+            f"{when},{','.join(row)},{1 if p else 0}\n"
+            for when, row, p in zip(labels, rows, provisional, strict=True)
+        ]
+        return "".join(lines).encode()
+
+    def _page_mt4(self, records: np.ndarray) -> bytes:
+        return "".join(export.mt4_lines(records)).encode()
+
+    def _page_arrow(self, records: np.ndarray) -> bytes:
+        return self._page_arrowish(records)
+
+    def _page_parquet(self, records: np.ndarray) -> bytes:
+        return self._page_arrowish(records)
+
+    def _page_arrowish(self, records: np.ndarray) -> bytes:
+        table = arrow_table(records)
+        if self._writer is None:
+            self._open(table.schema)
+        self._writer.write_table(table)
+        return self._drain()
+
+    def _open(self, schema: Any) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.PythonFile(self._sink, mode="w")
+        if self.fmt == "arrow":
+            self._writer = pa.ipc.new_stream(sink, schema)
+        else:
+            self._writer = pq.ParquetWriter(sink, schema)
+
+    def _drain(self) -> bytes:
+        return self._sink.take()
+
+
+class _Sink(io.RawIOBase):
+    """A write-only file that hands its bytes out as they come (``take``) and still says
+    where it is (``tell``: bytes written in all — Parquet's footer records offsets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[bytes] = []
+        self._written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self._chunks.append(data)
+        self._written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._written
+
+    def take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data

@@ -1,0 +1,269 @@
+"""The OpenAPI 3.1 document of the HTTP API (``GET /openapi.json``), written from the same
+constants the routes check (formats, parameters, limits), and tested against the routes
+and the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from barstream.services.api import formats, params
+from barstream.shared.config import Config
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _topic_params(cfg: Config) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "symbol",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": list(cfg.pipeline.symbols)},
+        },
+        {
+            "name": "side",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": list(cfg.pipeline.sides)},
+        },
+        {
+            "name": "timeframe",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": params.timeframes(cfg)},
+        },
+    ]
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_TIME = {"type": "string", "examples": ["2019-01-02", "2019-01-02T10:30:00Z", "1546300800000"]}
+_ERRORS = {
+    "404": _error("unknown symbol, side or timeframe"),
+    "422": _error("a parameter is not valid (bad date, unknown parameter …)"),
+    "503": _error("the gateway does not answer"),
+}
+
+
+def document(cfg: Config) -> dict[str, Any]:
+    bar = {
+        "type": "object",
+        "required": [
+            "ts_ms",
+            "time",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "flags",
+            "provisional",
+        ],
+        "properties": {
+            "ts_ms": {"type": "integer", "description": "bar open, ms since the epoch (UTC)"},
+            "time": {"type": "string", "description": "bar open, ISO 8601 in the tz asked"},
+            **{k: {"type": "number"} for k in ("open", "high", "low", "close", "volume")},
+            "flags": {"type": "integer", "description": "FLAG_* bits (docs/FORMAT.md)"},
+            "provisional": {"type": "boolean", "description": "the bar may still change"},
+        },
+    }
+    bars_content = {
+        media: {"schema": {"$ref": "#/components/schemas/Bars"}}
+        if fmt == "json"
+        else {"schema": {"type": "string", "format": "binary"}}
+        for fmt, media in formats.MEDIA_TYPES.items()
+        if fmt != "mt4"
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "barstream HTTP API",
+            "version": "1",
+            "description": "Bars of the barstream gateway: history in several formats, live "
+            "bars as Server-Sent Events, topics and status. See docs/PROTOCOL.md.",
+        },
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "summary": "Is the gateway answering?",
+                    "responses": {"200": {"description": "ok"}, "503": _error("gateway down")},
+                }
+            },
+            "/v1/topics": {
+                "get": {
+                    "summary": "Topics the gateway serves",
+                    "parameters": [_query("prefix", {"type": "string"}, "topic prefix")],
+                    "responses": {
+                        "200": {
+                            "description": "topics",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Topics"}
+                                }
+                            },
+                        },
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/status": {
+                "get": {
+                    "summary": "What `barstream status --json` shows, plus the gateway's status",
+                    "responses": {"200": {"description": "status"}},
+                }
+            },
+            "/v1/bars/{symbol}/{side}/{timeframe}": {
+                "get": {
+                    "summary": "Bars of a topic (oldest first), streamed",
+                    "parameters": [
+                        *_topic_params(cfg),
+                        _query("start", _TIME, "first bar open >= start (UTC unless an offset)"),
+                        _query("end", _TIME, "bar opens < end"),
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 0, "maximum": cfg.api.max_records},
+                            "with start: the first N bars from it; else the last N before end",
+                        ),
+                        _query(
+                            "provisional",
+                            {"type": "boolean", "default": True},
+                            "include the open (still changing) bar",
+                        ),
+                        _query(
+                            "tz",
+                            {"type": "string", "default": "UTC"},
+                            "IANA zone of the text time labels",
+                        ),
+                        _query(
+                            "format",
+                            {"type": "string", "enum": list(formats.FORMATS)},
+                            "else chosen from the Accept header (json by default)",
+                        ),
+                    ],
+                    "responses": {
+                        "200": {"description": "bars", "content": bars_content},
+                        "406": _error("a format we do not write"),
+                        "413": _error(f"more than api.max_records ({cfg.api.max_records}) bars"),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/stream/{symbol}/{side}/{timeframe}": {
+                "get": {
+                    "summary": "Live bars as Server-Sent Events (resume with Last-Event-ID)",
+                    "parameters": [
+                        *_topic_params(cfg),
+                        _query(
+                            "history",
+                            {"type": "integer", "minimum": 0, "default": 0},
+                            "bars in the first event",
+                        ),
+                        _query(
+                            "closed_only",
+                            {"type": "boolean", "default": False},
+                            "each closed bar once, no provisional bar",
+                        ),
+                        _query("tz", {"type": "string", "default": "UTC"}, "zone of time labels"),
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "EPOCH.SEQ.END of the last event applied",
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "events: `id: EPOCH.SEQ.END`, `event: bars`, "
+                            "`data:` an Event",
+                            "content": {
+                                "text/event-stream": {
+                                    "schema": {"$ref": "#/components/schemas/Event"}
+                                }
+                            },
+                        },
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of the API",
+                    "responses": {"200": {"description": "text exposition"}},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Bar": bar,
+                "Bars": {
+                    "type": "object",
+                    "required": ["topic", "bars", "count"],
+                    "properties": {
+                        "topic": {"type": "string"},
+                        "count": {"type": "integer"},
+                        "bars": {"type": "array", "items": {"$ref": "#/components/schemas/Bar"}},
+                    },
+                },
+                "Topics": {
+                    "type": "object",
+                    "properties": {
+                        "topics": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    k: {"type": t}
+                                    for k, t in (
+                                        ("topic", "string"),
+                                        ("symbol", "string"),
+                                        ("side", "string"),
+                                        ("timeframe", "string"),
+                                        ("epoch", "string"),
+                                        ("seq", "integer"),
+                                        ("count", "integer"),
+                                    )
+                                },
+                            },
+                        }
+                    },
+                },
+                "Event": {
+                    "type": "object",
+                    "properties": {
+                        "topic": {"type": "string"},
+                        "seq": {"type": "integer"},
+                        "start_offset": {"type": "integer"},
+                        "replaces": {"type": "integer"},
+                        "kind": {
+                            "type": "string",
+                            "enum": ["history", "update", "resync", "reset"],
+                        },
+                        "bars": {"type": "array", "items": {"$ref": "#/components/schemas/Bar"}},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "message": {"type": "string"},
+                        "limit": {"type": "integer"},
+                    },
+                },
+            }
+        },
+    }
