@@ -251,8 +251,7 @@ function onPick(e) {
   }
   const t = topics.find((x) => x.symbol === symbol && x.side === side && x.timeframe === timeframe);
   fillPicker(t);
-  const q = new URLSearchParams({ topic: t.topic });
-  history.pushState(null, "", `?${q}`);
+  history.pushState(null, "", `?topic=${encodeURIComponent(t.topic).replaceAll("%2F", "/")}`);
   show(t.topic);
   e.target.blur();
 }
