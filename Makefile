@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run demo test test-all check fmt lint type bench clean help venv lock
+.PHONY: run demo test test-all check fmt lint type bench clean help venv lock web
 
 help:            ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -24,6 +24,18 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 venv: $(STAMP)   ## create/refresh .venv (the versions constraints.txt pins)
 
+# The chart page's charting library, from the npm registry at the versions
+# web/package-lock.json pins (into web/node_modules, which `barstream serve` serves). Without
+# npm the Python parts still build; the page then says to run `make web`.
+WEB_STAMP := web/node_modules/.installed
+
+$(WEB_STAMP): web/package.json web/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix web --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "note: npm is not installed: no chart page (apt-get install npm, then make web)" >&2; fi
+
+web: $(WEB_STAMP) ## the chart page's npm packages (web/node_modules, as package-lock.json pins)
+
 # A throwaway venv gets the newest versions pyproject.toml allows (runtime + dev extras);
 # its `pip freeze` becomes constraints.txt. Then `make venv` installs them and `make check`
 # says whether they work.
@@ -39,7 +51,7 @@ lock:            ## re-resolve every dependency into constraints.txt (then: make
 	mv "$$tmp/$(CONSTRAINTS)" $(CONSTRAINTS); \
 	echo "$(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) packages pinned"
 
-run: $(STAMP)    ## offline demo under supervisord (LIVE=1 real feed; PORT_OFFSET=N moves every port)
+run: $(STAMP) web ## offline demo under supervisord (LIVE=1 real feed; PORT_OFFSET=N moves every port)
 	@$(PY) -m barstream demo $(if $(LIVE),--live,) $(if $(DURATION),--duration $(DURATION),) \
 		$(if $(PORT_OFFSET),--port-offset $(PORT_OFFSET),)
 
@@ -47,11 +59,11 @@ run: $(STAMP)    ## offline demo under supervisord (LIVE=1 real feed; PORT_OFFSE
 # under CI (CI=true) it runs them too: ~10 min in all on 2 cores, well inside CI's limit.
 TEST_MARK ?= $(if $(CI),,not slow)
 
-test: $(STAMP)   ## the test suite (slow suites too when CI=true)
+test: $(STAMP) web ## the test suite (slow suites too when CI=true)
 	@bash scripts/ensure-debs.sh
 	@bash scripts/pytest-nonempty.sh $(PY) -m "$(TEST_MARK)" $(PYTEST_ARGS)
 
-test-all: $(STAMP) ## every test, slow ones included
+test-all: $(STAMP) web ## every test, slow ones included
 	@bash scripts/ensure-debs.sh
 	@bash scripts/pytest-nonempty.sh $(PY) $(PYTEST_ARGS)
 

@@ -25,7 +25,9 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     ├── PayloadInvalid            a response that failed decoding or validation
     │                             (symbol, side, day, field, index)
     ├── SupervisorError           supervisord could not be started, reached or stopped
-    └── RebuildError              a rebuild's drain run failed or did not finish (service)
+    ├── RebuildError              a rebuild's drain run failed or did not finish (service)
+    └── WebAssetsMissing          the chart page's files or its npm-installed charting
+                                  library are not where they belong (path)
 
 Every error says what happened, where, and (via ``hint``) what to do.
 
@@ -287,3 +289,13 @@ class ApiError(BarstreamError):
         self.code = code
         self.extra = extra
         super().__init__(message)
+
+
+class WebAssetsMissing(BarstreamError):
+    """The chart page (web/) or the charting library npm installs into web/node_modules."""
+
+    hint = "run `make web` in the checkout: npm ci installs what web/package-lock.json pins"
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")

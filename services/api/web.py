@@ -6,7 +6,6 @@ when they are missing the routes answer 404 with what to run.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from starlette.requests import Request
@@ -14,18 +13,16 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from barstream import webassets
+from barstream.shared.errors import WebAssetsMissing
+
 
 def _dirs() -> tuple[Path | None, Path | None]:
     try:  # barstream.webassets knows where web/ and the npm-installed library are
-        webassets = importlib.import_module("barstream.webassets")
-    except ImportError:
-        return None, None
-    try:
         web: Path | None = webassets.web_dir()
-    except FileNotFoundError:
-        web = None
-    vendor = webassets.vendor_dir()
-    return web, vendor
+    except WebAssetsMissing:
+        return None, None
+    return web, webassets.vendor_dir(web)
 
 
 def _missing(what: str) -> Response:
