@@ -31,7 +31,7 @@ import numpy as np
 
 from barstream import configs, paths, ports, status, status_view
 from barstream.export import num
-from barstream.shared.config import Config
+from barstream.shared.config import Config, connect_host
 from barstream.shared.errors import (
     EXIT_ERROR,
     EXIT_USAGE,
@@ -159,6 +159,12 @@ def run(
             print(f"demo: not running: {bad}; see {sup.log_dir}", file=sys.stderr)
             return 1
         print("demo: every service is running; waiting for 1m bars …", file=sys.stderr)
+        api_host = connect_host(cfg.api.host)
+        print(
+            f"demo: live chart and HTTP API on http://{api_host}:{cfg.api.port}/ "
+            f"(API: /v1/bars/EUR-USD/BID/1m, /openapi.json)",
+            file=sys.stderr,
+        )
         if not wait_for_bars(cfg, WAIT_BARS_S):
             print(screen(cfg, live=live, elapsed_s=time.monotonic() - began, sup=sup), file=out)
             print(f"demo: no 1m bars after {WAIT_BARS_S:.0f}s; see {sup.log_dir}", file=sys.stderr)

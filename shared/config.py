@@ -123,6 +123,11 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_streams: int = 256
     #: Seconds between keep-alive comments on an idle SSE stream.
     keepalive_s: float = 15.0
+    #: Where the API connects to the gateway ("" = gateway.publish / gateway.requests, a
+    #: wildcard host read as this host): set them when the API runs on another host or
+    #: container (compose: tcp://gateway:7110 and tcp://gateway:7111).
+    gateway_publish: str = ""
+    gateway_requests: str = ""
 
 
 class FakeUpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -179,6 +184,10 @@ def _fill_defaults(cfg: Config) -> None:
         cfg.gateway.requests = f"tcp://{host}:7111"
     if not cfg.api.host:
         cfg.api.host = host
+    if not cfg.api.gateway_publish:
+        cfg.api.gateway_publish = connect_address(cfg.gateway.publish)
+    if not cfg.api.gateway_requests:
+        cfg.api.gateway_requests = connect_address(cfg.gateway.requests)
 
 
 #: Wildcard bind hosts → the loopback address a peer on the same host connects to.
@@ -342,6 +351,8 @@ def _apply_port_offset(cfg: Config) -> None:
     cfg.gateway.requests = _shift_address(cfg.gateway.requests, n)
     if cfg.api.port:
         cfg.api.port = offset_port(cfg.api.port, n)
+    cfg.api.gateway_publish = _shift_address(cfg.api.gateway_publish, n)
+    cfg.api.gateway_requests = _shift_address(cfg.api.gateway_requests, n)
     connects = [
         (f"{name}.endpoints.upstream", _address_port(cfg.endpoints(name).upstream))
         for name in SERVICES

@@ -33,7 +33,7 @@ from starlette.routing import Mount, Route
 from barstream import status as pipeline_status
 from barstream.services.api import formats, history, live, openapi, params, web
 from barstream.services.api.pool import Pool
-from barstream.shared.config import Config, connect_address
+from barstream.shared.config import Config
 from barstream.shared.errors import ApiError, GatewayError
 
 log = logging.getLogger("barstream.api")
@@ -63,8 +63,8 @@ class Api:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.metrics = ApiMetrics()
-        self.publish = connect_address(cfg.gateway.publish)
-        self.requests = connect_address(cfg.gateway.requests)
+        self.publish = cfg.api.gateway_publish
+        self.requests = cfg.api.gateway_requests
         self._pool: Pool | None = None
         self.live_streams = 0
 

@@ -21,7 +21,11 @@ from tests.support.docker import DockerIgnore, copy_sources
 yaml = pytest.importorskip("yaml", reason="pyyaml is in the dev extras (pip install -e '.[dev]')")
 
 REPO = Path(__file__).resolve().parents[2]
-PROGRAMS = {**{s: f"barstream.services.{s}" for s in SERVICES}, "fake_upstream": "barstream.fake"}
+PROGRAMS = {
+    **{s: f"barstream.services.{s}" for s in SERVICES},
+    "fake_upstream": "barstream.fake",
+    "api": "barstream.services.api",
+}
 
 
 def compose() -> dict[str, Any]:
@@ -95,6 +99,10 @@ def test_compose_ports_match_compose_config() -> None:
         assert {port_of(cfg.gateway.publish), port_of(cfg.gateway.requests)} <= {
             int(str(p).split(":")[0]) for p in services["gateway"]["ports"]
         }
+        # the API container reaches the gateway by service name
+        assert cfg.api.gateway_publish == f"tcp://gateway:{port_of(cfg.gateway.publish)}", path
+        assert cfg.api.gateway_requests == f"tcp://gateway:{port_of(cfg.gateway.requests)}", path
+        assert f"{cfg.api.port}:{cfg.api.port}" in services["api"]["ports"], path
     demo = config_mod.load(REPO / "config/compose-demo.toml")
     url = urllib.parse.urlsplit(demo.downloader.base_url)
     assert url.hostname == "fake_upstream" and url.port == demo.fake_upstream.port

@@ -249,3 +249,26 @@ def test_tcp_listens_lists_every_port_a_run_binds_with_its_key() -> None:
     assert listens["api.port"] == ("127.0.0.1", 8791)  # the HTTP API (barstream serve)
     assert "fake_upstream.port" not in {x.key for x in config.tcp_listens(cfg, fake=False)}
     assert len(listens) == 4 + 5 + 2 + 1 + 1
+
+
+def test_api_follows_the_gateway_and_the_port_offset() -> None:
+    cfg = config.from_dict({"pipeline": {"port_offset": 10}})
+    assert cfg.api.port == 8800
+    assert cfg.api.gateway_publish == "tcp://127.0.0.1:7120"
+    assert cfg.api.gateway_requests == "tcp://127.0.0.1:7121"
+    other = config.from_dict(
+        {"api": {"gateway_publish": "tcp://gw:7110", "gateway_requests": "tcp://gw:7111"}}
+    )
+    assert (other.api.gateway_publish, other.api.gateway_requests) == (
+        "tcp://gw:7110",
+        "tcp://gw:7111",
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("port", 70000), ("max_records", 0), ("gateway_connections", 0), ("keepalive_s", 0.0)],
+)
+def test_bad_api_values_name_their_key(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"api.{key}"):
+        config.from_dict({"api": {key: value}})
