@@ -194,6 +194,13 @@ SUPERVISOR: Final = (
     ),
 )
 QUIET: Final = arg("--quiet", "-q", action="store_true", help="no progress bar")
+#: Accept the gaps the user chose (``barstream skip-day``) in rebuild's and verify's exit code.
+ALLOW_SKIPPED: Final = arg(
+    "--allow-skipped",
+    action="store_true",
+    help="exit 0 when the only missing days are those skipped by the user (barstream "
+    "skip-day); they are still listed. Held streams and other gaps still exit 1",
+)
 #: Moves every TCP port of a supervisord run (the configuration key pipeline.port_offset).
 PORT_OFFSET: Final = arg(
     "--port-offset",
@@ -309,10 +316,15 @@ COMMANDS: Final = (
         "rebuild every store from the raw cache (no downloads), report bars/s",
         "Stop the services, move their stores aside, run the pipeline in drain "
         "mode over the raw cache (downloader cache_only) until every store is committed, "
-        "verify the result and restart the services that were running.",
+        "verify the result and restart the services that were running. Then lists what the "
+        "stores lack — a stream held by a bad payload (symbol, side, day, field, error), gap "
+        "days (a day missing from the raw cache before later cached days is one), days "
+        "skipped by the user — each with the command that re-fetches it or drops it as an "
+        "explicit gap, and exits 1 on any of them.",
         (
             LIVE,
             arg("--timeout", type=float, default=3600.0, help="give up after (seconds)"),
+            ALLOW_SKIPPED,
             QUIET,
             *SUPERVISOR,
         ),
@@ -323,11 +335,14 @@ COMMANDS: Final = (
         "check every store (header, order, OHLC, checkpoint); exit 1 on a fault",
         "Read every store under the data directory: header, strictly increasing "
         "ts_ms, low <= open,close <= high, finite positive prices, checkpoint vs file length. "
-        "Prints FAULT file: record offset: what, one per line.",
+        "Prints FAULT file: record offset: what, one per line. Then the history the stores "
+        "lack, as rebuild lists it (HELD / GAP / SKIPPED, each with what to do). Exit 1 on "
+        "a fault or on missing history.",
         (
             LIVE,
             arg("--data-dir", type=Path, help="check this directory instead"),
             arg("--all", action="store_true", help="include stores moved aside by rebuild"),
+            ALLOW_SKIPPED,
             QUIET,
         ),
     ),

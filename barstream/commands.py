@@ -16,11 +16,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from barstream import configs, ports
 from barstream.shared.config import SERVICES, SIDES
 from barstream.shared.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, ConfigError, RebuildError
 from barstream.supervise import Supervisor, default_var_dir, service_programs
+
+if TYPE_CHECKING:
+    from barstream import missing
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -136,6 +140,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    from barstream import missing
     from barstream.rebuild import rebuild
 
     cfg = configs.load(args.config)
@@ -152,8 +157,15 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     except RebuildError as e:
         print(f"rebuild failed: {e}", file=sys.stderr)
         return EXIT_ERROR
+    short = sum(m.bars or 0 for m in res.missing)
+    held = (
+        f" ({short:,} more not stored, {100 * short / (short + res.bars_1m):.0f} % short: below)"
+        if short
+        else ""
+    )
     print(
-        f"rebuild: {res.bars_1m:,} 1m bars in {res.elapsed_s:.1f}s = {res.bars_per_s:,.0f} bars/s; "
+        f"rebuild: {res.bars_1m:,} 1m bars{held} in {res.elapsed_s:.1f}s = "
+        f"{res.bars_per_s:,.0f} bars/s; "
         + ", ".join(f"{n} {c:,}" for n, c in res.records.items())
         + " records committed",
         file=sys.stderr,
@@ -162,7 +174,34 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         print(f"rebuild: the old stores are in {res.aside} (delete when happy)", file=sys.stderr)
     if res.restarted:
         print(f"rebuild: restarted {', '.join(res.restarted)}", file=sys.stderr)
-    return EXIT_OK
+    return _report_missing("rebuild", res.missing, str(args.config), args.allow_skipped)
+
+
+def _report_missing(
+    command: str, items: list[missing.Missing], config: str | None, allow_skipped: bool
+) -> int:
+    """Print what the stores lack (each item and what to do); the exit code it means."""
+    from barstream import missing
+
+    if not items:
+        return EXIT_OK
+    bad = missing.failing(items, allow_skipped=allow_skipped)
+    print(
+        f"{command}: {'INCOMPLETE' if bad else 'complete but for the days skipped by the user'}"
+        f": {missing.summary(items)}",
+        file=sys.stderr,
+    )
+    for line in missing.lines(items, config):
+        print(line)
+    if not bad:
+        return EXIT_OK
+    accept = (
+        " (--allow-skipped accepts the days skipped by the user)"
+        if any(m.kind == missing.SKIPPED for m in bad)
+        else ""
+    )
+    print(f"{command}: exit 1: {len(bad)} item(s) above{accept}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -193,7 +232,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         + (f"{faults} fault(s)" if faults else "ok"),
         file=sys.stderr,
     )
-    return EXIT_ERROR if faults else EXIT_OK
+    from barstream import missing
+
+    config = None if args.data_dir is not None else str(args.config)
+    code = _report_missing("verify", missing.scan(root), config, args.allow_skipped)
+    return EXIT_ERROR if faults else code
 
 
 def cmd_export(args: argparse.Namespace) -> int:
