@@ -6,6 +6,7 @@
     barstream ctl ARGS…                                 supervisorctl (status, start, stop …)
     barstream stop                                      stop supervisord and every service
     barstream backfill -c FILE --start D --end D        fetch days into the raw cache
+    barstream skip-day -c FILE --symbol S --side B --day D   a bad day as an explicit gap
     barstream rebuild -c FILE                           stores from the raw cache, no downloads
     barstream verify -c FILE | --data-dir DIR           check every store; exit 1 on a fault
     barstream export SYMBOL TF --format csv|mt4|parquet  resampler store → file
@@ -41,6 +42,7 @@ from barstream.commands import (
     cmd_export,
     cmd_rebuild,
     cmd_run,
+    cmd_skip_day,
     cmd_status,
     cmd_stop,
     cmd_verify,
@@ -300,14 +302,39 @@ COMMANDS: Final = (
         cmd_backfill,
         "fetch a date range into the raw cache (progress bar)",
         "Fetch final days START..END (inclusive) for the symbols into the raw "
-        "cache with the configuration's base URL and request budget. Cached days are skipped.",
+        "cache with the configuration's base URL and request budget. Cached days are skipped "
+        "unless --refetch.",
         (
             LIVE,
             arg("--start", type=_date, required=True, help="first day, e.g. 2026-01-05"),
             arg("--end", type=_date, required=True, help="last day (inclusive)"),
             arg("--symbols", help="comma-separated (default: the configuration's)"),
             arg("--sides", help="comma-separated BID,ASK (default: the configuration's)"),
+            arg(
+                "--refetch",
+                action="store_true",
+                help="fetch cached days too; a changed body replaces the cached one (kept "
+                "under raw/_versions): a good version of a bad day",
+            ),
             QUIET,
+        ),
+    ),
+    Command(
+        "skip-day",
+        cmd_skip_day,
+        "drop a bad historical day as an explicit, reported gap",
+        "Record that DAY (..END) of SYMBOL/SIDE is a gap by your decision: the bad version "
+        "in the raw cache (or, with no body, the day) is journaled as a gap skipped by the "
+        "user, by every rebuild and by a running downloader; the transformer moves past it; "
+        "status, metrics, rebuild and verify report it. A day that decodes fine is refused "
+        "(exit 2). A good version later (backfill --refetch) fills the gap.",
+        (
+            LIVE,
+            arg("--symbol", required=True, help="e.g. EUR-USD"),
+            arg("--side", required=True, choices=SIDES),
+            arg("--day", type=_date, required=True, help="the day, e.g. 2024-03-06"),
+            arg("--end", type=_date, help="last day (inclusive) of a run of days to skip"),
+            arg("--reason", help="your words, kept with the decision and reported"),
         ),
     ),
     Command(

@@ -100,7 +100,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from barstream import status, status_view
+    from barstream import missing, status, status_view
 
     cfg = configs.load(args.config)
     symbols = [x for words in args.symbol or () for x in words.split(",") if x]
@@ -111,11 +111,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     services = [n for n in SERVICES if n in args.service] if args.service else SERVICES
     statuses = status.select(status.collect(cfg, _supervisor(args), services), symbols=symbols)
+    lacking = [
+        m for m in missing.scan(configs.data_root(cfg)) if not symbols or m.symbol in symbols
+    ]
     if args.json:
-        print(json.dumps(status.as_json(statuses), indent=2))
+        print(json.dumps(status.as_json(statuses, lacking, str(args.config)), indent=2))
     else:
         print(status_view.render(statuses, full=args.all))
-    return EXIT_ERROR if any(s.faults for s in statuses) else EXIT_OK
+        if lacking:
+            print(f"\nmissing history: {missing.summary(lacking)}")
+            print("\n".join(missing.lines(lacking, str(args.config))))
+    faults = any(s.faults for s in statuses) or missing.failing(lacking, allow_skipped=False)
+    return EXIT_ERROR if faults else EXIT_OK
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -129,7 +136,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     for side in sides:
         if side not in SIDES:
             raise ConfigError("--sides", side, "must be BID or ASK")
-    res = asyncio.run(backfill(cfg, symbols, sides, args.start, args.end, progress=not args.quiet))
+    res = asyncio.run(
+        backfill(
+            cfg, symbols, sides, args.start, args.end, progress=not args.quiet, refetch=args.refetch
+        )
+    )
     rerun = (
         f"barstream backfill -c {args.config} --start {{start}} --end {{end}} "
         "--symbols {symbols} --sides {sides}"
@@ -139,8 +150,27 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return EXIT_ERROR if res.missing else EXIT_OK
 
 
+def cmd_skip_day(args: argparse.Namespace) -> int:
+    from barstream.skip import skip_days
+
+    cfg = configs.load(args.config)
+    done = skip_days(cfg, args.symbol, args.side, args.day, args.end or args.day, args.reason or "")
+    for item in done:
+        print(f"skip-day: {item}", file=sys.stderr)
+    c = f"-c {args.config}"
+    print(
+        "skip-day: an explicit gap from now on: a running downloader journals it within "
+        f"{cfg.downloader.live_poll_interval_s:g}s (downloader.live_poll_interval_s) once it "
+        "follows the live day, or at its next start, and the transformer moves past it; "
+        f"`barstream rebuild {c}` builds the stores without it (exit 0 with --allow-skipped). "
+        f"A good version later fills it: barstream backfill {c} --refetch --start {args.day} "
+        f"--end {args.end or args.day} --symbols {args.symbol} --sides {args.side}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from barstream import missing
     from barstream.rebuild import rebuild
 
     cfg = configs.load(args.config)

@@ -39,7 +39,18 @@ from barstream.shared.record import FLAG_SKIPPED, JOURNAL_DAY, JOURNAL_GAP, JOUR
 from barstream.shared.store import Store
 from barstream.shared.timeframe import DAY_MS
 
-__all__ = ["GAP", "HELD", "SKIPPED", "Missing", "count_bars", "failing", "scan", "summary"]
+__all__ = [
+    "GAP",
+    "HELD",
+    "SKIPPED",
+    "Missing",
+    "count_bars",
+    "failing",
+    "journal_gaps",
+    "lines",
+    "scan",
+    "summary",
+]
 
 HELD: Final = "held"
 GAP: Final = "gap"
@@ -129,11 +140,18 @@ def summary(items: list[Missing]) -> str:
     skipped = [m for m in items if m.kind == SKIPPED]
     bars = sum(m.bars or 0 for m in items)
     unknown = any(m.bars is None for m in items)
+    kinds = [
+        f"{len(held)} stream(s) held by a bad payload ({sum(m.days for m in held):,} days)"
+        if held
+        else "",
+        f"{sum(m.days for m in gaps):,} gap day(s)" if gaps else "",
+        f"{len(skipped)} day(s) skipped by the user" if skipped else "",
+    ]
     return (
         f"{'at least ' if unknown and bars else ''}{bars:,} bars not stored"
         + (" (gap days: bars unknown)" if unknown else "")
-        + f": {len(held)} stream(s) held by a bad payload ({sum(m.days for m in held):,} days), "
-        f"{sum(m.days for m in gaps):,} gap day(s), {len(skipped)} day(s) skipped by the user"
+        + ": "
+        + ", ".join(k for k in kinds if k)
     )
 
 
@@ -192,6 +210,18 @@ def _latest(journal: np.ndarray) -> np.ndarray:
     _, first = np.unique(ts[::-1], return_index=True)  # unique days, sorted; first from the end
     latest: np.ndarray = len(ts) - 1 - first
     return latest
+
+
+def journal_gaps(data_dir: Path) -> dict[str, tuple[int, int]]:
+    """Journal key (``SYMBOL/SIDE/fetch``) → (gap days, of which skipped by the user), from
+    the journals themselves (what the downloader's gauges say while it runs)."""
+    out: dict[str, tuple[int, int]] = {}
+    for symbol, side, journal in _journals(data_dir):
+        latest = journal[_latest(journal)] if len(journal) else journal
+        gaps = latest[latest["kind"] == JOURNAL_GAP]
+        skipped = int(np.count_nonzero(gaps["flags"] & FLAG_SKIPPED))
+        out[f"{symbol}/{side}/fetch"] = (len(gaps), skipped)
+    return out
 
 
 def scan(data_dir: Path) -> list[Missing]:
@@ -270,7 +300,9 @@ def _held(
         days.add(int(rec["ts_ms"]))
         body = None
         if int(rec["kind"]) == JOURNAL_DAY:
-            body = cache.body(symbol, side, _date(int(rec["ts_ms"])), int(rec["digest"]), live=False)
+            body = cache.body(
+                symbol, side, _date(int(rec["ts_ms"])), int(rec["digest"]), live=False
+            )
         n = count_bars(body) if body is not None else None
         bars = None if bars is None or n is None else bars + n
     day = _date(int(hold.get("day_ms", 0)))

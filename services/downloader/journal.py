@@ -114,7 +114,11 @@ class Journal:
         """The journal already says what a body with this digest means for the day: it is
         the day's final content, or the version the user skipped."""
         prev = self.days.get(day_ms)
-        return prev is not None and prev.digest == digest and (prev.kind == JOURNAL_DAY or prev.skipped)
+        return (
+            prev is not None
+            and prev.digest == digest
+            and (prev.kind == JOURNAL_DAY or prev.skipped)
+        )
 
     def final(
         self, day_ms: int, body: bytes, digest: int, status: int, attempts: int, fetched_ms: int
@@ -147,7 +151,9 @@ class Journal:
                 return None  # another version is the day's content
             if prev.kind == JOURNAL_LIVE:
                 return None  # the current day is no history to skip
-        flags = FLAG_SKIPPED | (FLAG_REVISED if prev is not None and prev.kind == JOURNAL_DAY else 0)
+        flags = FLAG_SKIPPED | (
+            FLAG_REVISED if prev is not None and prev.kind == JOURNAL_DAY else 0
+        )
         rec = _record(day_ms, JOURNAL_GAP, 0, digest, 0, 0, flags, prev)
         rec["fetched_ms"] = skipped_ms
         return self._put(rec, b"")
