@@ -20,12 +20,14 @@ import datetime as dt
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import numpy as np
 import pytest
 
+from barstream import cli as barstream_cli
 from barstream.fake.cache import generate_cache
 from barstream.fake.clock import SimClock
 from barstream.fake.upstream import FakeUpstream
@@ -81,6 +83,18 @@ def ohlcv(data: Path, service: str) -> np.ndarray:
     return r[["ts_ms", "open", "high", "low", "close", "volume"]].copy()
 
 
+def in_process(capsys: pytest.CaptureFixture[str]) -> Callable[..., CompletedProcess[str]]:
+    """``barstream ARGS`` in this process (no interpreter start-up: the test stays fast);
+    ``rebuild`` runs as a real process, its services always do."""
+
+    def run(*args: str) -> CompletedProcess[str]:
+        code = barstream_cli.main(list(args))
+        cap = capsys.readouterr()
+        return CompletedProcess(list(args), code, cap.out, cap.err)
+
+    return run
+
+
 def drain(config: Path, logs: Path, *services: str) -> None:
     """Run services in drain mode on the existing stores (the live pipeline's code)."""
     procs = {}
@@ -105,8 +119,9 @@ def drain(config: Path, logs: Path, *services: str) -> None:
 
 @pytest.mark.timeout(180)
 def test_a_bad_day_is_loud_then_an_explicit_gap_then_healed(
-    tmp_path: Path, fake: FakeUpstream
+    tmp_path: Path, fake: FakeUpstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    run = in_process(capsys)
     data = tmp_path / "data"
     trading = make_cache(data / "raw")
     (tmp_path / "run").mkdir()
@@ -138,10 +153,10 @@ def test_a_bad_day_is_loud_then_an_explicit_gap_then_healed(
     assert f"barstream skip-day -c {config} --symbol EUR-USD --side BID --day 2024-03-06" in todo
     assert "% short" in done.stderr and "INCOMPLETE" in done.stderr, done.stderr
     assert days_of(data, "aggregator") == {FIRST, FIRST + dt.timedelta(days=1)}
-    checked = cli("verify", *c, "-q")
+    checked = run("verify", *c, "-q")
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert held[0] in checked.stdout.splitlines() and gap[0] in checked.stdout.splitlines()
-    assert cli("verify", *c, "-q", "--allow-skipped").returncode == 1  # nothing was skipped
+    assert run("verify", *c, "-q", "--allow-skipped").returncode == 1  # nothing was skipped
     transformer = Transformer(config_mod.load(config), serve_metrics=False)
     try:  # restarted, it still says so
         got = transformer.metrics.registry.get_sample_value(
@@ -154,10 +169,10 @@ def test_a_bad_day_is_loud_then_an_explicit_gap_then_healed(
         transformer.ctx.destroy(linger=0)
 
     # 2. the user's decision: an explicit gap, applied by a running downloader
-    good = cli("skip-day", *c, "--symbol", "EUR-USD", "--side", "BID", "--day", "2024-03-05")
+    good = run("skip-day", *c, "--symbol", "EUR-USD", "--side", "BID", "--day", "2024-03-05")
     assert good.returncode == 2 and "decodes fine" in good.stderr, good.stderr
     for day in (BAD, HOLE):
-        done = cli(
+        done = run(
             "skip-day",
             *c,
             "--symbol",
@@ -205,8 +220,8 @@ def test_a_bad_day_is_loud_then_an_explicit_gap_then_healed(
         got = days_of(data, service, tf)
         assert BAD - dt.timedelta(days=1) in got and BAD + dt.timedelta(days=1) in got
         assert got == expected_days, (service, tf, sorted(got ^ expected_days))
-    assert cli("verify", *c, "-q").returncode == 1
-    accepted = cli("verify", *c, "-q", "--allow-skipped")
+    assert run("verify", *c, "-q").returncode == 1
+    accepted = run("verify", *c, "-q", "--allow-skipped")
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert skipped[0] in accepted.stdout.splitlines()
 
@@ -217,7 +232,7 @@ def test_a_bad_day_is_loud_then_an_explicit_gap_then_healed(
         samples = scrape(port)
         assert sample(samples, "barstream_gaps", **labels) == 2.0
         assert sample(samples, "barstream_gaps_skipped", **labels) == 2.0
-        shown = cli("status", *c, "--json", "--service", "downloader", *var)
+        shown = run("status", *c, "--json", "--service", "downloader", *var)
         assert shown.returncode == 1, shown.stderr
         st = json.loads(shown.stdout)
         assert st["services"]["downloader"]["up"] is True
@@ -239,9 +254,9 @@ def test_a_bad_day_is_loud_then_an_explicit_gap_then_healed(
 
     # 3. a good version and the missing day heal it
     args = ("--symbols", "EUR-USD", "--sides", "BID", "-q")
-    fetched = cli("backfill", *c, "--refetch", "--start", str(BAD), "--end", str(BAD), *args)
+    fetched = run("backfill", *c, "--refetch", "--start", str(BAD), "--end", str(BAD), *args)
     assert fetched.returncode == 0 and "1 changed" in fetched.stderr, fetched.stderr
-    fetched = cli("backfill", *c, "--start", str(HOLE), "--end", str(HOLE), *args)
+    fetched = run("backfill", *c, "--start", str(HOLE), "--end", str(HOLE), *args)
     assert fetched.returncode == 0, fetched.stderr
     assert (data / "raw" / "_versions" / "EUR-USD" / "BID").is_dir()  # the bad one, kept
     done = cli("rebuild", *c, "-q", *var)
@@ -250,4 +265,4 @@ def test_a_bad_day_is_loud_then_an_explicit_gap_then_healed(
     assert days_of(data, "resampler", "1d") == days_of(data, "gateway", "1m") == trading
     with Store.open(data / "downloader" / "EUR-USD" / "BID" / "fetch.bars", writable=False) as s:
         assert (s.snapshot()["kind"] == JOURNAL_DAY).all()
-    assert cli("verify", *c, "-q").returncode == 0
+    assert run("verify", *c, "-q").returncode == 0
