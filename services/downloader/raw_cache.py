@@ -159,7 +159,7 @@ class RawCache:
             for f in sorted(base.glob(f"{symbol}-{side}-????????.json")):
                 try:
                     skip = _SKIP_DECODER.decode(f.read_bytes())
-                    skip.digest_int  # noqa: B018 - a digest that is not hex fails here
+                    int(skip.digest or "0", 16)  # a digest that is not hex fails here
                 except (OSError, msgspec.DecodeError, ValueError) as e:
                     bad.append(f"{f}: {e}")
                     continue

@@ -217,9 +217,9 @@ def test_a_bad_day_is_loud_then_an_explicit_gap_then_healed(
         ("gateway", "1m"),
         ("gateway", "1d"),
     ):
-        got = days_of(data, service, tf)
-        assert BAD - dt.timedelta(days=1) in got and BAD + dt.timedelta(days=1) in got
-        assert got == expected_days, (service, tf, sorted(got ^ expected_days))
+        stored = days_of(data, service, tf)
+        assert BAD - dt.timedelta(days=1) in stored and BAD + dt.timedelta(days=1) in stored
+        assert stored == expected_days, (service, tf, sorted(stored ^ expected_days))
     assert run("verify", *c, "-q").returncode == 1
     accepted = run("verify", *c, "-q", "--allow-skipped")
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
