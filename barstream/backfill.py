@@ -2,7 +2,9 @@
 
 Uses the downloader's own edge (``HttpSource`` + ``RequestBudget`` + ``RawCache``) with the
 configuration's base URL and request budget, so a backfill is exactly as polite as the
-service. Days already cached are skipped; the current day (by the upstream's clock, read
+service. Days already cached are skipped (``refetch``: fetched again; a body that changed
+replaces the cached one, which is kept under ``_versions`` as the downloader keeps a
+revised day — how a bad day gets a good version); the current day (by the upstream's clock, read
 from its HTTP ``Date``) and later days are never cached. Safe while the downloader runs
 (cache writes are atomic). A later ``barstream rebuild`` turns the cache into stores.
 
@@ -59,6 +61,8 @@ class BackfillResult:
     stopped: str = ""
     bytes: int = 0
     elapsed_s: float = 0.0
+    replaced: list[Missing] = field(default_factory=list)  # refetch: cached days that changed
+    unchanged: int = 0  # refetch: cached days fetched again, the same
 
     @property
     def missing(self) -> list[Missing]:
@@ -78,6 +82,7 @@ async def backfill(
     end: dt.date,
     *,
     progress: bool = True,
+    refetch: bool = False,
 ) -> BackfillResult:
     d = cfg.downloader
     budget = RequestBudget(d.requests_per_second, d.burst)
@@ -94,7 +99,7 @@ async def backfill(
     for sym in symbols:
         for side in sides:
             for day in days(start, end):
-                if cache.has(sym, side, day):
+                if cache.has(sym, side, day) and not refetch:
                     res.cached_already += 1
                 else:
                     todo.append((sym, side, day))
@@ -126,13 +131,21 @@ async def backfill(
             else:
                 if result.server_ms is not None:
                     clock_ms[0] = result.server_ms - int(time.time() * 1000)
+                old = cache.get(sym, side, day)
                 try:
-                    cache.put(sym, side, day, result.body)
+                    if old is not None and old != result.body and day < today():
+                        cache.keep_version(sym, side, day, old)
+                    if old != result.body:
+                        cache.put(sym, side, day, result.body)
                 except ValueError:
                     res.not_final += 1
                 else:
                     res.fetched += 1
                     res.bytes += len(result.body)
+                    if old is not None and old == result.body:
+                        res.unchanged += 1
+                    elif old is not None:
+                        res.replaced.append(Missing(sym, side, day, "replaced by a new version"))
             bar.update(1)
             bar.set_postfix(failed=len(res.failed), refresh=False)
 
@@ -157,7 +170,19 @@ def report(res: BackfillResult, *, rerun: str) -> list[str]:
         f"{res.cached_already} already cached, {res.not_final} not final yet, "
         f"{len(res.not_found)} not found, {len(res.failed)} failed"
         + (f", {len(res.not_tried)} not tried" if res.not_tried else "")
+        + (
+            f"; of the cached days fetched again, {len(res.replaced)} changed, "
+            f"{res.unchanged} the same"
+            if res.replaced or res.unchanged
+            else ""
+        )
     ]
+    lines += [f"  {m}" for m in res.replaced[:LISTED]]
+    if res.replaced:
+        lines.append(
+            "backfill: the changed days are new versions in the raw cache (the old ones kept "
+            "under _versions): barstream rebuild makes stores of them"
+        )
     shown = sorted([*res.failed, *res.not_found], key=lambda m: (m.symbol, m.side, m.day))
     lines += [f"  {m}" for m in shown[:LISTED]]
     if len(shown) > LISTED:

@@ -16,11 +16,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from barstream import configs, ports
 from barstream.shared.config import SERVICES, SIDES
 from barstream.shared.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, ConfigError, RebuildError
 from barstream.supervise import Supervisor, default_var_dir, service_programs
+
+if TYPE_CHECKING:
+    from barstream import missing
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -96,7 +100,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from barstream import status, status_view
+    from barstream import missing, status, status_view
 
     cfg = configs.load(args.config)
     symbols = [x for words in args.symbol or () for x in words.split(",") if x]
@@ -107,11 +111,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     services = [n for n in SERVICES if n in args.service] if args.service else SERVICES
     statuses = status.select(status.collect(cfg, _supervisor(args), services), symbols=symbols)
+    lacking = [
+        m for m in missing.scan(configs.data_root(cfg)) if not symbols or m.symbol in symbols
+    ]
     if args.json:
-        print(json.dumps(status.as_json(statuses), indent=2))
+        print(json.dumps(status.as_json(statuses, lacking, str(args.config)), indent=2))
     else:
         print(status_view.render(statuses, full=args.all))
-    return EXIT_ERROR if any(s.faults for s in statuses) else EXIT_OK
+        if lacking:
+            print(f"\nmissing history: {missing.summary(lacking)}")
+            print("\n".join(missing.lines(lacking, str(args.config))))
+    faults = any(s.faults for s in statuses) or missing.failing(lacking, allow_skipped=False)
+    return EXIT_ERROR if faults else EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -138,7 +149,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     for side in sides:
         if side not in SIDES:
             raise ConfigError("--sides", side, "must be BID or ASK")
-    res = asyncio.run(backfill(cfg, symbols, sides, args.start, args.end, progress=not args.quiet))
+    res = asyncio.run(
+        backfill(
+            cfg, symbols, sides, args.start, args.end, progress=not args.quiet, refetch=args.refetch
+        )
+    )
     rerun = (
         f"barstream backfill -c {args.config} --start {{start}} --end {{end}} "
         "--symbols {symbols} --sides {sides}"
@@ -146,6 +161,26 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     for line in report(res, rerun=rerun):
         print(line, file=sys.stderr)
     return EXIT_ERROR if res.missing else EXIT_OK
+
+
+def cmd_skip_day(args: argparse.Namespace) -> int:
+    from barstream.skip import skip_days
+
+    cfg = configs.load(args.config)
+    done = skip_days(cfg, args.symbol, args.side, args.day, args.end or args.day, args.reason or "")
+    for item in done:
+        print(f"skip-day: {item}", file=sys.stderr)
+    c = f"-c {args.config}"
+    print(
+        "skip-day: an explicit gap from now on: a running downloader journals it within "
+        f"{cfg.downloader.live_poll_interval_s:g}s (downloader.live_poll_interval_s) once it "
+        "follows the live day, or at its next start, and the transformer moves past it; "
+        f"`barstream rebuild {c}` builds the stores without it (exit 0 with --allow-skipped). "
+        f"A good version later fills it: barstream backfill {c} --refetch --start {args.day} "
+        f"--end {args.end or args.day} --symbols {args.symbol} --sides {args.side}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
@@ -165,8 +200,15 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     except RebuildError as e:
         print(f"rebuild failed: {e}", file=sys.stderr)
         return EXIT_ERROR
+    short = sum(m.bars or 0 for m in res.missing)
+    held = (
+        f" ({short:,} more not stored, {100 * short / (short + res.bars_1m):.0f} % short: below)"
+        if short
+        else ""
+    )
     print(
-        f"rebuild: {res.bars_1m:,} 1m bars in {res.elapsed_s:.1f}s = {res.bars_per_s:,.0f} bars/s; "
+        f"rebuild: {res.bars_1m:,} 1m bars{held} in {res.elapsed_s:.1f}s = "
+        f"{res.bars_per_s:,.0f} bars/s; "
         + ", ".join(f"{n} {c:,}" for n, c in res.records.items())
         + " records committed",
         file=sys.stderr,
@@ -175,7 +217,34 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         print(f"rebuild: the old stores are in {res.aside} (delete when happy)", file=sys.stderr)
     if res.restarted:
         print(f"rebuild: restarted {', '.join(res.restarted)}", file=sys.stderr)
-    return EXIT_OK
+    return _report_missing("rebuild", res.missing, str(args.config), args.allow_skipped)
+
+
+def _report_missing(
+    command: str, items: list[missing.Missing], config: str | None, allow_skipped: bool
+) -> int:
+    """Print what the stores lack (each item and what to do); the exit code it means."""
+    from barstream import missing
+
+    if not items:
+        return EXIT_OK
+    bad = missing.failing(items, allow_skipped=allow_skipped)
+    print(
+        f"{command}: {'INCOMPLETE' if bad else 'complete but for the days skipped by the user'}"
+        f": {missing.summary(items)}",
+        file=sys.stderr,
+    )
+    for line in missing.lines(items, config):
+        print(line)
+    if not bad:
+        return EXIT_OK
+    accept = (
+        " (--allow-skipped accepts the days skipped by the user)"
+        if any(m.kind == missing.SKIPPED for m in bad)
+        else ""
+    )
+    print(f"{command}: exit 1: {len(bad)} item(s) above{accept}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -206,7 +275,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         + (f"{faults} fault(s)" if faults else "ok"),
         file=sys.stderr,
     )
-    return EXIT_ERROR if faults else EXIT_OK
+    from barstream import missing
+
+    config = None if args.data_dir is not None else str(args.config)
+    code = _report_missing("verify", missing.scan(root), config, args.allow_skipped)
+    return EXIT_ERROR if faults else code
 
 
 def cmd_export(args: argparse.Namespace) -> int:

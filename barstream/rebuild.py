@@ -6,7 +6,10 @@
 3. run the five services in drain mode on private ipc endpoints and free metrics ports, the
    downloader with ``cache_only = true``: each stage exits once its upstream is exhausted and
    its downstream has everything — so when all have exited 0, every store is committed;
-4. report records and bars/s, then start again the services that were running.
+4. report records and bars/s, then start again the services that were running;
+5. list what the rebuilt stores lack (``barstream.missing``): streams held by a bad payload,
+   gap days, days the user skipped — each with what to do. The command exits 1 on any of
+   them (``--allow-skipped``: the skipped days are accepted).
 
 Every store is a pure function of its upstream, so the result equals what the live pipeline
 would have built from the same raw days. The old stores stay aside until you delete them.
@@ -27,7 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from barstream import configs, paths
+from barstream import configs, missing, paths
 from barstream.services.downloader.raw_cache import RawCache
 from barstream.shared.checkpoint import Checkpoint
 from barstream.shared.config import SERVICES, Config
@@ -43,6 +46,7 @@ class RebuildResult:
     bars_1m: int = 0
     aside: Path | None = None
     restarted: list[str] = field(default_factory=list)
+    missing: list[missing.Missing] = field(default_factory=list)  # what the stores lack
 
     @property
     def bars_per_s(self) -> float:
@@ -196,6 +200,7 @@ def rebuild(
     ]
     if faults:
         raise RebuildError("rebuilt stores fail verify: " + "; ".join(faults[:5]))
+    res.missing = missing.scan(root)
     for name in was_running:
         supervisor.rpc().supervisor.startProcess(program(name), False)
         res.restarted.append(name)

@@ -12,8 +12,13 @@ are ``…/fetch``) are kept apart: ``ServiceStatus.streams`` holds only the serv
 stores, ``ServiceStatus.upstream_lag`` the records it is behind per upstream stream.
 Store keys sort by symbol, side (BID, ASK) and timeframe duration (``stream_order``).
 
+The history the stores lack — held streams with their bad day and field, gap runs, days
+skipped by the user — is read from the data directory by ``barstream.missing`` (the
+``missing`` list of ``as_json``, the same items ``rebuild`` and ``verify`` print); a
+downloader that is down has its gap counts read from its journals.
+
 Needs attention (not faults; the exit code counts only ``ServiceStatus.faults``: a service
-down, a gap day, a held stream): a service behind its upstream for ``LAG_ATTENTION_S`` or
+down, a gap day — also one skipped by the user —, a held stream): a service behind its upstream for ``LAG_ATTENTION_S`` or
 more, or not hearing from it for ``SILENT_ATTENTION_S``; a store with gap days, held, or
 whose last bar is more than ``STALL_BEHIND_MS`` behind the newest of its timeframe in the
 same service.
@@ -35,6 +40,7 @@ from typing import Any, Final
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from barstream import missing
 from barstream.configs import metrics_url
 from barstream.shared.checkpoint import Checkpoint
 from barstream.shared.config import SERVICES, SIDES, Config
@@ -130,6 +136,7 @@ class ServiceStatus:
     streams: dict[str, StreamStatus] = field(default_factory=dict)  # own stores only
     upstream_lag: dict[str, float] = field(default_factory=dict)  # upstream stream → records
     gaps: dict[str, int] = field(default_factory=dict)  # downloader: stream → gap days
+    skipped: dict[str, int] = field(default_factory=dict)  # of those, skipped by the user
     held: list[str] = field(default_factory=list)  # transformer: held streams
     errors: dict[str, float] = field(default_factory=dict)  # kind → count
 
@@ -139,9 +146,13 @@ class ServiceStatus:
         if not self.up:
             out.append(f"{self.name}: down ({self.error or self.supervisor_state or 'no metrics'})")
         gaps = sorted(self.gaps.items(), key=lambda x: stream_order(x[0]))
-        out += [f"{self.name}: {s}: {n} gap day(s)" for s, n in gaps if n]
+        out += [f"{self.name}: {s}: {n} gap day(s){self._skipped(s)}" for s, n in gaps if n]
         out += [f"{self.name}: {s}: held by a bad payload" for s in self.held]
         return out
+
+    def _skipped(self, stream: str) -> str:
+        n = self.skipped.get(stream, 0)
+        return f" ({n} skipped by the user)" if n else ""
 
     @property
     def behind_records(self) -> float | None:
@@ -177,6 +188,7 @@ def service_status(name: str, url: str, samples: Samples) -> ServiceStatus:
     # promtool's unit lint renamed it
     gaps = by_stream(samples, "barstream_gaps") or by_stream(samples, "barstream_gap_days")
     st.gaps = {k: int(v) for k, v in gaps.items()}
+    st.skipped = {k: int(v) for k, v in by_stream(samples, "barstream_gaps_skipped").items()}
     st.held = sorted(
         (k for k, v in by_stream(samples, "barstream_held_streams").items() if v), key=stream_order
     )
@@ -196,6 +208,11 @@ def offline_status(name: str, url: str, root: Path, error: str) -> ServiceStatus
             held = point.state.get("held")
             if isinstance(held, dict):
                 st.held = sorted(held, key=stream_order)
+    if name == "downloader":
+        with contextlib.suppress(OSError):
+            counts = missing.journal_gaps(root.parent)
+            st.gaps = {k: g for k, (g, _) in counts.items()}
+            st.skipped = {k: n for k, (_, n) in counts.items()}
     return st
 
 
@@ -264,6 +281,7 @@ def select(
                 streams={k: v for k, v in s.streams.items() if keep(k)},
                 upstream_lag={k: v for k, v in s.upstream_lag.items() if keep(k)},
                 gaps={k: v for k, v in s.gaps.items() if keep(k)},
+                skipped={k: v for k, v in s.skipped.items() if keep(k)},
                 held=[k for k in s.held if keep(k)],
             )
         out.append(s)
@@ -301,7 +319,7 @@ def attention(statuses: Iterable[ServiceStatus]) -> list[Attention]:
             why = f"{lag_s:.0f}s behind upstream: {records:,.0f} records, {len(behind)} streams"
             out.append(Attention(s.name, "", "lag", why))
         stores = [
-            *((k, "gaps", f"{n} gap day(s)") for k, n in s.gaps.items() if n),
+            *((k, "gaps", f"{n} gap day(s){s._skipped(k)}") for k, n in s.gaps.items() if n),
             *((k, "held", "held by a bad payload") for k in s.held),
             *((k, "stalled", text) for k, text in _stalled(s).items()),
         ]
@@ -327,7 +345,12 @@ def _stalled(s: ServiceStatus) -> dict[str, str]:
     return out
 
 
-def as_json(statuses: list[ServiceStatus]) -> dict[str, Any]:
+def as_json(
+    statuses: list[ServiceStatus], lacking: Iterable[missing.Missing] = (), config: str = ""
+) -> dict[str, Any]:
+    """Everything as JSON; ``lacking``: the history the stores lack (``missing.scan``),
+    listed with each item's message and what to do (commands naming ``config``)."""
+
     def clean(x: Any) -> Any:
         if isinstance(x, float) and not math.isfinite(x):
             return None
@@ -343,6 +366,7 @@ def as_json(statuses: list[ServiceStatus]) -> dict[str, Any]:
             "ok": not faults,
             "faults": faults,
             "attention": [asdict(a) for a in attention(statuses)],
+            "missing": [m.as_json(config or None) for m in lacking],
             "services": {s.name: asdict(s) for s in statuses},
         }
     )

@@ -119,6 +119,12 @@ class ConfigError(BarstreamError):
         super().__init__(f"{where}{key} = {value!r}: {message}")
 
 
+class UsageError(ConfigError):
+    """A command-line argument (``key``, e.g. ``--day``) that cannot be right."""
+
+    hint = "check the command's arguments (--help)"
+
+
 class BindError(ConfigError):
     """A configured address this host cannot listen on: ``key`` names the configuration key
     that sets it, ``value`` its value (an address or a port); ``in_use``: another socket

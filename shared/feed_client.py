@@ -127,10 +127,14 @@ class FeedClient:
                 backoff = RETRY_MIN_S  # the last connection worked: retry fast again
             self._connect()
             assert self._sock is not None and self._wake is not None
+            reason = "closed"
             try:
                 reason = await self._conn_loop(until_caught_up)
             finally:
-                self._disconnect()
+                # A resend comes straight back with a new hello: no bye, which would tell
+                # an upstream in drain mode that its last peer left (it would stop before
+                # the hello). The old connection is forgotten at the first send to it.
+                self._disconnect(bye=reason != "resend requested")
             if reason == "done" or self._closed:
                 return
             if reason == "resend requested":
@@ -236,13 +240,14 @@ class FeedClient:
         sock.send(p.encode(hello))
         self._last_rx = self._last_tx = time.monotonic()
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, *, bye: bool = True) -> None:
         if self._wake is not None:
             self._wake.close()
             self._wake = None
         if self._sock is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self._sock.send(p.encode(p.Bye(conn=self.conn)), zmq.NOBLOCK)
+            if bye:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sock.send(p.encode(p.Bye(conn=self.conn)), zmq.NOBLOCK)
             if self._monitor is not None:
                 with contextlib.suppress(zmq.ZMQError):
                     self._sock.disable_monitor()

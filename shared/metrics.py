@@ -247,7 +247,13 @@ class DownloaderMetrics:
         )
         self.gaps = Gauge(
             PREFIX + "gaps",
-            "Days that could not be fetched (explicit gaps).",
+            "Days that are explicit gaps: not fetched after retries, or skipped by the user.",
+            STREAM_LABELS,
+            registry=r,
+        )
+        self.skipped = Gauge(
+            PREFIX + "gaps_skipped",
+            "Of barstream_gaps, the days the user skipped (barstream skip-day).",
             STREAM_LABELS,
             registry=r,
         )

@@ -39,6 +39,9 @@ FLAG_REVISED: Final = 0x0002
 FLAG_LIVE: Final = 0x0004
 #: Last record of a final (past) day response: the upstream is complete through that day's end.
 FLAG_DAY_END: Final = 0x0008
+#: Journal ``GAP`` records only: the user chose to skip this day (``barstream skip-day``) —
+#: an explicit gap, not a failed fetch; ``digest`` names the skipped version (0: no body).
+FLAG_SKIPPED: Final = 0x0010
 
 RECORD_DTYPE: Final = np.dtype(
     [
@@ -59,7 +62,7 @@ RECORD_DTYPE: Final = np.dtype(
 #: Fetch-journal record kinds (``JOURNAL_DTYPE['kind']``).
 JOURNAL_DAY: Final = 1  # a final past-day response
 JOURNAL_LIVE: Final = 2  # the current day so far (provisional, rewritten as it grows)
-JOURNAL_GAP: Final = 3  # a day that could not be fetched after retries (no body)
+JOURNAL_GAP: Final = 3  # a day with no usable body: not fetched after retries, or skipped
 JOURNAL_EMPTY: Final = 4  # reserved: a day the source says does not exist yet
 
 JOURNAL_DTYPE: Final = np.dtype(

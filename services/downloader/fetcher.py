@@ -15,7 +15,12 @@ each outcome writes is the journal's decision (``journal.py``); the entries go t
 - "Today" is the upstream's clock when it tells us (HTTP ``Date``), else UTC now — the
   demo's fake upstream runs a simulated clock (``Clock``).
 - ``cache_only`` replays the raw cache without one request; with ``end_date`` the walk
-  ends after that day (a bounded run).
+  ends after that day (a bounded run). A day missing from the cache before the stream's
+  last cached day is a gap (``NOT_CACHED``), never a silent end of the stream.
+- A day the user skipped (``barstream skip-day``: a ``Skip`` in the raw cache) is journaled
+  as an explicit gap instead of its skipped version, by the walk and, for a day already
+  journaled, at start and whenever the skips change (``apply_skips``); a body with another
+  digest is a new version and fills the gap.
 """
 
 from __future__ import annotations
@@ -25,13 +30,13 @@ import datetime as dt
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import msgspec
 
 from barstream.services.downloader.journal import Entry, Journal
-from barstream.services.downloader.raw_cache import RawCache
+from barstream.services.downloader.raw_cache import RawCache, Skip
 from barstream.services.downloader.source import (
     FetchResult,
     RequestBudget,
@@ -51,6 +56,8 @@ __all__ = ["PREFETCH_DAYS", "REPLAY_DAYS", "Clock", "Fetcher", "Host", "StreamSt
 PREFETCH_DAYS = 4
 #: Cached days journaled per store write when a backfill or rebuild replays the raw cache.
 REPLAY_DAYS = 64
+#: Why a day is a gap in a cache-only run (a rebuild): later days are cached, this one not.
+NOT_CACHED = "not in the raw cache (cache-only run: nothing is fetched)"
 
 
 def not_candles(body: bytes) -> str | None:
@@ -97,6 +104,9 @@ class StreamState:
     next_day: dt.date | None = None  # the first day the backfill has not decided yet
     last_refetch: float = 0.0  # time.monotonic() of the last re-fetch round
     last_gap_retry: float = 0.0
+    skips: dict[dt.date, Skip] = field(default_factory=dict)  # the user's skipped days
+    skips_stamp: int | None = -1  # RawCache.skips_stamp when they were read (-1: never)
+    last_cached: dt.date | None = None  # cache-only: the stream's last cached day
 
     def __post_init__(self) -> None:
         if self.next_day is None:
@@ -150,6 +160,10 @@ class Fetcher:
         host = self.host
         day = st.next_day or self.start_date
         end = self.settings.end_date
+        if self.settings.cache_only:
+            st.last_cached = max(self.cache.days(st.symbol, st.side), default=None)
+        self.load_skips(st)
+        self.apply_skips(st)
         while not host.stopped():
             today = self.clock.today()
             last = end if end is not None else today - dt.timedelta(days=1)
@@ -198,15 +212,59 @@ class Fetcher:
         d = day
         while d <= last and len(days) < REPLAY_DAYS:
             body = self.cache.get(st.symbol, st.side, d)
+            digest = body_digest(body) if body is not None else 0
+            skip = st.skips.get(d)
+            if skip is not None and skip.digest_int == digest:
+                if days:
+                    break  # journal the days before it first (date order)
+                self.write(st, st.journal.skip(day_start_ms(d), digest, skip.skipped_ms))
+                return 1
             if body is None:
                 break
-            days.append((day_start_ms(d), body, body_digest(body)))
+            days.append((day_start_ms(d), body, digest))
             d += dt.timedelta(days=1)
-        entry = st.journal.replay(days) if days else None
+        if days:
+            self.write(st, st.journal.replay(days))
+        return len(days)
+
+    def write(self, st: StreamState, entry: Entry | None) -> None:
+        """Write a journal entry (if any) and keep the stream's gap gauges current."""
         if entry is not None:
             self.host.write(st, entry)
-            self.metrics.gaps.labels(*stream_labels(st.key)).set(st.journal.gaps)
-        return len(days)
+            self.gauges(st)
+
+    def gauges(self, st: StreamState) -> None:
+        labels = stream_labels(st.key)
+        self.metrics.gaps.labels(*labels).set(st.journal.gaps)
+        self.metrics.skipped.labels(*labels).set(st.journal.skipped)
+
+    # -- the user's skipped days ----------------------------------------------------------
+
+    def load_skips(self, st: StreamState) -> bool:
+        """Read the stream's skipped days again if they changed; True when they did."""
+        stamp = self.cache.skips_stamp(st.symbol, st.side)
+        if stamp == st.skips_stamp:
+            return False
+        st.skips_stamp = stamp
+        st.skips, bad = self.cache.skips(st.symbol, st.side)
+        for why in bad:
+            self.metrics.errors.labels("bad_skip_file").inc()
+            self.log.error("%s: ignored a skip file: %s", st.key, why)
+        return True
+
+    def apply_skips(self, st: StreamState) -> None:
+        """Journal every skipped day the journal holds as another record (its skipped
+        version, or a gap) as the explicit gap the user chose. Days the walk has not
+        reached yet wait for it (days are journaled in date order)."""
+        for day, skip in sorted(st.skips.items()):
+            day_ms = day_start_ms(day)
+            if day_ms not in st.journal.days:
+                continue
+            entry = st.journal.skip(day_ms, skip.digest_int, skip.skipped_ms)
+            if entry is not None:
+                why = f" ({skip.reason})" if skip.reason else ""
+                self.log.warning("%s: %s is a gap the user skipped%s", st.key, day, why)
+                self.write(st, entry)
 
     async def final(self, st: StreamState, day: dt.date) -> FetchResult | str | None:
         """A final day's body: from the raw cache, else fetched and cached. A string is
@@ -218,6 +276,8 @@ class Fetcher:
             path = str(self.cache.path(st.symbol, st.side, day))
             return FetchResult(st.symbol, st.side, day, path, body, 200, 0, 0.0, False)
         if self.settings.cache_only:
+            if st.last_cached is not None and day < st.last_cached:
+                return NOT_CACHED
             return None
         try:
             refuse = functools.partial(self._refuse, st)
@@ -264,18 +324,23 @@ class Fetcher:
         return why
 
     def record_final(self, st: StreamState, day: dt.date, result: FetchResult | str) -> None:
-        """Journal a final day's outcome: its body, or (a string) a gap."""
+        """Journal a final day's outcome: its body, or (a string) a gap — or the explicit
+        gap the user chose when it is the skipped version (or no body, for a skipped day)."""
         day_ms = day_start_ms(day)
-        if isinstance(result, FetchResult):
-            body = result.body
+        skip = st.skips.get(day)
+        digest = body_digest(result.body) if isinstance(result, FetchResult) else None
+        if skip is not None and digest in (None, skip.digest_int):
+            entry = st.journal.skip(day_ms, skip.digest_int, skip.skipped_ms)
+        elif isinstance(result, FetchResult):
+            assert digest is not None
             entry = st.journal.final(
-                day_ms, body, body_digest(body), result.status, result.attempts, self.clock.now_ms()
+                day_ms, result.body, digest, result.status, result.attempts, self.clock.now_ms()
             )
         else:
+            if result == NOT_CACHED:
+                self.log.error("%s: %s is %s: journaled as a gap", st.key, day, NOT_CACHED)
             entry = st.journal.gap(day_ms)
-        if entry is not None:
-            self.host.write(st, entry)
-            self.metrics.gaps.labels(*stream_labels(st.key)).set(st.journal.gaps)
+        self.write(st, entry)
 
     async def poll_live(self, st: StreamState, today: dt.date) -> None:
         try:
@@ -313,7 +378,10 @@ class Fetcher:
         self.host.write(st, entry)
 
     async def maintenance(self, st: StreamState, today: dt.date) -> None:
-        """Re-fetch recent days (revisions) and retry gaps, on their schedules."""
+        """Apply changed skips; re-fetch recent days (revisions) and retry gaps, on their
+        schedules."""
+        if self.load_skips(st):
+            self.apply_skips(st)
         now = time.monotonic()
         if self.settings.refetch_days and now - st.last_refetch >= self.settings.refetch_interval_s:
             st.last_refetch = now
@@ -347,7 +415,7 @@ class Fetcher:
         self.clock.observe(result.server_ms)
         day_ms = day_start_ms(day)
         digest = body_digest(result.body)
-        if st.journal.holds(day_ms, digest):
+        if st.journal.decided(day_ms, digest):
             self.log.debug("%s: %s unchanged", st.key, day)
             return
         old = self.cache.get(st.symbol, st.side, day)

@@ -16,6 +16,13 @@ Rules (what the transformer can rely on):
   with ``FLAG_REVISED``. ``version`` is 1 + the day's previous record's version.
 - A day that failed (``gap``) is one ``GAP`` record (no body), counted in ``gaps``, unless
   the day is already journaled final or as a gap; a later ``final`` fills it.
+- A day the user skipped (``skip``, ``barstream skip-day``) is one ``GAP`` record with
+  ``FLAG_SKIPPED`` whose ``digest`` names the skipped version (0: the day has no body) and
+  whose ``fetched_ms`` is when the user decided; counted in ``gaps`` and in ``skipped``. It
+  follows the day's bad ``DAY`` record when there is one (a new version of the day:
+  ``FLAG_REVISED``), so a transformer held at that record moves past it. A body with the
+  skipped digest is that version again: ``final`` and ``replay`` write nothing for it; a
+  body with another digest is a new version and fills the gap.
 - The current day (``live``) is one ``LIVE`` record (``FLAG_LIVE | FLAG_PROVISIONAL``,
   version 1), always the journal's last: a changed poll rewrites it in place, the day's
   final record (or gap) replaces it, and a late or revised day written while a live record
@@ -36,6 +43,7 @@ from barstream.shared.record import (
     FLAG_LIVE,
     FLAG_PROVISIONAL,
     FLAG_REVISED,
+    FLAG_SKIPPED,
     JOURNAL_DAY,
     JOURNAL_DTYPE,
     JOURNAL_GAP,
@@ -54,6 +62,7 @@ class DayState:
     kind: int
     digest: int
     version: int
+    skipped: bool = False  # a GAP the user chose (FLAG_SKIPPED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +82,7 @@ class Journal:
     def __init__(self, records: np.ndarray) -> None:
         self.days: dict[int, DayState] = {}  # day_ms → the day's latest record
         self.gaps = 0  # days whose latest record is a GAP
+        self.skipped = 0  # of those, the days the user skipped (FLAG_SKIPPED)
         self.length = 0
         self._live: np.ndarray | None = None  # the tail (one record) while it is LIVE
         self._index(0, records)
@@ -91,16 +101,30 @@ class Journal:
         """Days whose latest record is a gap, in date order."""
         return [d for d, s in sorted(self.days.items()) if s.kind == JOURNAL_GAP]
 
+    def skipped_days_ms(self) -> list[int]:
+        """Days whose latest record is a gap the user skipped, in date order."""
+        return [d for d, s in sorted(self.days.items()) if s.skipped]
+
     def holds(self, day_ms: int, digest: int) -> bool:
         """The day is journaled final with this content."""
         prev = self.days.get(day_ms)
         return prev is not None and prev.kind == JOURNAL_DAY and prev.digest == digest
 
+    def decided(self, day_ms: int, digest: int) -> bool:
+        """The journal already says what a body with this digest means for the day: it is
+        the day's final content, or the version the user skipped."""
+        prev = self.days.get(day_ms)
+        return (
+            prev is not None
+            and prev.digest == digest
+            and (prev.kind == JOURNAL_DAY or prev.skipped)
+        )
+
     def final(
         self, day_ms: int, body: bytes, digest: int, status: int, attempts: int, fetched_ms: int
     ) -> Entry | None:
         """A final day's body (``attempts`` 0: read from the raw cache)."""
-        if self.holds(day_ms, digest):
+        if self.decided(day_ms, digest):
             return None
         prev = self.days.get(day_ms)
         flags = FLAG_REVISED if prev is not None and prev.kind == JOURNAL_DAY else 0
@@ -114,6 +138,25 @@ class Journal:
         if prev is not None and prev.kind in (JOURNAL_DAY, JOURNAL_GAP):
             return None  # keep the good version / the known gap
         return self._put(_record(day_ms, JOURNAL_GAP, 0, 0, 0, 0, 0, prev), b"")
+
+    def skip(self, day_ms: int, digest: int, skipped_ms: int) -> Entry | None:
+        """The user skipped the day's version with ``digest`` (0: the day has no body):
+        an explicit gap. Nothing when the journal already says so, when its latest record
+        is another version (a good one arrived: nothing left to skip) or the live day."""
+        prev = self.days.get(day_ms)
+        if prev is not None:
+            if prev.skipped and prev.digest == digest:
+                return None  # said already
+            if prev.kind == JOURNAL_DAY and prev.digest != digest:
+                return None  # another version is the day's content
+            if prev.kind == JOURNAL_LIVE:
+                return None  # the current day is no history to skip
+        flags = FLAG_SKIPPED | (
+            FLAG_REVISED if prev is not None and prev.kind == JOURNAL_DAY else 0
+        )
+        rec = _record(day_ms, JOURNAL_GAP, 0, digest, 0, 0, flags, prev)
+        rec["fetched_ms"] = skipped_ms
+        return self._put(rec, b"")
 
     def live(
         self, day_ms: int, body_len: int, digest: int, status: int, attempts: int, fetched_ms: int
@@ -140,8 +183,8 @@ class Journal:
         bodies: list[bytes] = []
         for day_ms, body, digest in days:
             prev = self.days.get(day_ms)
-            if prev is not None and prev.kind == JOURNAL_DAY and prev.digest == digest:
-                continue  # already in the journal (restart)
+            if self.decided(day_ms, digest):
+                continue  # already in the journal (restart), or the version the user skipped
             ts.append(day_ms)
             lens.append(len(body))
             digests.append(digest)
@@ -184,9 +227,11 @@ class Journal:
     def _index(self, start: int, recs: np.ndarray) -> None:
         """The journal now reads ``recs`` from ``start`` on."""
         for i, r in enumerate(recs):
+            kind = int(r["kind"])
+            skipped = kind == JOURNAL_GAP and bool(int(r["flags"]) & FLAG_SKIPPED)
             self._set_day(
                 int(r["ts_ms"]),
-                DayState(start + i, int(r["kind"]), int(r["digest"]), int(r["version"])),
+                DayState(start + i, kind, int(r["digest"]), int(r["version"]), skipped),
             )
         self.length = start + len(recs)
         if len(recs):
@@ -195,6 +240,7 @@ class Journal:
     def _set_day(self, day_ms: int, state: DayState) -> None:
         prev = self.days.get(day_ms)
         self.gaps += (state.kind == JOURNAL_GAP) - (prev is not None and prev.kind == JOURNAL_GAP)
+        self.skipped += state.skipped - (prev is not None and prev.skipped)
         self.days[day_ms] = state
 
 

@@ -6,6 +6,8 @@ Layout (docs/FORMAT.md §8; ``digest`` = ``body_digest``, 16 hex digits)::
     {root}/_versions/{SYMBOL}/{SIDE}/{SYMBOL}-{SIDE}-{YYYYMMDD}.{digest}.json
                                                     an earlier version of a revised day
     {live}/{SYMBOL}-{SIDE}-{digest}.json            the body of a live journal record
+    {root}/_skipped/{SYMBOL}/{SIDE}/{SYMBOL}-{SIDE}-{YYYYMMDD}.json
+                                                    a day the user skipped (``Skip``)
 
 - Final days only: ``put`` refuses the current (or a future) day by ``today()`` — a live day
   is never cached as final. A rebuild reads only the final days.
@@ -14,6 +16,9 @@ Layout (docs/FORMAT.md §8; ``digest`` = ``body_digest``, 16 hex digits)::
 - ``body`` finds the body a journal record names by its digest: the live file, the final
   day, or the kept earlier version.
 - ``prune_live`` removes live bodies no journal record names any more.
+- ``put_skip`` records a user's decision to skip a day (``barstream skip-day``) beside the
+  bodies, so it outlives every store: a rebuild journals that day version as an explicit
+  gap, and so does a running downloader (``skips``, ``skips_stamp``).
 """
 
 from __future__ import annotations
@@ -24,10 +29,33 @@ import os
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
+import msgspec
+
 from barstream.services.downloader.source import SIDES, FetchResult, body_digest, utc_today
 from barstream.shared import fsio
 
-__all__ = ["RawCache"]
+__all__ = ["RawCache", "Skip"]
+
+
+class Skip(msgspec.Struct, frozen=True, kw_only=True):
+    """A day the user skipped: the version with ``digest`` (16 hex digits; "" when the day
+    had no body) is an explicit gap. ``error`` is why the day was bad, ``reason`` the user's
+    words, ``skipped_ms`` when (UTC ms)."""
+
+    symbol: str
+    side: str
+    day: dt.date
+    digest: str
+    reason: str
+    skipped_ms: int
+    error: str = ""
+
+    @property
+    def digest_int(self) -> int:
+        return int(self.digest, 16) if self.digest else 0
+
+
+_SKIP_DECODER = msgspec.json.Decoder(Skip)
 
 
 class RawCache:
@@ -109,6 +137,46 @@ class RawCache:
         path = self.version_path(symbol, side, day, body_digest(body))
         if not path.exists():
             fsio.atomic_write(path, body, durable=self._durable)
+
+    # -- the user's skipped days -----------------------------------------------------------
+
+    def skip_path(self, symbol: str, side: str, day: dt.date) -> Path:
+        _check(symbol, side)
+        return self.root / "_skipped" / symbol / side / f"{symbol}-{side}-{day:%Y%m%d}.json"
+
+    def put_skip(self, skip: Skip) -> Path:
+        path = self.skip_path(skip.symbol, skip.side, skip.day)
+        fsio.atomic_write(path, msgspec.json.encode(skip) + b"\n", durable=self._durable)
+        return path
+
+    def skips(self, symbol: str, side: str) -> tuple[dict[dt.date, Skip], list[str]]:
+        """The skipped days of one symbol/side, and the files that could not be read (each
+        "path: why"; they skip nothing)."""
+        out: dict[dt.date, Skip] = {}
+        bad: list[str] = []
+        base = self.skip_path(symbol, side, dt.date(2000, 1, 1)).parent
+        with contextlib.suppress(FileNotFoundError):
+            for f in sorted(base.glob(f"{symbol}-{side}-????????.json")):
+                try:
+                    skip = _SKIP_DECODER.decode(f.read_bytes())
+                    int(skip.digest or "0", 16)  # a digest that is not hex fails here
+                except (OSError, msgspec.DecodeError, ValueError) as e:
+                    bad.append(f"{f}: {e}")
+                    continue
+                if (skip.symbol, skip.side) != (symbol, side) or f != self.skip_path(
+                    symbol, side, skip.day
+                ):
+                    bad.append(f"{f}: names {skip.symbol}/{skip.side}/{skip.day}, not its file")
+                    continue
+                out[skip.day] = skip
+        return out, bad
+
+    def skips_stamp(self, symbol: str, side: str) -> int | None:
+        """Changes whenever a skip of this symbol/side is written (the directory's mtime)."""
+        try:
+            return self.skip_path(symbol, side, dt.date(2000, 1, 1)).parent.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
 
     def live_path(self, symbol: str, side: str, digest: int) -> Path:
         assert self.live is not None, "this raw cache keeps no live bodies"

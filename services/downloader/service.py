@@ -65,6 +65,7 @@ class Downloader(Service):
             store = self.stores.ensure(StoreMeta(symbol, side, "fetch", kind=KIND_JOURNAL))
             key = store.meta.key
             self.streams[key] = StreamState(symbol, side, key, Journal(store.records))
+            self.fetcher.gauges(self.streams[key])  # gaps known from before a restart
         #: (stream, journal offset) → (digest, body) of recently journaled days.
         self._recent: dict[tuple[str, int], tuple[int, bytes]] = {}
         self._recent_bytes = 0

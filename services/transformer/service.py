@@ -11,10 +11,13 @@ the journal at X truncates this store at the first record with ``src_offset >= X
 
 A payload that fails validation stores nothing and *holds* its (symbol, side): later days
 of that stream are not stored until a good version of the bad day arrives (the downloader
-re-fetches it) or the journal rewinds over it; then the stream resumes from the record
-after the bad one (the upstream resends it), so the final store is the same as if the bad
+re-fetches it), the journal marks the day as a gap (the user skipped it: ``barstream
+skip-day``) or the journal rewinds over it; then the stream resumes from the record after
+the bad one (the upstream resends it), so the final store is the same as if the bad
 payload had never been published. Other streams keep flowing. Held streams show in logs,
-in ``barstream_held_streams`` and in ``status``.
+in ``barstream_held_streams`` (also right after a restart), in the checkpoint's
+``state.held`` (day, journal offset, error, field, index: what ``barstream rebuild`` and
+``verify`` report) and in ``status``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from barstream.shared.header import StoreMeta
 from barstream.shared.metrics import TransformerMetrics, stream_labels
 from barstream.shared.record import (
     JOURNAL_DAY,
+    JOURNAL_GAP,
     JOURNAL_LIVE,
     KIND_JOURNAL,
 )
@@ -60,6 +64,8 @@ class Transformer(Service):
         self.payloads_ok = 0
         self.payloads_bad = 0
         self.held_gauge = TransformerMetrics(self.metrics).held_streams
+        for stream in self.held:
+            self.held_gauge.labels(*stream_labels(stream, strict=False)).set(1)
         self.payload_errors = self.metrics.errors.labels("payload_invalid")
         #: Helper process decoding part of each large batch on the other core (it splits
         #: the work between the two processes).
@@ -115,9 +121,22 @@ class Transformer(Service):
             i += 1
             rec = journal[i]
             offset = batch.start + i
-            if i not in results:
-                continue  # a gap or empty day carries no records
             day_ms = int(rec["ts_ms"])
+            if i not in results:  # a gap or empty day carries no records
+                if (
+                    hold is not None
+                    and int(rec["kind"]) == JOURNAL_GAP
+                    and day_ms == int(str(hold["day_ms"]))
+                ):
+                    # The held day is a gap now (the user skipped it): move past it.
+                    why = f"{_day(day_ms)} is a gap (skipped) at journal offset {offset}"
+                    nxt = self._release(batch, hold, i, why)
+                    hold = None
+                    if nxt is None:
+                        break
+                    if nxt < i:
+                        i = nxt - 1
+                continue
             decoded = results[i]
             if isinstance(decoded, PayloadInvalid):
                 e = decoded
@@ -125,35 +144,52 @@ class Transformer(Service):
                 self.payload_errors.inc()
                 self.log.error("rejected journal record %d: %s", offset, e)
                 if hold is None:
-                    self._hold(batch.stream, day_ms, offset, str(e))
+                    self._hold(batch.stream, day_ms, offset, e)
                     hold = self.held[batch.stream]
                 continue
             self.payloads_ok += 1
             if hold is not None:
                 if day_ms == int(str(hold["day_ms"])):
                     # A good version of the held day: resume after the bad record.
-                    resume = int(str(hold["offset"])) + 1
-                    self._unhold(
-                        batch.stream, f"good version of {_day(day_ms)} at journal offset {offset}"
-                    )
+                    why = f"good version of {_day(day_ms)} at journal offset {offset}"
+                    nxt = self._release(batch, hold, i, why)
                     hold = None
-                    if resume < offset:
-                        if resume >= batch.start:
-                            # The held records are in this very batch: go back to them
-                            # (asking the upstream to resend would be a no-op — we are
-                            # not past them yet — and they would be lost).
-                            i = resume - batch.start - 1
-                            continue
-                        assert self.upstream is not None
-                        self.upstream.request_resend(batch.stream, resume)
+                    if nxt is None:
                         break
+                    if nxt < i:
+                        i = nxt - 1
+                        continue
                 else:
                     continue  # held: later days wait for the bad day
             parts.append(decoded)
         return (Change(store.meta.key, cut, parts),)
 
-    def _hold(self, stream: str, day_ms: int, offset: int, error: str) -> None:
-        self.held[stream] = {"day_ms": day_ms, "offset": offset, "error": error}
+    def _release(self, batch: p.Batch, hold: dict[str, object], i: int, why: str) -> int | None:
+        """Release the stream held at ``hold``: the records after the bad one are processed
+        now, in journal order. Returns the batch index to go on from (``i``: nothing was
+        held in between), or None when they are before this batch: the upstream resends
+        them (this batch stops here)."""
+        resume = int(str(hold["offset"])) + 1
+        self._unhold(batch.stream, why)
+        if resume >= batch.start + i:
+            return i
+        if resume >= batch.start:
+            # The held records are in this very batch: go back to them (asking the upstream
+            # to resend would be a no-op — we are not past them yet — and they would be lost).
+            return resume - batch.start
+        assert self.upstream is not None
+        self.upstream.request_resend(batch.stream, resume)
+        return None
+
+    def _hold(self, stream: str, day_ms: int, offset: int, e: PayloadInvalid) -> None:
+        error = e.args[0] if e.args else str(e)  # where, field and what; not the hint
+        self.held[stream] = {
+            "day_ms": day_ms,
+            "offset": offset,
+            "error": error,
+            "field": e.field,
+            "index": e.index,
+        }
         self.stores.state["held"] = dict(self.held)
         self.held_gauge.labels(*stream_labels(stream)).set(1)
         self.log.error(

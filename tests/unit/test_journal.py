@@ -10,6 +10,7 @@ from barstream.shared.record import (
     FLAG_LIVE,
     FLAG_PROVISIONAL,
     FLAG_REVISED,
+    FLAG_SKIPPED,
     JOURNAL_DAY,
     JOURNAL_DTYPE,
     JOURNAL_GAP,
@@ -134,6 +135,47 @@ def test_a_gap_is_explicit_counted_and_filled() -> None:
     assert int(rec["flags"]) == 0  # a filled gap is no revision
     assert j.gaps == 0 and j.gap_days_ms() == []
     assert j.resume_day_ms() == day(2)
+
+
+def test_a_skipped_day_is_an_explicit_gap_after_its_bad_version() -> None:
+    j, s = Journal(np.zeros(0, JOURNAL_DTYPE)), Store()
+    s.apply(final(j, 0, 10))
+    s.apply(final(j, 1, 66))  # the bad version (the transformer holds at it)
+    s.apply(final(j, 2, 30))
+    e = s.apply(j.skip(day(1), 66, NOW + 5))
+    assert e is not None and e.start == 3 and e.bodies == (b"",)
+    rec = s.records[3]
+    assert (int(rec["kind"]), int(rec["flags"])) == (JOURNAL_GAP, FLAG_SKIPPED | FLAG_REVISED)
+    assert (int(rec["digest"]), int(rec["fetched_ms"]), int(rec["version"])) == (66, NOW + 5, 2)
+    assert int(rec["body_len"]) == 0
+    assert j.gaps == j.skipped == 1 and j.skipped_days_ms() == [day(1)]
+    assert j.gap_days_ms() == [day(1)]
+    # said already; the skipped version again (a re-fetch, a replay) writes nothing
+    assert j.skip(day(1), 66, NOW + 9) is None
+    assert final(j, 1, 66) is None and j.replay([(day(1), b"bad", 66)]) is None
+    assert j.gap(day(1)) is None
+    assert j.resume_day_ms() == day(3)
+    # another version fills it
+    s.apply(final(j, 1, 67))
+    assert s.kinds[-1] == JOURNAL_DAY and int(s.records["flags"][-1]) == 0
+    assert j.gaps == j.skipped == 0
+    # a stale skip (of a version that is not the day's any more) writes nothing
+    assert j.skip(day(1), 66, NOW) is None
+    assert Journal(s.records.copy()).days == j.days
+
+
+def test_a_day_with_no_body_can_be_skipped_and_not_the_live_day() -> None:
+    j, s = Journal(np.zeros(0, JOURNAL_DTYPE)), Store()
+    s.apply(j.gap(day(0)))  # failed after retries
+    s.apply(j.skip(day(0), 0, NOW))
+    assert [int(f) for f in s.records["flags"]] == [0, FLAG_SKIPPED]
+    assert j.gaps == j.skipped == 1
+    s.apply(j.skip(day(1), 0, NOW))  # a day the journal has not reached: skipped at once
+    assert s.days == [0, 0, 1] and j.skipped == 2
+    s.apply(live(j, 2, 40))
+    assert j.skip(day(2), 0, NOW) is None
+    again = Journal(s.records.copy())
+    assert (again.gaps, again.skipped) == (j.gaps, j.skipped) == (2, 2)
 
 
 def test_replay_skips_unchanged_cached_days() -> None:
