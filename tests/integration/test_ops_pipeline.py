@@ -100,9 +100,10 @@ def pipeline() -> Iterator[Pipeline]:
 
 def test_supervisorctl_status_stop_start_restart(pipeline: Pipeline) -> None:
     status = pipeline.ctl("status")
-    for name in (*SERVICES, "fake_upstream"):
+    for name in (*SERVICES, "fake_upstream", "api"):
         assert f"barstream:{name}" in status.stdout
-    assert status.stdout.count("RUNNING") == len(SERVICES) + 2, status.stdout  # + listener
+    # + the fake upstream, the HTTP API and the event listener
+    assert status.stdout.count("RUNNING") == len(SERVICES) + 3, status.stdout
 
     events = pipeline.sup.events_port
 
