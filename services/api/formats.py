@@ -90,12 +90,12 @@ class Bar(msgspec.Struct):
 
 
 def zone(name: str) -> ZoneInfo | None:
-    """The IANA zone ``name`` (None for UTC); raises KeyError-like ValueError otherwise."""
+    """The IANA zone ``name`` (None for UTC); ValueError naming it otherwise."""
     if name.upper() in ("", "UTC", "Z", "ETC/UTC"):
         return None
     try:
         return ZoneInfo(name)
-    except (ValueError, OSError) as e:
+    except (KeyError, ValueError, OSError) as e:  # ZoneInfoNotFoundError is a KeyError
         raise ValueError(f"tz={name!r} is not an IANA time zone (e.g. Europe/London)") from e
 
 

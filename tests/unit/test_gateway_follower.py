@@ -108,3 +108,59 @@ def test_truncation_supersedes_the_dropped_bars() -> None:
     (item,) = f.on_update(update(6, 8, bars(8, 8)), bars(8, 8))
     assert (item.start_offset, len(item.records), item.replaces) == (8, 0, 2)
     assert f.series.end == 8
+
+
+# -- resume from a saved position (the HTTP API's Last-Event-ID, stream(resume=…)) --------
+
+
+def test_position_round_trips_and_rejects_what_is_not_one() -> None:
+    from barstream.services.gateway.follower import Position
+
+    p = Position("ab12", 7, 120)
+    assert Position.decode(p.encode()) == p
+    for bad in ("", "ab12.7", "ab12.x.1", "ab12.-1.3", "a b.1.2", "../x.1.2", "ab.1.2.3"):
+        try:
+            Position.decode(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_a_resumed_follower_asks_what_changed_since_its_position_and_repeats_nothing() -> None:
+    from barstream.services.gateway.follower import Position
+
+    first = joined(seq=5, n=10)  # a consumer that held [0, 10) as of seq 5, then went away
+    saved = Position(E, first.seq, first.series.end)
+    f = Follower(T, 10, closed_only=False)
+    f.resume(saved)
+    assert f.request(2) == gp.Snapshot(topic=T, since_seq=5, from_offset=10, epoch=E, id=2)
+    # Meanwhile bar 9 was revised and bars 10, 11 came: the gateway answers from 9.
+    fresh = bars(9, 12, close=2.0)
+    items = f.on_reply(records_reply(8, 9, fresh, rid=2), fresh)
+    assert [(i.kind, i.start_offset, len(i.records), i.replaces) for i in items] == [
+        ("resync", 9, 3, 1)  # bar 9 supersedes the one the consumer holds; 10, 11 are new
+    ]
+    assert items[0].position == Position(E, 8, 12)
+
+
+def test_a_resumed_follower_with_nothing_new_yields_nothing() -> None:
+    from barstream.services.gateway.follower import Position
+
+    f = Follower(T, 10, closed_only=False)
+    f.resume(Position(E, 5, 10))
+    f.request(2)
+    empty_reply = bars(10, 10)
+    assert f.on_reply(records_reply(5, 10, empty_reply, rid=2), empty_reply) == []
+    assert f.state == "live"
+
+
+def test_a_resumed_closed_only_follower_gives_each_closed_bar_once() -> None:
+    from barstream.services.gateway.follower import Position
+
+    f = Follower(T, 10, closed_only=True)
+    f.resume(Position(E, 5, 10))  # closed bars [0, 10) were delivered
+    f.request(2)
+    fresh = bars(10, 13, provisional_last=True)  # 10, 11 closed; 12 forming
+    items = f.on_reply(records_reply(6, 10, fresh, rid=2), fresh)
+    assert [(i.start_offset, len(i.records), i.replaces) for i in items] == [(10, 2, 0)]
+    assert items[0].position.end == 12
