@@ -9,6 +9,7 @@
     barstream rebuild -c FILE                           stores from the raw cache, no downloads
     barstream verify -c FILE | --data-dir DIR           check every store; exit 1 on a fault
     barstream export SYMBOL TF --format csv|mt4|parquet  resampler store → file
+    barstream sql "SELECT … FROM bars('EUR-USD','BID','1h')"  DuckDB over the stores (barstream.sql)
     barstream tail / history …                          the gateway client (services/gateway/cli.py)
     barstream --version                                 barstream X.Y.Z (the installed version)
 
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from barstream import configs
+from barstream import sql as sql_cli
 from barstream.commands import (
     cmd_backfill,
     cmd_ctl,
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_cli, why = _gateway_cli()
     for command in COMMANDS:
         command.add_to(sub)
+    sql_cli.add_parser(sub)
     if gateway_cli is not None:
         gateway_cli.add_tail_parser(sub)
         gateway_cli.add_history_parser(sub)
