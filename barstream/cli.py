@@ -11,6 +11,7 @@
     barstream verify -c FILE | --data-dir DIR           check every store; exit 1 on a fault
     barstream export SYMBOL TF --format csv|mt4|parquet  resampler store → file
     barstream serve -c FILE                             HTTP API + live chart (port 8790)
+    barstream sql "SELECT … FROM bars('EUR-USD','BID','1h')"  DuckDB over the stores (barstream.sql)
     barstream tail / history …                          the gateway client (services/gateway/cli.py)
     barstream --version                                 barstream X.Y.Z (the installed version)
 
@@ -32,6 +33,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from barstream import sql as sql_cli
 from barstream.cli_commands import COMMANDS, Command, Handler, arg
 from barstream.shared.errors import (
     EXIT_ERROR,
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_cli, why = _gateway_cli()
     for command in COMMANDS:
         command.add_to(sub)
+    sql_cli.add_parser(sub)
     if gateway_cli is not None:
         gateway_cli.add_tail_parser(sub)
         gateway_cli.add_history_parser(sub)

@@ -7,11 +7,17 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     │   ├── StoreMismatch         a store holds something other than what was asked (file, key)
     │   ├── StoreRangeError       an offset or record range outside a store (file, start,
     │   │                         stop, length); also an IndexError
-    │   └── StoreClosed
+    │   ├── StoreClosed
+    │   ├── StoreMissing          no store file where one was asked for (file, key): the
+    │   │                         pipeline has not written it yet
+    │   └── StoreRewritten        a reader's scan found records it already handed out
+    │                             rewritten by the writer (file, offset)
     ├── CheckpointCorrupt         a checkpoint file that cannot be parsed (file)
     ├── ConfigError               a configuration value is invalid (key path, value)
-    │   └── BindError             a socket or port this host cannot bind (key, address; in use,
-    │                             or not this host's)
+    │   ├── BindError             a socket or port this host cannot bind (key, address; in use,
+    │   │                         or not this host's)
+    │   └── UnknownStore          a symbol, side, timeframe or service a query names that the
+    │                             configuration or data directory does not have (key, value)
     ├── ProtocolError             a malformed or unexpected message on a socket (peer, reason)
     │   └── Malformed             a frame that is no valid message of its protocol, feed or
     │                             gateway (code, request_id)
@@ -28,6 +34,10 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     ├── RebuildError              a rebuild's drain run failed or did not finish (service)
     └── WebAssetsMissing          the chart page's files or its npm-installed charting
                                   library are not where they belong (path)
+
+
+    ├── QueryError                a SQL query the engine refused (query, reason)
+    └── RebuildError              a rebuild's drain run failed or did not finish (service)
 
 Every error says what happened, where, and (via ``hint``) what to do.
 
@@ -100,6 +110,26 @@ class StoreClosed(StoreError):
     pass
 
 
+class StoreMissing(StoreError):
+    """No store file at ``path`` for the store ``key`` a reader asked for."""
+
+    hint = (
+        "the pipeline writes it: run it first (`barstream run`, or `barstream demo`), or "
+        "point --config / --data-dir at the data directory that holds it"
+    )
+
+    def __init__(self, path: str, key: str) -> None:
+        self.key = key
+        super().__init__(path, f"no store file for {key}")
+
+
+class StoreRewritten(StoreError):
+    """A scan reading a store batch by batch (``barstream.frames``) found that the writer
+    rewrote committed records from ``offset`` on, below what the scan had handed out."""
+
+    hint = "a revision landed during the read: run the query again"
+
+
 class CheckpointCorrupt(BarstreamError):
     hint = "restore it from a backup or delete it to rebuild the service's stores from upstream"
 
@@ -147,6 +177,14 @@ class BindError(ConfigError):
             "this host can bind (tcp://HOST:PORT or ipc://PATH)"
         )
         super().__init__(key, value, message, path=path)
+
+
+class UnknownStore(ConfigError):
+    """A query names a ``key`` (``symbol``, ``side``, ``timeframe``, ``store``) with a
+    ``value`` the configuration or data directory does not have; the message lists those
+    that exist."""
+
+    hint = "name one that exists"
 
 
 class ProtocolError(BarstreamError):
@@ -276,6 +314,17 @@ class SupervisorError(BarstreamError):
     """supervisord could not be started, reached or stopped."""
 
     hint = "see the supervisord log under the run directory (barstream ctl / --var)"
+
+
+class QueryError(BarstreamError):
+    """The SQL engine refused or failed a ``query``: ``reason`` is the engine's message."""
+
+    hint = "fix the query; `barstream sql --help` shows the bars() tables and their columns"
+
+    def __init__(self, query: str, reason: str) -> None:
+        self.query = query
+        self.reason = reason
+        super().__init__(f"{reason}\n  in query: {query}")
 
 
 class RebuildError(BarstreamError):

@@ -8,7 +8,9 @@ for a reader in any process).
 
 A reader never reads the checkpoint: ``refresh()`` picks up the length the writer last
 published in the header and ``snapshot()`` copies a consistent prefix under the seqlock
-(docs/FORMAT.md §6). Contract of every read: a range outside ``[0, length)`` raises
+(docs/FORMAT.md §6); ``published()`` reads the header's words without adopting them, and
+``release()`` drops a range's mapped pages, for scans that read a store batch by batch
+(``barstream.frames``). Contract of every read: a range outside ``[0, length)`` raises
 ``StoreRangeError`` (file, range, length); a closed store raises ``StoreClosed``; a file
 shorter than the records it must hold raises ``StoreCorrupt``.
 """
@@ -20,13 +22,22 @@ import mmap
 import os
 import time
 from pathlib import Path
-from typing import Self
+from typing import NamedTuple, Self
 
 import numpy as np
 
 from barstream.shared.errors import StoreClosed, StoreCorrupt, StoreError, StoreRangeError
 from barstream.shared.header import GENERATION_AT, HEADER_SIZE, I64, LENGTH_AT, SEQ_AT, U64, Header
 from barstream.shared.record import DTYPES, RECORD_SIZE
+
+
+class Published(NamedTuple):
+    """The header's published words (docs/FORMAT.md §6). ``seq`` is odd while the writer
+    rewrites committed records; ``length`` is then the prefix it does not touch."""
+
+    seq: int
+    length: int
+    generation: int
 
 
 class StoreReader:
@@ -107,16 +118,7 @@ class StoreReader:
         While a writer rewrites committed records the header shows only the prefix it
         does not touch, so this never waits (a writer that died mid-rewrite leaves that
         prefix published until the next writer opens the store)."""
-        self._check_open()
-        for _ in range(1000):
-            seq = self._seq()
-            raw = os.pread(self._fd, SEQ_AT, 0)
-            length = int(I64.unpack_from(raw, LENGTH_AT)[0])
-            (generation,) = U64.unpack_from(raw, GENERATION_AT)
-            if self._seq() == seq:
-                break
-        else:  # pragma: no cover - a writer rewinding thousands of times per refresh
-            raise StoreError(str(self.path), "header kept changing; could not read its length")
+        _, length, generation = self.published()
         available = (os.fstat(self._fd).st_size - HEADER_SIZE) // RECORD_SIZE
         if not 0 <= length <= available:
             raise StoreCorrupt(
@@ -129,6 +131,34 @@ class StoreReader:
         self._length = self.committed_length = length
         self.generation = generation
         return length
+
+    def published(self) -> Published:
+        """The header's (seq, length, generation), read consistently (retried while ``seq``
+        moves during the read); unlike ``refresh`` this changes nothing in the reader."""
+        self._check_open()
+        for _ in range(1000):
+            seq = self._seq()
+            raw = os.pread(self._fd, SEQ_AT, 0)
+            length = int(I64.unpack_from(raw, LENGTH_AT)[0])
+            (generation,) = U64.unpack_from(raw, GENERATION_AT)
+            if self._seq() == seq:
+                return Published(seq, length, int(generation))
+        # pragma: no cover - a writer rewinding thousands of times per read
+        raise StoreError(str(self.path), "header kept changing; could not read its length")
+
+    def release(self, start: int, stop: int) -> None:
+        """Drop this process's mapped pages holding records [start, stop)
+        (``MADV_DONTNEED``: the page cache keeps them; a view touching them faults them back
+        in, so views stay valid). A scan of a store larger than memory, releasing each batch
+        after reading it, stays bounded in resident size."""
+        self._check_open()
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        lo = (HEADER_SIZE + start * RECORD_SIZE) // page * page
+        hi = min(-(-(HEADER_SIZE + stop * RECORD_SIZE) // page) * page, len(self._map))
+        if hi > lo:
+            self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def snapshot(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Reader: a consistent copy of published records [start, stop) even while the

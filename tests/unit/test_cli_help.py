@@ -19,6 +19,7 @@ COMMANDS = [
     "rebuild",
     "verify",
     "export",
+    "sql",
     "tail",
     "history",
 ]
