@@ -128,6 +128,10 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: container (compose: tcp://gateway:7110 and tcp://gateway:7111).
     gateway_publish: str = ""
     gateway_requests: str = ""
+    #: Seconds a client may take to send a request's head (slow clients are cut off).
+    header_timeout_s: float = 10.0
+    #: Seconds a response may wait for a client that does not read (then it is cut off).
+    send_timeout_s: float = 30.0
 
 
 class FakeUpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -284,8 +288,9 @@ def _check(cfg: Config) -> None:
     for key in ("max_records", "gateway_connections", "max_streams"):
         if getattr(a, key) < 1:
             raise bad(f"api.{key}", getattr(a, key), "must be >= 1")
-    if a.keepalive_s <= 0:
-        raise bad("api.keepalive_s", a.keepalive_s, "must be > 0")
+    for key in ("keepalive_s", "header_timeout_s", "send_timeout_s"):
+        if getattr(a, key) <= 0:
+            raise bad(f"api.{key}", getattr(a, key), "must be > 0")
     for name in SERVICES:
         port = cfg.endpoints(name).metrics_port
         if port is None or not 0 <= port <= MAX_PORT:

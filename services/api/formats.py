@@ -15,8 +15,9 @@ asks the gateway for one page, encodes it and sends it before asking for the nex
   ``time`` timestamp[ms, UTC], open … volume float64, ``flags`` uint16.
 
 Prices and volumes in the text formats are the shortest text that reads back as the same
-float64 (``barstream.export.num``); in json/ndjson they are JSON numbers (msgspec writes
-the shortest round-tripping form), so every format decodes back to the records exactly.
+float64 (``barstream.export.num``) — volumes too, not rounded to 6 decimals as
+``barstream export`` writes them; in json/ndjson they are JSON numbers (msgspec writes the
+shortest round-tripping form), so every format decodes back to the records exactly.
 """
 
 from __future__ import annotations
@@ -137,6 +138,13 @@ def bars(records: np.ndarray, tz: ZoneInfo | None = None) -> list[Bar]:
 _json = msgspec.json.Encoder()
 
 
+def _rows(records: np.ndarray) -> list[tuple[str, ...]]:
+    """OHLCV as the shortest texts that read back as the same float64s (no rounding)."""
+    num = export.num
+    cols = [records[k].tolist() for k in ("open", "high", "low", "close", "volume")]
+    return [tuple(num(x) for x in row) for row in zip(*cols, strict=True)]
+
+
 def arrow_table(records: np.ndarray) -> Any:
     """Records as a pyarrow Table (the columns of the module docstring)."""
     import pyarrow as pa
@@ -206,7 +214,7 @@ class Encoder:
     def _page_csv(self, records: np.ndarray) -> bytes:
         provisional = ((records["flags"] & FLAG_PROVISIONAL) != 0).tolist()
         labels = time_labels(records["ts_ms"], self.tz)
-        rows = export.rows(records)
+        rows = _rows(records)
         lines = [
             f"{when},{','.join(row)},{1 if p else 0}\n"
             for when, row, p in zip(labels, rows, provisional, strict=True)
@@ -214,7 +222,12 @@ class Encoder:
         return "".join(lines).encode()
 
     def _page_mt4(self, records: np.ndarray) -> bytes:
-        return "".join(export.mt4_lines(records)).encode()
+        dates, times = export.mt4_labels(records["ts_ms"])
+        lines = [
+            f"{d},{t},{','.join(row)}\n"
+            for d, t, row in zip(dates, times, _rows(records), strict=True)
+        ]
+        return "".join(lines).encode()
 
     def _page_arrow(self, records: np.ndarray) -> bytes:
         return self._page_arrowish(records)

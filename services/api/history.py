@@ -1,9 +1,14 @@
 """``GET /v1/bars``: which gateway history requests answer a query, page by page.
 
-- no ``start``/``end``: the last ``limit`` bars (all bars when no limit);
+- no ``start``/``end``: the last ``limit`` bars (all bars when no limit — asked as one
+  open range, so the gateway answers it in pages however long the series);
 - ``start`` (and maybe ``end``): the bars from ``start``, the first ``limit`` of them;
 - only ``end``: the last ``limit`` bars before ``end`` — asked as ranges ending at ``end``
   that widen (×4) until they hold ``limit`` bars or reach the series' first bar.
+
+``provisional=false`` leaves out the bars that may still change; with a ``limit`` and no
+``start`` the answer is the last ``limit`` *closed* bars (the range is ended at the series'
+provisional tail, found by a look at its last bars), not ``limit`` bars less the open one.
 
 ``bound`` is checked before the first byte is sent: the most bars the answer can hold
 (the topic's length, and for a range its span over the timeframe's nominal length) must be
@@ -23,13 +28,15 @@ from barstream.services.api.params import BarsQuery
 from barstream.services.gateway.client import AsyncGatewayClient
 from barstream.services.gateway.frames import expect
 from barstream.shared import gateway_protocol as gp
-from barstream.shared.errors import ApiError
+from barstream.shared.errors import ApiError, GatewayError
 from barstream.shared.record import FLAG_PROVISIONAL, RECORD_DTYPE
 from barstream.shared.timeframe import DAY_MS, Timeframe
 
 #: Nominal length of calendar timeframes, for the size bound and the widening search.
 _MONTH_MS: Final = 28 * DAY_MS
 _YEAR_MS: Final = 365 * DAY_MS
+#: Bars looked at to find where a series' provisional tail begins.
+_PEEK: Final = 16
 
 
 def nominal_ms(timeframe: str) -> int:
@@ -52,7 +59,8 @@ def bound(q: BarsQuery, info: gp.TopicInfo, max_records: int) -> int:
     """Most bars the answer to ``q`` can hold; 413 when that is over ``max_records``."""
     most = info.count
     if q.start_ms is not None and q.end_ms is not None:
-        most = min(most, (q.end_ms - q.start_ms) // nominal_ms(q.ref.timeframe) + 1)
+        # bars at least nominal_ms apart in [start, end): at most ceil(span / nominal)
+        most = min(most, -(-(q.end_ms - q.start_ms) // nominal_ms(q.ref.timeframe)))
     if q.limit is not None:
         most = min(most, q.limit)
     if most > max_records:
@@ -72,20 +80,55 @@ async def pages(
     """The answer's records, a gateway page at a time (provisional bars dropped when
     ``q.provisional`` is false)."""
     topic = q.ref.topic
-    if q.start_ms is None and q.end_ms is None:
-        first: gp.History = gp.History(
-            topic=topic, last=q.limit if q.limit is not None else info.count
-        )
-        source = _range(gw, first, None)
+    end_ms = q.end_ms
+    if not q.provisional and q.limit is not None and q.start_ms is None:
+        closed = await _closed_end_ms(gw, topic)
+        if closed is not None:
+            end_ms = closed if end_ms is None else min(end_ms, closed)
+    if q.start_ms is None and end_ms is None:
+        if q.limit is None or q.limit >= info.count:
+            source = _range(gw, gp.History(topic=topic), None)
+        else:
+            source = _last(gw, q, info)
     elif q.start_ms is None:
-        assert q.end_ms is not None
-        source = _before(gw, q, info)
+        assert end_ms is not None
+        source = _before(gw, q, end_ms, info)
     else:
-        source = _range(gw, gp.History(topic=topic, start_ms=q.start_ms, end_ms=q.end_ms), q.limit)
+        source = _range(gw, gp.History(topic=topic, start_ms=q.start_ms, end_ms=end_ms), q.limit)
     async for page in source:
         if not q.provisional:
             page = page[(page["flags"] & FLAG_PROVISIONAL) == 0]
         yield page
+
+
+async def _last(
+    gw: AsyncGatewayClient, q: BarsQuery, info: gp.TopicInfo
+) -> AsyncIterator[np.ndarray]:
+    """The last ``q.limit`` bars: one request, or — when that is more than the gateway
+    answers at once (``gateway.max_request_records``) — the widening ranges of ``_before``
+    ending after the newest bar the listing saw."""
+    assert q.limit is not None and info.last_ms is not None
+    try:
+        reply, page = await gw.request(gp.History(topic=q.ref.topic, last=q.limit))
+    except GatewayError as e:
+        if e.code != "too-large":
+            raise
+        async for page in _before(gw, q, info.last_ms + 1, info):
+            yield page
+        return
+    assert isinstance(reply, gp.Records) and page is not None
+    yield page
+
+
+async def _closed_end_ms(gw: AsyncGatewayClient, topic: str) -> int | None:
+    """Where the series' closed bars end: its first provisional bar's open (one past the
+    last bar when none is provisional); None for an empty series."""
+    reply, page = await gw.request(gp.History(topic=topic, last=_PEEK))
+    assert isinstance(reply, gp.Records)
+    if page is None or not len(page):
+        return None
+    provisional = np.flatnonzero(page["flags"] & FLAG_PROVISIONAL)
+    return int(page["ts_ms"][provisional[0]] if len(provisional) else page["ts_ms"][-1] + 1)
 
 
 async def _range(
@@ -109,19 +152,18 @@ async def _range(
 
 
 async def _before(
-    gw: AsyncGatewayClient, q: BarsQuery, info: gp.TopicInfo
+    gw: AsyncGatewayClient, q: BarsQuery, end_ms: int, info: gp.TopicInfo
 ) -> AsyncIterator[np.ndarray]:
-    """The last ``q.limit`` bars before ``q.end_ms`` (all of them without a limit)."""
-    assert q.end_ms is not None
+    """The last ``q.limit`` bars before ``end_ms`` (all of them without a limit)."""
     if q.limit is None:
-        async for page in _range(gw, gp.History(topic=q.ref.topic, end_ms=q.end_ms), None):
+        async for page in _range(gw, gp.History(topic=q.ref.topic, end_ms=end_ms), None):
             yield page
         return
     span = max(1, q.limit) * nominal_ms(q.ref.timeframe)
-    first_ms = info.first_ms if info.first_ms is not None else q.end_ms
+    first_ms = info.first_ms if info.first_ms is not None else end_ms
     while True:
-        start = q.end_ms - span
-        req = gp.History(topic=q.ref.topic, start_ms=max(start, 0), end_ms=q.end_ms)
+        start = end_ms - span
+        req = gp.History(topic=q.ref.topic, start_ms=max(start, 0), end_ms=end_ms)
         got = [p async for p in _range(gw, req, None)]
         records = np.concatenate(got) if got else np.zeros(0, dtype=RECORD_DTYPE)
         if len(records) >= q.limit or start <= first_ms:

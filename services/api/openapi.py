@@ -205,6 +205,38 @@ def document(cfg: Config) -> dict[str, Any]:
                     "responses": {"200": {"description": "text exposition"}},
                 }
             },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": {"description": "the OpenAPI 3.1 document"}},
+                }
+            },
+            "/": {
+                "get": {
+                    "summary": "The live chart page",
+                    "responses": {
+                        "200": {"description": "web/index.html", "content": {"text/html": {}}},
+                        "404": _error("the chart page is not installed (`make web`)"),
+                    },
+                }
+            },
+            "/static/{path}": {
+                "get": {
+                    "summary": "The chart page's files and its charting library",
+                    "parameters": [
+                        {
+                            "name": "path",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "a file of web/"},
+                        "404": _error("no such file, or not installed (`make web`)"),
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {

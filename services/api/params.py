@@ -220,6 +220,8 @@ def bars_query(cfg: Config, ref: TopicRef, params: Mapping[str, str], accept: st
 
 def stream_query(cfg: Config, ref: TopicRef, params: Mapping[str, str]) -> StreamQuery:
     unknown(params, STREAM_PARAMS)
-    history = count(params, "history", 0, min(cfg.api.max_records, 100_000))
+    # a stream's history is one snapshot request: at most what the gateway answers at once
+    most = min(cfg.api.max_records, 100_000, cfg.gateway.max_request_records)
+    history = count(params, "history", 0, most)
     assert history is not None
     return StreamQuery(ref, history, flag(params, "closed_only", False), zone(params))

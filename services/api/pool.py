@@ -3,7 +3,8 @@
 A gateway request connection (``AsyncGatewayClient``: one DEALER) carries one request at a
 time, so concurrent HTTP requests each borrow one from the pool (``Pool.client()``) and wait
 when all ``size`` are busy — 1,000 concurrent HTTP requests become a queue of at most
-``size`` gateway requests, never 1,000 sockets. A client whose request timed out or failed
+``size`` gateway requests, never 1,000 sockets. The wait is bounded (``WAIT_S``): past it
+the request is answered 503, never left waiting for ever. A client whose request timed out or failed
 is closed and replaced (its socket may hold a late reply). Live streams (SSE) each run their
 own ``stream_topics`` on one shared streaming client (one zmq context for all of them).
 """
@@ -16,10 +17,12 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 from barstream.services.gateway.client import AsyncGatewayClient
-from barstream.shared.errors import GatewayError
+from barstream.shared.errors import ApiError, GatewayError
 
 #: Seconds a request waits for the gateway before the API answers 503.
 REQUEST_TIMEOUT_S: Final = 5.0
+#: Seconds a request waits for a free gateway connection before the API answers 503.
+WAIT_S: Final = 30.0
 
 
 class Pool:
@@ -29,6 +32,7 @@ class Pool:
         self.publish = publish
         self.requests = requests
         self.timeout_s = timeout_s
+        self.size = size
         self._idle: asyncio.Queue[AsyncGatewayClient] = asyncio.Queue()
         for _ in range(size):
             self._idle.put_nowait(self._new())
@@ -41,7 +45,15 @@ class Pool:
     async def client(self) -> AsyncIterator[AsyncGatewayClient]:
         """Borrow a request connection; a refusal (GatewayError) leaves it usable, anything
         else (timeout, cancellation) replaces it."""
-        gw = await self._idle.get()
+        try:
+            gw = await asyncio.wait_for(self._idle.get(), WAIT_S)
+        except TimeoutError:
+            raise ApiError(
+                503,
+                "busy",
+                f"all {self.size} gateway connections (api.gateway_connections) stayed busy "
+                f"for {WAIT_S:g}s; retry later",
+            ) from None
         healthy = False
         try:
             yield gw
