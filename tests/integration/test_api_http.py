@@ -11,8 +11,7 @@ gateway pages, streamed page by page); a second ``barstream serve`` with a small
   the 404/422/406 errors and their messages;
 - SSE: every bar once, in order, across a reconnect with Last-Event-ID (closed-only: each
   closed bar exactly once) and across ``barstream ctl restart gateway``;
-- hostile requests (tests/integration/test_api_hostile.py: the same pipeline's other half
-  would need a second demo, so they are here) get the right status and leave the live
+- hostile requests (22 kinds, and 1,000 concurrent requests) get the right status and leave the live
   stream delivering;
 - the OpenAPI document validates and names every route.
 """
@@ -481,3 +480,110 @@ def test_openapi_document_is_valid_and_names_every_route(demo: Demo) -> None:
             200,
             404 if p in ("/", "/static/{path}") else 200,
         ), url
+
+
+# -- SSE: every bar once, across reconnects and a gateway restart ---------------------------
+
+
+def _stream_url(demo: Demo, query: str = "") -> str:
+    return f"{demo.base}/v1/stream/{SYMBOL}/{SIDE}/1m{query}"
+
+
+def test_sse_resumes_with_last_event_id_with_no_gap_and_no_duplicate(demo: Demo) -> None:
+    series = h.Series()
+    with httpx.Client(timeout=httpx.Timeout(10.0, read=15.0)) as client:
+        first = h.read_stream(client, _stream_url(demo, "?history=30"), series, 3, 60)
+        demo.watcher.wait_more(2, 30, "while the consumer is away")  # the series moves on
+        # The reconnect: the next event continues the consumer's copy (Series.apply checks
+        # no gap, replaces == what it overwrites, END == the new end).
+        h.read_stream(
+            client, _stream_url(demo), series, 3, 60, headers={"Last-Event-ID": first[-1].id}
+        )
+    times = [b["ts_ms"] for b in series.bars]
+    records = demo.history("1m", start=times[0], end=times[-1] + 1)
+    h.assert_series_matches(series.bars, records, "a stream resumed with Last-Event-ID")
+
+
+def test_sse_closed_only_gives_each_closed_bar_exactly_once_across_a_reconnect(
+    demo: Demo,
+) -> None:
+    series = h.Series()
+    url = _stream_url(demo, "?history=10&closed_only=true")
+    with httpx.Client(timeout=httpx.Timeout(10.0, read=15.0)) as client:
+        got = h.read_stream(client, url, series, 2, 90)
+        h.read_stream(client, url, series, 2, 90, headers={"Last-Event-ID": got[-1].id})
+    times = [b["ts_ms"] for b in series.bars]
+    assert len(times) == len(set(times)) and not any(b["provisional"] for b in series.bars)
+    records = demo.history("1m", start=times[0], end=times[-1] + 1)
+    h.assert_series_matches(series.bars, records, "closed-only stream")
+
+
+def test_sse_stream_survives_a_gateway_restart(demo: Demo) -> None:
+    before = demo.watcher.count()
+    done = demo.supervisorctl("restart", "barstream:gateway")
+    assert done.returncode == 0, done.stdout + done.stderr
+    demo.watcher.wait_more(3, 60, "after barstream ctl restart gateway")
+    assert demo.watcher.count() >= before + 3
+    bars = demo.watcher.bars()
+    records = demo.history("1m", start=bars[0]["ts_ms"], end=bars[-1]["ts_ms"] + 1)
+    h.assert_series_matches(bars, records, "the live stream across a gateway restart")
+
+
+# -- hostile requests: the right status each, the live stream unaffected --------------------
+
+HOSTILE: list[tuple[str, str, dict[str, str], int]] = [
+    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?start=0&end=7258118400000", {}, 200),
+    ("GET", "/v1/bars/..%2F..%2Fetc/BID/1m", {}, 404),
+    ("GET", "/v1/bars/EUR-USD%00/BID/1m", {}, 404),
+    ("GET", "/v1/bars/" + "A" * 4000 + "/BID/1m", {}, 404),
+    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?start=2019-02-30", {}, 422),
+    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?limit=-1", {}, 422),
+    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?limit=99999999999999999999", {}, 413),
+    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?format=../../etc/passwd", {}, 406),
+    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m", {"accept": "image/png"}, 406),
+    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?tz=../../../etc/localtime", {}, 422),
+    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?x=" + "y" * 6000, {}, 422),
+    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?provisional=2", {}, 422),
+    ("GET", f"/v1/stream/{SYMBOL}/{SIDE}/1m", {"last-event-id": "../../x"}, 422),
+    ("GET", f"/v1/stream/{SYMBOL}/{SIDE}/1m?history=abc", {}, 422),
+    ("POST", f"/v1/bars/{SYMBOL}/{SIDE}/1m", {}, 405),
+    ("DELETE", "/v1/topics", {}, 405),
+    ("GET", "/static/../pyproject.toml", {}, 404),
+    ("GET", "/static/%2e%2e/pyproject.toml", {}, 404),
+    ("GET", "/v2/everything", {}, 404),
+    ("GET", "/v1/topics?prefix=" + "x" * 100, {}, 200),
+    ("GET", "/v1/status?verbose=1", {}, 422),
+    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?start=2030-01-01&end=2020-01-01", {}, 422),
+]
+
+
+def test_hostile_requests_get_their_status_and_leave_the_live_stream_flowing(
+    demo: Demo,
+) -> None:
+    assert len(HOSTILE) >= 20
+    before = demo.watcher.count()
+    for method, path, headers, status in HOSTILE:
+        r = demo.http.request(method, demo.base + path, headers=headers)
+        assert r.status_code == status, (method, path[:80], r.status_code, r.text[:300])
+        if status >= 400 and status != 405:
+            body = r.json()
+            assert body["error"] and body["message"], (path[:80], body)
+    # 1,000 concurrent requests: every one answered right, in bounded time
+    import asyncio
+
+    async def storm() -> list[int]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            urls = [
+                f"{demo.base}/v1/bars/{SYMBOL}/{SIDE}/1h?limit=5"
+                if i % 2
+                else f"{demo.base}/healthz"
+                for i in range(1000)
+            ]
+            answers = await asyncio.gather(*(client.get(u) for u in urls))
+            return [a.status_code for a in answers]
+
+    statuses = asyncio.run(storm())
+    assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
+    demo.watcher.wait_more(2, 60, "after the hostile requests")
+    assert demo.watcher.count() > before
