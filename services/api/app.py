@@ -10,6 +10,11 @@ Routes (docs/PROTOCOL.md "HTTP API"; the OpenAPI document is ``GET /openapi.json
 ``/v1/stream/{symbol}/{side}/{timeframe}`` (Server-Sent Events), ``/metrics``, and the
 chart page (``/``, ``/static/…``). Every error is JSON ``{"error", "message"}`` with a
 status that says what was wrong.
+
+``/v1/bars`` bodies: an answer of one gateway page is encoded before the response starts
+and sent with its Content-Length (the gateway connection is free again before the client
+reads); a longer one is streamed chunked, page by page, the next page fetched while the
+current one is sent — either way in ``SEND_CHUNK`` slices.
 """
 
 from __future__ import annotations
