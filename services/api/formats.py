@@ -23,8 +23,9 @@ shortest round-tripping form), so every format decodes back to the records exact
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -145,16 +146,56 @@ def _rows(records: np.ndarray) -> list[tuple[str, ...]]:
     return [tuple(num(x) for x in row) for row in zip(*cols, strict=True)]
 
 
+#: The first six 8-byte words of a record are ts_ms, open … volume (docs/FORMAT.md); flags
+#: is the 2-byte word FLAGS_WORD. ``columns`` reads them in one pass.
+_WORDS: Final = ("ts_ms", "open", "high", "low", "close", "volume")
+_FIELDS: Final[Mapping[str, Any]] = RECORD_DTYPE.fields or {}
+assert [_FIELDS[k][1] for k in _WORDS] == [0, 8, 16, 24, 32, 40]
+assert _FIELDS["flags"][1] % 2 == 0 and RECORD_DTYPE.itemsize % 8 == 0
+FLAGS_WORD: Final = _FIELDS["flags"][1] // 2
+#: Records per block of the transpose (its input and output blocks stay in cache).
+_BLOCK: Final = 8192
+#: The end-of-stream marker of the Arrow IPC stream format.
+_ARROW_EOS: Final = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
+def columns(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ts_ms and OHLCV as one contiguous (6, n) int64 array (prices as their float64 bits)
+    and flags as uint16 — by a blocked transpose of the 64-byte records: one pass over them,
+    where copying each strided field reads every record again (~5x slower at 500 k)."""
+    rec = np.ascontiguousarray(records)
+    words = rec.view(np.int64).reshape(-1, RECORD_DTYPE.itemsize // 8)
+    out = np.empty((len(_WORDS), len(rec)), dtype=np.int64)
+    for i in range(0, len(rec), _BLOCK):
+        out[:, i : i + _BLOCK] = words[i : i + _BLOCK, : len(_WORDS)].T
+    flags = rec.view(np.uint16).reshape(-1, RECORD_DTYPE.itemsize // 2)[:, FLAGS_WORD].copy()
+    return out, flags
+
+
+def arrow_batch(records: np.ndarray) -> Any:
+    """Records as a pyarrow RecordBatch (the columns of the module docstring)."""
+    import pyarrow as pa
+
+    words, flags = columns(records)
+    ts = pa.array(words[0], pa.int64())
+    arrays = [ts, ts.view(pa.timestamp("ms", tz="UTC"))]
+    arrays += [pa.array(words[i].view(np.float64), pa.float64()) for i in range(1, 6)]
+    arrays.append(pa.array(flags, pa.uint16()))
+    names = ["ts_ms", "time", "open", "high", "low", "close", "volume", "flags"]
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+@functools.cache
+def _arrow_schema() -> bytes:
+    """The Arrow IPC schema message of every arrow body."""
+    return bytes(arrow_batch(np.zeros(0, RECORD_DTYPE)).schema.serialize().to_pybytes())
+
+
 def arrow_table(records: np.ndarray) -> Any:
     """Records as a pyarrow Table (the columns of the module docstring)."""
     import pyarrow as pa
 
-    ts = pa.array(np.ascontiguousarray(records["ts_ms"]), pa.int64())
-    cols: dict[str, Any] = {"ts_ms": ts, "time": ts.cast(pa.timestamp("ms", tz="UTC"))}
-    for k in ("open", "high", "low", "close", "volume"):
-        cols[k] = pa.array(np.ascontiguousarray(records[k]), pa.float64())
-    cols["flags"] = pa.array(np.ascontiguousarray(records["flags"]), pa.uint16())
-    return pa.table(cols)
+    return pa.Table.from_batches([arrow_batch(records)])
 
 
 class Encoder:
@@ -169,8 +210,8 @@ class Encoder:
         self.tz = tz
         self.count = 0
         self._sink = _Sink()
-        self._writer: Any = None
-        self._page: Callable[[np.ndarray], bytes] = getattr(self, f"_page_{fmt}")
+        self._writer: Any = None  # parquet's ParquetWriter
+        self._page: Callable[[np.ndarray], bytes | memoryview] = getattr(self, f"_page_{fmt}")
 
     @property
     def media_type(self) -> str:
@@ -181,9 +222,11 @@ class Encoder:
             return b'{"topic":' + _json.encode(self.topic) + b',"bars":['
         if self.fmt == "csv":
             return (export.CSV_HEADER + "\n").encode()
+        if self.fmt == "arrow":  # the schema message: the columns are always the same
+            return _arrow_schema()
         return b""
 
-    def page(self, records: np.ndarray) -> bytes:
+    def page(self, records: np.ndarray) -> bytes | memoryview:
         out = self._page(records) if len(records) else b""
         self.count += len(records)
         return out
@@ -191,8 +234,10 @@ class Encoder:
     def end(self) -> bytes:
         if self.fmt == "json":
             return b'],"count":' + str(self.count).encode() + b"}"
-        if self.fmt in ("arrow", "parquet"):
-            if self._writer is None:  # no page at all: still a valid, empty stream/file
+        if self.fmt == "arrow":
+            return _ARROW_EOS
+        if self.fmt == "parquet":
+            if self._writer is None:  # no page at all: still a valid, empty file
                 self._open(arrow_table(np.zeros(0, dtype=RECORD_DTYPE)).schema)
             self._writer.close()
             return self._drain()
@@ -229,13 +274,12 @@ class Encoder:
         ]
         return "".join(lines).encode()
 
-    def _page_arrow(self, records: np.ndarray) -> bytes:
-        return self._page_arrowish(records)
+    def _page_arrow(self, records: np.ndarray) -> memoryview:
+        # The IPC stream format is the schema message (start), a message per batch, the
+        # end marker: each batch is serialized straight into an Arrow buffer, sent as is.
+        return memoryview(arrow_batch(records).serialize())
 
     def _page_parquet(self, records: np.ndarray) -> bytes:
-        return self._page_arrowish(records)
-
-    def _page_arrowish(self, records: np.ndarray) -> bytes:
         table = arrow_table(records)
         if self._writer is None:
             self._open(table.schema)
@@ -246,11 +290,7 @@ class Encoder:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        sink = pa.PythonFile(self._sink, mode="w")
-        if self.fmt == "arrow":
-            self._writer = pa.ipc.new_stream(sink, schema)
-        else:
-            self._writer = pq.ParquetWriter(sink, schema)
+        self._writer = pq.ParquetWriter(pa.PythonFile(self._sink, mode="w"), schema)
 
     def _drain(self) -> bytes:
         return self._sink.take()

@@ -1,189 +1,36 @@
-"""The HTTP API over real HTTP (httpx, raw sockets) against a real pipeline under the REAL
-supervisord: the offline demo (fake upstream, every service, ``barstream serve`` as
-``barstream:api``) on private endpoints and free ports, resampler timeframes 5m, 1h, 1d,
-the gateway answering at most ``GATEWAY_PAGE`` bars per request (so a 1m history is several
-gateway pages, streamed page by page); a second ``barstream serve`` with a small
-``api.max_records`` for the 413s. A live SSE stream (``Watcher``) runs for the whole module.
+"""The HTTP API's answers over real HTTP (httpx) against the demo pipeline of
+tests/support/api_demo.py (``barstream:api`` under the real supervisord):
 
 - every format (json, ndjson, csv, mt4, arrow, parquet; ``format=`` and ``Accept``) decodes
-  back to exactly the gateway's records (``GatewayClient.history``) for 1m, 1h and 1d;
-- the ranges (start/end/limit, provisional, date forms, tz labels), 413 naming the limit,
-  the 404/422/406 errors and their messages;
-- SSE: every bar once, in order, across a reconnect with Last-Event-ID (closed-only: each
-  closed bar exactly once) and across ``barstream ctl restart gateway``;
-- hostile requests (22 kinds, and 1,000 concurrent requests) get the right status and leave the live
-  stream delivering;
-- the OpenAPI document validates and names every route.
+  back to exactly the gateway's records (``GatewayClient.history``) for 1m, 1h and 1d —
+  ts_ms, OHLCV bit for bit, flags (the text formats: the provisional bit), time labels;
+- a long range streams as the gateway's pages (several Arrow batches / Parquet row groups);
+- the ranges of history.py (start/end/limit, provisional, date forms, tz labels), 413
+  naming the limit, the 404/422/406 errors and their messages;
+- the OpenAPI document validates (openapi-spec-validator) and names every route.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-from barstream.client import GatewayClient
 from barstream.shared import config as config_mod
-from barstream.supervise import Supervisor, default_conf, service_programs
 from tests.support import api as h
-from tests.support.ops import REPO, free_port, pipeline_config, write_config
-from tests.support.wait import wait_for
-
-pytestmark = pytest.mark.slow
-
-SYMBOL, SIDE = "EUR-USD", "BID"
-TFS = ("1m", "1h", "1d")
-FORMATS = ("json", "ndjson", "csv", "mt4", "arrow", "parquet")
-MEDIA = {
-    "json": "application/json",
-    "ndjson": "application/x-ndjson",
-    "csv": "text/csv",
-    "mt4": "text/csv",
-    "arrow": "application/vnd.apache.arrow.stream",
-    "parquet": "application/vnd.apache.parquet",
-}
-#: gateway.max_request_records: a 1m history is several pages.
-GATEWAY_PAGE = 4000
-#: api.max_records of the second server.
-SMALL_MAX = 1000
-#: The test config's api timeouts (short, so the slow-client tests are quick).
-HEADER_TIMEOUT_S, SEND_TIMEOUT_S = 2.0, 3.0
-
-
-@dataclass
-class Demo:
-    sup: Supervisor
-    config: Path
-    data: dict[str, Any]
-    base: str
-    port: int
-    small: str
-    small_port: int
-    watcher: h.Watcher
-    http: httpx.Client
-
-    def gateway(self) -> GatewayClient:
-        return GatewayClient.from_config(config_mod.load(self.config), timeout_s=10.0)
-
-    def history(self, tf: str, **kw: Any) -> np.ndarray:
-        with self.gateway() as gw:
-            return gw.history(SYMBOL, tf, side=SIDE, **kw)
-
-    def info(self, tf: str) -> Any:
-        with self.gateway() as gw:
-            (t,) = [t for t in gw.list_topics() if t.topic == f"{SYMBOL}/{SIDE}/{tf}"]
-            return t
-
-    def bars_url(self, tf: str, base: str | None = None) -> str:
-        return f"{base or self.base}/v1/bars/{SYMBOL}/{SIDE}/{tf}"
-
-    def get(self, url: str, **params: Any) -> httpx.Response:
-        return self.http.get(url, params=params)
-
-    def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(default_conf()), *args],
-            env=self.sup.env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    def metric(self, name: str, base: str | None = None) -> float:
-        text = self.http.get(f"{base or self.base}/metrics").text
-        (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
-        return float(line.split()[1])
-
-
-def _healthy(base: str) -> bool:
-    return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
-
-
-@pytest.fixture(scope="module")
-def demo() -> Iterator[Demo]:
-    with tempfile.TemporaryDirectory(prefix="bs-api-", dir="/tmp") as d:
-        run_dir = Path(d)
-        data = pipeline_config(run_dir, run_dir / "data", fake_port=free_port())
-        data["api"] |= {
-            "host": "127.0.0.1",
-            "keepalive_s": 1.0,
-            "header_timeout_s": HEADER_TIMEOUT_S,
-            "send_timeout_s": SEND_TIMEOUT_S,
-        }
-        data["gateway"]["max_request_records"] = GATEWAY_PAGE
-        path = write_config(run_dir / "pipeline.toml", data)
-        small_port = free_port()
-        small_cfg = {**data, "api": {**data["api"], "port": small_port}}
-        small_cfg["api"] |= {"max_records": SMALL_MAX, "max_streams": 2}
-        small_path = write_config(run_dir / "small.toml", small_cfg)
-        sup = Supervisor(path, run_dir / "var", demo=True, events_port=free_port())
-        proc = sup.start(foreground=True)
-        small: subprocess.Popen[bytes] | None = None
-        watcher: h.Watcher | None = None
-        try:
-            states = sup.wait_running(service_programs(demo=True), 30)
-            assert all(s == "RUNNING" for s in states.values()), states
-            port = data["api"]["port"]
-            base, small_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{small_port}"
-            with (run_dir / "small.log").open("wb") as log:
-                small = subprocess.Popen(
-                    [sys.executable, "-m", "barstream", "serve", "-c", str(small_path)],
-                    cwd=REPO,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            for b in (base, small_base):
-                wait_for(
-                    functools.partial(_healthy, b),
-                    60,
-                    what=f"{b}/healthz",
-                    ignore=(httpx.HTTPError,),
-                )
-            gw = GatewayClient.from_config(config_mod.load(path), timeout_s=10.0)
-            with gw:
-
-                def ready() -> bool:
-                    counts = {t.topic.split("/")[2]: t.count for t in gw.list_topics()}
-                    return counts.get("1m", 0) > 2 * GATEWAY_PAGE and counts.get("1d", 0) >= 5
-
-                wait_for(ready, 120, what="the demo's backfill at the gateway", every_s=0.5)
-            watcher = h.Watcher(f"{base}/v1/stream/{SYMBOL}/{SIDE}/1m?history=20")
-            watcher.wait_more(1, 20, "(history)")
-            with httpx.Client(timeout=30) as http:
-                yield Demo(sup, path, data, base, port, small_base, small_port, watcher, http)
-        finally:
-            if watcher is not None:
-                watcher.stop()
-            if small is not None:
-                small.terminate()
-                small.wait(15)
-            sup.shutdown(proc)
-
-
-@pytest.fixture(scope="module")
-def closed(demo: Demo) -> dict[str, tuple[int, int, np.ndarray]]:
-    """Per timeframe a closed range — first bar … before the last (provisional) one — and
-    the gateway's records of it: (start_ms, end_ms, records)."""
-    out = {}
-    for tf in TFS:
-        info = demo.info(tf)
-        start, end = info.first_ms, info.last_ms
-        out[tf] = (start, end, demo.history(tf, start=start, end=end))
-        assert len(out[tf][2]) >= 4, (tf, len(out[tf][2]))
-    return out
-
+from tests.support.api_demo import (
+    FORMATS,
+    GATEWAY_PAGE,
+    MEDIA,
+    SIDE,
+    SMALL_MAX,
+    SYMBOL,
+    TFS,
+    Demo,
+)
 
 # -- formats -------------------------------------------------------------------------------
 
@@ -480,110 +327,3 @@ def test_openapi_document_is_valid_and_names_every_route(demo: Demo) -> None:
             200,
             404 if p in ("/", "/static/{path}") else 200,
         ), url
-
-
-# -- SSE: every bar once, across reconnects and a gateway restart ---------------------------
-
-
-def _stream_url(demo: Demo, query: str = "") -> str:
-    return f"{demo.base}/v1/stream/{SYMBOL}/{SIDE}/1m{query}"
-
-
-def test_sse_resumes_with_last_event_id_with_no_gap_and_no_duplicate(demo: Demo) -> None:
-    series = h.Series()
-    with httpx.Client(timeout=httpx.Timeout(10.0, read=15.0)) as client:
-        first = h.read_stream(client, _stream_url(demo, "?history=30"), series, 3, 60)
-        demo.watcher.wait_more(2, 30, "while the consumer is away")  # the series moves on
-        # The reconnect: the next event continues the consumer's copy (Series.apply checks
-        # no gap, replaces == what it overwrites, END == the new end).
-        h.read_stream(
-            client, _stream_url(demo), series, 3, 60, headers={"Last-Event-ID": first[-1].id}
-        )
-    times = [b["ts_ms"] for b in series.bars]
-    records = demo.history("1m", start=times[0], end=times[-1] + 1)
-    h.assert_series_matches(series.bars, records, "a stream resumed with Last-Event-ID")
-
-
-def test_sse_closed_only_gives_each_closed_bar_exactly_once_across_a_reconnect(
-    demo: Demo,
-) -> None:
-    series = h.Series()
-    url = _stream_url(demo, "?history=10&closed_only=true")
-    with httpx.Client(timeout=httpx.Timeout(10.0, read=15.0)) as client:
-        got = h.read_stream(client, url, series, 2, 90)
-        h.read_stream(client, url, series, 2, 90, headers={"Last-Event-ID": got[-1].id})
-    times = [b["ts_ms"] for b in series.bars]
-    assert len(times) == len(set(times)) and not any(b["provisional"] for b in series.bars)
-    records = demo.history("1m", start=times[0], end=times[-1] + 1)
-    h.assert_series_matches(series.bars, records, "closed-only stream")
-
-
-def test_sse_stream_survives_a_gateway_restart(demo: Demo) -> None:
-    before = demo.watcher.count()
-    done = demo.supervisorctl("restart", "barstream:gateway")
-    assert done.returncode == 0, done.stdout + done.stderr
-    demo.watcher.wait_more(3, 60, "after barstream ctl restart gateway")
-    assert demo.watcher.count() >= before + 3
-    bars = demo.watcher.bars()
-    records = demo.history("1m", start=bars[0]["ts_ms"], end=bars[-1]["ts_ms"] + 1)
-    h.assert_series_matches(bars, records, "the live stream across a gateway restart")
-
-
-# -- hostile requests: the right status each, the live stream unaffected --------------------
-
-HOSTILE: list[tuple[str, str, dict[str, str], int]] = [
-    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?start=0&end=7258118400000", {}, 200),
-    ("GET", "/v1/bars/..%2F..%2Fetc/BID/1m", {}, 404),
-    ("GET", "/v1/bars/EUR-USD%00/BID/1m", {}, 404),
-    ("GET", "/v1/bars/" + "A" * 4000 + "/BID/1m", {}, 404),
-    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?start=2019-02-30", {}, 422),
-    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?limit=-1", {}, 422),
-    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?limit=99999999999999999999", {}, 413),
-    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?format=../../etc/passwd", {}, 406),
-    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m", {"accept": "image/png"}, 406),
-    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?tz=../../../etc/localtime", {}, 422),
-    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?x=" + "y" * 6000, {}, 422),
-    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?provisional=2", {}, 422),
-    ("GET", f"/v1/stream/{SYMBOL}/{SIDE}/1m", {"last-event-id": "../../x"}, 422),
-    ("GET", f"/v1/stream/{SYMBOL}/{SIDE}/1m?history=abc", {}, 422),
-    ("POST", f"/v1/bars/{SYMBOL}/{SIDE}/1m", {}, 405),
-    ("DELETE", "/v1/topics", {}, 405),
-    ("GET", "/static/../pyproject.toml", {}, 404),
-    ("GET", "/static/%2e%2e/pyproject.toml", {}, 404),
-    ("GET", "/v2/everything", {}, 404),
-    ("GET", "/v1/topics?prefix=" + "x" * 100, {}, 200),
-    ("GET", "/v1/status?verbose=1", {}, 422),
-    ("GET", f"/v1/bars/{SYMBOL}/{SIDE}/1m?start=2030-01-01&end=2020-01-01", {}, 422),
-]
-
-
-def test_hostile_requests_get_their_status_and_leave_the_live_stream_flowing(
-    demo: Demo,
-) -> None:
-    assert len(HOSTILE) >= 20
-    before = demo.watcher.count()
-    for method, path, headers, status in HOSTILE:
-        r = demo.http.request(method, demo.base + path, headers=headers)
-        assert r.status_code == status, (method, path[:80], r.status_code, r.text[:300])
-        if status >= 400 and status != 405:
-            body = r.json()
-            assert body["error"] and body["message"], (path[:80], body)
-    # 1,000 concurrent requests: every one answered right, in bounded time
-    import asyncio
-
-    async def storm() -> list[int]:
-        limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-            urls = [
-                f"{demo.base}/v1/bars/{SYMBOL}/{SIDE}/1h?limit=5"
-                if i % 2
-                else f"{demo.base}/healthz"
-                for i in range(1000)
-            ]
-            answers = await asyncio.gather(*(client.get(u) for u in urls))
-            return [a.status_code for a in answers]
-
-    statuses = asyncio.run(storm())
-    assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
-    demo.watcher.wait_more(2, 60, "after the hostile requests")
-    assert demo.watcher.count() > before
