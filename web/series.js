@@ -27,11 +27,14 @@ export function applyEvent(series, ev, keep = KEEP_BARS) {
     // First event over the REST history: keep the history bars before the event's first bar
     // when the two join (the history holds that bar, or reaches no further back than it);
     // otherwise a hole may lie between them and the event alone is the truth.
-    // (An event with no bar says the series ends at start_offset: the history is its tail.)
+    // An event with no bar says only that the series ends at start_offset: nothing ties the
+    // history to an offset (bars may have come between the two answers), so the window
+    // starts empty at start_offset rather than guess.
     const first = incoming.length ? incoming[0].ts_ms : Infinity;
-    const k = countBefore(series.bars, first);
+    const k = incoming.length ? countBefore(series.bars, first) : 0;
     const joins =
-      k === 0 || !incoming.length || (k < series.bars.length && series.bars[k].ts_ms === first);
+      incoming.length > 0 &&
+      (k === 0 || (k < series.bars.length && series.bars[k].ts_ms === first));
     const kept = joins ? series.bars.slice(0, k) : [];
     series.base = start - kept.length;
     series.bars = kept.concat(incoming);

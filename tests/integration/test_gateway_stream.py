@@ -159,7 +159,9 @@ def test_late_join_full_speed_history_plus_live_exactly_once(procs: Procs) -> No
 
 
 def test_async_client_late_join(procs: Procs) -> None:
-    procs.start_source(TOPICS[:2], bars=600, ticks=2)
+    # Paced (>= 6 s of commits) so the late joiner sees live updates after its history
+    # however slowly it starts on a loaded machine; unpaced, the source could finish first.
+    procs.start_source(TOPICS[:2], bars=600, ticks=2, pace_s=0.005)
     procs.start_gateway()
     with GatewayClient(procs.publish, procs.requests, timeout_s=2) as probe:
         wait_for(
