@@ -7,8 +7,8 @@ random histories, forming-bar updates, new bars, revisions, resets and trimming.
 from __future__ import annotations
 
 import json
-import random
 import os
+import random
 import re
 import shutil
 import subprocess
