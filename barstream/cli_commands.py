@@ -322,6 +322,13 @@ COMMANDS: Final = (
                 action="store_true",
                 help="mt4: export a utc-aligned store's 4h/1d/1W/… bars anyway",
             ),
+            arg(
+                "--week-label",
+                choices=("monday", "sunday"),
+                default="monday",
+                help="mt4: label 1W bars with their Monday (default, as the original project) "
+                "or the Sunday before (as MetaTrader's W1); 1M/1Y bars are the 1st at 00:00",
+            ),
             LIVE,
             arg("--data-dir", type=Path, help="read this data directory instead"),
         ),

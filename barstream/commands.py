@@ -312,14 +312,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.format == "csv":
             export.write_csv(records, sys.stdout)
         else:
-            export.write_text(export.mt4_lines(records), sys.stdout)
+            export.write_text(
+                export.mt4_lines(records, args.timeframe, args.week_label), sys.stdout
+            )
         sys.stdout.flush()  # a closed pipe shows here, before the summary
     else:
         with out.open("w", newline="") as f:
             if args.format == "csv":
                 export.write_csv(records, f)
             else:
-                export.write_text(export.mt4_lines(records), f)
+                export.write_text(export.mt4_lines(records, args.timeframe, args.week_label), f)
     where = "stdout" if out is None else str(out.resolve())
     print(f"export: wrote {len(records)} bars of {path} to {where}", file=sys.stderr)
     return EXIT_OK

@@ -14,7 +14,10 @@ volumes are rounded to 6 decimals first, since a bar's volume is a float sum):
   open bar), else ``0``.
 - ``mt4``: no header, ``YYYY.MM.DD,HH:MM,O,H,L,C,V`` with the bar open in MT4 server time
   (America/New_York + 7 h: GMT+2, GMT+3 while New York observes DST) — what MetaTrader's
-  History Center imports. The label is the bar's open in server time; it is a true MT4 bar
+  History Center imports. The label is the bar's open in server time, except for calendar
+  bars, labelled as MetaTrader does: ``1M`` the 1st of the month and ``1Y`` 1 January at 00:00
+  (an MT4 month whose 1st is a Saturday or Sunday opens on its first trading day), ``1W`` its
+  Monday or, with ``week_label="sunday"``, the Sunday before (MetaTrader's W1). It is a true MT4 bar
   only if the bar starts on MT4's grid: always for an ``mt4``-aligned store, and for a
   ``utc``-aligned one only for timeframes that divide an hour (1m … 1h: server time is UTC
   + 2 or 3 whole hours). :func:`mt4_mismatch` names the others (4h, 1d, 1W …: a utc day
@@ -43,6 +46,9 @@ NEW_YORK: Final = ZoneInfo("America/New_York")
 MT4_SHIFT_MS: Final = MT4.clock_shift_ms  # server time = New York + 7 h
 FORMATS: Final = ("csv", "mt4", "parquet")
 CSV_HEADER: Final = "time,open,high,low,close,volume,provisional"
+#: The day a 1W bar is labelled with in MT4 CSV (Monday = 0, as the original; Sunday = 6, as
+#: MetaTrader's W1).
+WEEK_LABELS: Final = {"monday": 0, "sunday": 6}
 
 
 def store_path(data_dir: Path, symbol: str, side: str, timeframe: str) -> Path:
@@ -109,13 +115,52 @@ def mt4_offset_ms(ts_ms: np.ndarray) -> np.ndarray:
     return out
 
 
-def mt4_labels(ts_ms: np.ndarray) -> tuple[list[str], list[str]]:
-    """(``YYYY.MM.DD``, ``HH:MM``) MT4 server-time labels of UTC bar-open times."""
+def mt4_labels(
+    ts_ms: np.ndarray, timeframe: str | None = None, week_label: str = "monday"
+) -> tuple[list[str], list[str]]:
+    """(``YYYY.MM.DD``, ``HH:MM``) MT4 server-time labels of UTC bar-open times.
+
+    Bars of a calendar unit are labelled the way MetaTrader and the original project label
+    them, not by their first minute: a ``1M`` bar by the 1st of its month and a ``1Y`` bar by
+    1 January, at 00:00 (an MT4 month that begins on a Saturday or a Sunday opens with its
+    first trading day, 2019-06-03, but is the bar ``2019.06.01``); a ``1W`` bar by the Monday
+    (``week_label="monday"``, as the original) or the Sunday before it (``"sunday"``, as
+    MetaTrader's W1) of the server-time week it opens in."""
+    if week_label not in WEEK_LABELS:
+        raise ConfigError("--week-label", week_label, f"one of {', '.join(WEEK_LABELS)}")
     local = (ts_ms + mt4_offset_ms(ts_ms)).astype("datetime64[ms]").astype("datetime64[m]")
+    unit = _calendar_unit(timeframe)
+    if unit is not None:
+        local = _calendar_label(local, unit, week_label)
     text = np.datetime_as_string(local, unit="m")  # 2026-03-08T17:00
     dates = [t[:10].replace("-", ".") for t in text]
     times = [t[11:16] for t in text]
     return dates, times
+
+
+def _calendar_unit(timeframe: str | None) -> str | None:
+    if timeframe is None:
+        return None
+    try:
+        tf = Timeframe.parse(timeframe)
+    except ConfigError:
+        return None
+    return tf.unit if tf.unit in ("W", "M", "Y") else None
+
+
+def _calendar_label(local: np.ndarray, unit: str, week_label: str) -> np.ndarray:
+    """Midnight of the label day of each server-time bar open (``datetime64[m]``)."""
+    if unit == "M":
+        days = local.astype("datetime64[M]").astype("datetime64[D]")
+    elif unit == "Y":
+        days = local.astype("datetime64[Y]").astype("datetime64[D]")
+    else:
+        day = local.astype("datetime64[D]")
+        weekday = (day.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+        target = WEEK_LABELS[week_label]
+        days = day - ((weekday - target) % 7).astype("timedelta64[D]")
+    out: np.ndarray = days.astype("datetime64[m]")
+    return out
 
 
 def utc_labels(ts_ms: np.ndarray) -> list[str]:
@@ -152,8 +197,10 @@ def write_csv(records: np.ndarray, out: TextIO) -> int:
     return len(records)
 
 
-def mt4_lines(records: np.ndarray) -> Iterable[str]:
-    dates, times = mt4_labels(records["ts_ms"])
+def mt4_lines(
+    records: np.ndarray, timeframe: str | None = None, week_label: str = "monday"
+) -> Iterable[str]:
+    dates, times = mt4_labels(records["ts_ms"], timeframe, week_label)
     for d, t, row in zip(dates, times, rows(records), strict=True):
         yield f"{d},{t},{','.join(row)}\n"
 

@@ -183,7 +183,7 @@ def create_app(cfg: Config) -> Starlette:
     async def bars(request: Request) -> Response:
         ref = params.topic_ref(cfg, **request.path_params)
         q = params.bars_query(cfg, ref, request.query_params, request.headers.get("accept", ""))
-        enc = formats.Encoder(q.fmt, ref.topic, q.tz)
+        enc = formats.Encoder(q.fmt, ref.topic, q.tz, q.week_label)
         suffix = {"mt4": "csv", "ndjson": "ndjson", "arrow": "arrow"}.get(q.fmt, q.fmt)
         name = f"{ref.symbol}_{ref.side}_{ref.timeframe}.{suffix}"
         headers = {"X-Barstream-Topic": ref.topic}

@@ -202,12 +202,16 @@ class Encoder:
     """One response body of format ``fmt``: ``start()``, ``page(records)`` per page, ``end()``
     — each returns the bytes to send next."""
 
-    def __init__(self, fmt: str, topic: str, tz: ZoneInfo | None = None) -> None:
+    def __init__(
+        self, fmt: str, topic: str, tz: ZoneInfo | None = None, week_label: str = "monday"
+    ) -> None:
         if fmt not in MEDIA_TYPES:
             raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
         self.fmt = fmt
         self.topic = topic
         self.tz = tz
+        self.week_label = week_label  # mt4: 1W bars labelled by their Monday or Sunday
+        self._timeframe = topic.rsplit("/", 1)[-1]
         self.count = 0
         self._sink = _Sink()
         self._writer: Any = None  # parquet's ParquetWriter
@@ -267,7 +271,7 @@ class Encoder:
         return "".join(lines).encode()
 
     def _page_mt4(self, records: np.ndarray) -> bytes:
-        dates, times = export.mt4_labels(records["ts_ms"])
+        dates, times = export.mt4_labels(records["ts_ms"], self._timeframe, self.week_label)
         lines = [
             f"{d},{t},{','.join(row)}\n"
             for d, t, row in zip(dates, times, _rows(records), strict=True)

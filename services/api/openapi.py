@@ -152,6 +152,16 @@ def document(cfg: Config) -> dict[str, Any]:
                             {"type": "string", "enum": list(formats.FORMATS)},
                             "else chosen from the Accept header (json by default)",
                         ),
+                        _query(
+                            "allow_utc",
+                            {"type": "boolean", "default": False},
+                            "mt4: write a utc-aligned store's 4h/1d/1W/… bars anyway",
+                        ),
+                        _query(
+                            "week_label",
+                            {"type": "string", "enum": ["monday", "sunday"], "default": "monday"},
+                            "mt4: label 1W bars with their Monday or the Sunday before",
+                        ),
                     ],
                     "responses": {
                         "200": {"description": "bars", "content": bars_content},

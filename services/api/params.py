@@ -24,7 +24,7 @@ from barstream.shared.errors import ApiError
 MAX_PARAM_CHARS: Final = 64
 #: The parameters each endpoint knows (any other is refused 422: a typo must not be ignored).
 BARS_PARAMS: Final = frozenset(
-    {"start", "end", "limit", "provisional", "tz", "format", "allow_utc"}
+    {"start", "end", "limit", "provisional", "tz", "format", "allow_utc", "week_label"}
 )
 STREAM_PARAMS: Final = frozenset({"history", "closed_only", "tz"})
 #: Oldest / newest time accepted (years 1970 … 2200).
@@ -52,6 +52,7 @@ class BarsQuery:
     provisional: bool
     tz: ZoneInfo | None
     fmt: str
+    week_label: str = "monday"  # mt4: the day 1W bars are labelled with
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,9 @@ def bars_query(cfg: Config, ref: TopicRef, params: Mapping[str, str], accept: st
         why = export.mt4_mismatch(meta)
         if why is not None:
             raise ApiError(422, "mt4-misaligned", why.replace("--allow-utc", "allow_utc=true"))
+    week_label = params.get("week_label", "monday")
+    if week_label not in ("monday", "sunday"):
+        raise ApiError(422, "bad-param", f"week_label={week_label[:40]!r}: use monday or sunday")
     start, end = time_ms(params, "start"), time_ms(params, "end")
     if start is not None and end is not None and start > end:
         raise ApiError(422, "bad-range", f"start {params['start']} is after end {params['end']}")
@@ -215,6 +219,7 @@ def bars_query(cfg: Config, ref: TopicRef, params: Mapping[str, str], accept: st
         flag(params, "provisional", True),
         zone(params),
         fmt,
+        week_label,
     )
 
 

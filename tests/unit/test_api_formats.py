@@ -190,3 +190,23 @@ def test_negotiate(accept: str, fmt: str | None) -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown format 'xml'"):
         formats.Encoder("xml", TOPIC)
+
+
+def test_mt4_pages_label_calendar_bars_as_metatrader() -> None:
+    from barstream.shared.record import RECORD_DTYPE
+
+    r = np.zeros(2, dtype=RECORD_DTYPE)
+    # MT4 June 2019 opens Monday 3 June 00:00 server = Sunday 2 June 21:00 UTC; September
+    # 2019 opens Monday 2 September 00:00 server = Sunday 1 September 21:00 UTC
+    r["ts_ms"] = [1559509200000, 1567371600000]
+    r["open"] = r["high"] = r["low"] = r["close"] = 1.1
+    month = formats.Encoder("mt4", "EUR-USD/BID/1M").page(r)
+    assert [line[:16] for line in bytes(month).decode().splitlines()] == [
+        "2019.06.01,00:00",
+        "2019.09.01,00:00",
+    ]
+    week = formats.Encoder("mt4", "EUR-USD/BID/1W", week_label="sunday").page(r)
+    assert [line[:16] for line in bytes(week).decode().splitlines()] == [
+        "2019.06.02,00:00",
+        "2019.09.01,00:00",
+    ]

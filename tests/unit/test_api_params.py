@@ -97,3 +97,11 @@ def test_stream_query() -> None:
     q = params.stream_query(CFG, REF, {"history": "50", "closed_only": "true"})
     assert (q.history, q.closed_only, q.tz) == (50, True, None)
     assert refused(params.stream_query, CFG, REF, {"since": "1"}).code == "bad-param"
+
+
+def test_week_label_picks_the_day_mt4_weeks_are_labelled_with() -> None:
+    assert params.bars_query(CFG, REF, {"format": "mt4"}, "").week_label == "monday"
+    q = params.bars_query(CFG, REF, {"format": "mt4", "week_label": "sunday"}, "")
+    assert q.week_label == "sunday"
+    e = refused(params.bars_query, CFG, REF, {"week_label": "friday"}, "")
+    assert (e.status, e.code) == (422, "bad-param") and "week_label='friday'" in str(e)
