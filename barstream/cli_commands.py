@@ -31,6 +31,12 @@ from barstream.supervise import DEFAULT_EVENTS_PORT
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _import_cache(args: argparse.Namespace) -> int:
+    from barstream.import_cache import cmd_import_cache
+
+    return cmd_import_cache(args)
+
+
 @dataclass(frozen=True, slots=True)
 class Arg:
     """One ``add_argument`` call: its flags (or positional name) and keywords."""
@@ -235,6 +241,25 @@ COMMANDS: Final = (
                 help="fetch cached days too; a changed body replaces the cached one (kept "
                 "under raw/_versions): a good version of a bad day",
             ),
+            QUIET,
+        ),
+    ),
+    Command(
+        "import-cache",
+        _import_cache,
+        "take the original project's download cache into the raw cache (checked)",
+        "Check every file of the original batch project's cache (PATH/cache/YYYY/MM/"
+        "SYMBOL_YYYYMMDD.json, BID; live files in PATH/data/temp are partial days and are "
+        "left to the downloader) as the transformer decodes it, and hard-link the good ones into the raw "
+        "cache (copied across filesystems). Days the raw cache has already are kept. Lists "
+        "each refused file and why, and exits 1 when any was refused; then run "
+        "`barstream rebuild`.",
+        (
+            arg("path", type=Path, help="the original project's folder (or its cache/)"),
+            LIVE,
+            arg("--symbols", help="comma-separated (default: the configuration's)"),
+            arg("--all", action="store_true", help="every symbol found, configured or not"),
+            arg("--copy", action="store_true", help="copy instead of hard-linking"),
             QUIET,
         ),
     ),

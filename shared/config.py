@@ -32,6 +32,8 @@ SERVICES: Final = ("downloader", "transformer", "aggregator", "resampler", "gate
 SIDES: Final = ("BID", "ASK")
 DEFAULT_TIMEFRAMES: Final = ("5m", "15m", "30m", "1h", "4h", "1d", "1W", "1M", "1Y")
 _SYMBOL = re.compile(r"^[A-Z0-9]+(\.[A-Z0-9]+)?-[A-Z0-9]+$")
+#: What a symbol looks like (EUR-USD, XAU-USD, DEU.IDX-EUR, BRENT.CMD-USD).
+SYMBOL_RE: Final = _SYMBOL
 
 
 class Endpoints(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -46,6 +48,10 @@ class Endpoints(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "var/data"
     symbols: list[str] = msgspec.field(default_factory=lambda: ["EUR-USD"])
+    #: A symbols file in the original project's format (a ``symbol`` header, then one
+    #: ``EUR/USD`` a line), relative to the configuration file; its symbols join ``symbols``
+    #: (which then defaults to none).
+    symbols_file: str = ""
     sides: list[str] = msgspec.field(default_factory=lambda: ["BID"])
     start_date: dt.date = dt.date(2026, 1, 5)
     #: Host services bind to (127.0.0.1 unless you need another host to connect).
@@ -447,10 +453,49 @@ def from_dict(data: dict[str, Any], *, source: str = "") -> Config:
             ) from None
         raise ConfigError(key, _lookup(data, "$" + path), why, path=source) from None
     cfg.source = source
+    if cfg.pipeline.symbols_file:
+        listed = "symbols" in (data.get("pipeline") or {})
+        from_file = read_symbols_file(cfg.pipeline.symbols_file, source)
+        cfg.pipeline.symbols = (cfg.pipeline.symbols if listed else []) + [
+            s for s in from_file if not listed or s not in cfg.pipeline.symbols
+        ]
     _fill_defaults(cfg)
     _check(cfg)
     _apply_port_offset(cfg)
     return cfg
+
+
+def read_symbols_file(name: str, source: str = "") -> list[str]:
+    """The symbols of a file in the original project's format: an optional ``symbol``
+    header, then one symbol a line as ``EUR/USD`` (or ``EUR-USD``); blank lines and ``#``
+    comments are skipped. ``name`` is relative to the configuration file ``source``."""
+    path = Path(name)
+    if not path.is_absolute() and source:
+        path = Path(source).parent / path
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(
+            "pipeline.symbols_file", str(path), f"cannot read it: {e.strerror}", path=source
+        ) from None
+    out: list[str] = []
+    for n, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].split(",", 1)[0].strip()
+        if not text or (not out and text.lower() == "symbol"):
+            continue
+        symbol = text.replace("/", "-")
+        if not _SYMBOL.match(symbol):
+            raise ConfigError(
+                "pipeline.symbols_file",
+                f"{path}:{n}",
+                f"{text!r} is not a symbol (EUR/USD, XAU/USD, DEU.IDX/EUR)",
+                path=source,
+            )
+        if symbol not in out:
+            out.append(symbol)
+    if not out:
+        raise ConfigError("pipeline.symbols_file", str(path), "lists no symbol", path=source)
+    return out
 
 
 def load(path: str | Path) -> Config:
