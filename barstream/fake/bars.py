@@ -21,8 +21,12 @@ def point_decimals(symbol: str) -> int:
     """Decimals of a symbol's price grid: multiplier = 10**-decimals."""
     if "JPY" in symbol or symbol.startswith(("XAU", "XAG")) or ".IDX" in symbol:
         return 3
+    if ".CMD" in symbol:
+        return 3
     if symbol.startswith(("BTC", "ETH")):
         return 1
+    if symbol.startswith("LTC"):
+        return 2
     return 5
 
 

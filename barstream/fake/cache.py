@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from barstream.fake.encoding import encode_candles
-from barstream.fake.generators import make_generator
+from barstream.fake.generators import BarGenerator, make_generator
 from barstream.services.downloader.raw_cache import RawCache
 from barstream.services.downloader.source import day_start_ms
 
@@ -30,12 +30,15 @@ def generate_cache(
     seed: int = 1,
     real_dir: Path | None = None,
     durable: bool = True,
+    generator: BarGenerator | None = None,
 ) -> int:
     """Write generated final days ``start..end`` (inclusive) into a raw cache at ``root`` in
     the RawCache layout; returns the number of day files written. Each file is written
     atomically; with ``durable`` one ``os.sync()`` at the end replaces thousands of fsyncs.
-    ``real_dir`` as for ``make_generator`` (None: the seeded random walk)."""
-    generator = make_generator(seed, real_dir)
+    ``real_dir`` as for ``make_generator`` (None: the seeded random walk); ``generator``
+    replaces both (e.g. ``universe.UniverseGenerator``)."""
+    if generator is None:
+        generator = make_generator(seed, real_dir)
     cache = RawCache(root, today=lambda: dt.date.max, durable=False)
     written = 0
     day = start
