@@ -28,11 +28,18 @@ Publications (XPUB → SUB)::
       records before it are closed bars. Only committed records are ever published.
 
     ┌──────────────────┬──────────────────────────────────────────────────────────────┐
-    │ "!hb"            │ {t:"hb", v, instance, wall_ms, interval_ms, seqs:{topic:seq}} │
+    │ "!hb"            │ {t:"hb", v, instance, wall_ms, interval_ms, hb, window,       │
+    │                  │  seqs:{topic:seq}}                                            │
     └──────────────────┴──────────────────────────────────────────────────────────────┘
-      Every ``HEARTBEAT_INTERVAL_S`` and right after a new subscription arrives. ``seqs`` is
-      the last published ``seq`` of every topic; a consumer whose last seen seq is lower
-      missed messages (dropped at the send high-water mark) and resyncs. No message for
+      Every ``HEARTBEAT_INTERVAL_S`` and right after a new subscription arrives. ``hb``
+      counts the instance's heartbeats (1, 2, …). ``seqs`` holds the last published ``seq``
+      of every topic whose seq moved during the last ``window`` heartbeat intervals
+      (``HEARTBEAT_WINDOW``), or of every topic when ``window`` is 0 (a full heartbeat:
+      every ``HEARTBEAT_FULL_EVERY``-th one, the first included) — so a heartbeat's size
+      follows what changed, not how many topics there are. A consumer whose last seen seq
+      of a topic is lower missed messages (dropped at the send high-water mark) and
+      resyncs it; one whose ``hb`` jumps by more than ``window`` missed heartbeats, so it
+      cannot know what they said and resyncs every topic it follows. No message for
       ``HEARTBEAT_TIMEOUT_S`` means the gateway is gone or stalled (a quiet market still
       has heartbeats). ``instance`` changes when the gateway process restarts.
 
@@ -102,6 +109,10 @@ PROTOCOL_VERSION: Final = 1
 #: Topic frame of heartbeats ('!' sorts before every symbol and never starts one).
 HEARTBEAT_TOPIC: Final = b"!hb"
 HEARTBEAT_INTERVAL_S: Final = 1.0
+#: A heartbeat names the topics whose seq moved during this many heartbeat intervals.
+HEARTBEAT_WINDOW: Final = 3
+#: Every this many heartbeats (and the first) name every topic's seq.
+HEARTBEAT_FULL_EVERY: Final = 10
 #: A consumer that hears nothing (no update, no heartbeat) for this long reconnects.
 HEARTBEAT_TIMEOUT_S: Final = 3.5
 #: Largest request frame accepted (bytes); the gateway's ZMQ_MAXMSGSIZE is 4 KiB above it.
@@ -254,6 +265,8 @@ class Heartbeat(msgspec.Struct, tag="hb", tag_field="t"):
     interval_ms: int
     seqs: dict[str, int] = {}
     v: int = PROTOCOL_VERSION
+    hb: int = 0  # this instance's heartbeat count (1, 2, …)
+    window: int = 0  # seqs covers the topics that moved in this many intervals; 0: all
 
 
 Publication = Update | Heartbeat

@@ -6,7 +6,10 @@ sends the snapshot requests the followers need once a heartbeat proved the subsc
 active, and reconnects — both sockets, every follower resyncing — when the gateway is
 silent for ``HEARTBEAT_TIMEOUT_S``, sends no heartbeat after connecting, or leaves a
 request unanswered for ``REQUEST_TIMEOUT_S``. A heartbeat with a new ``instance`` (a
-restarted gateway) asks again what was in flight. The sync and asyncio clients
+restarted gateway) asks again what was in flight. A heartbeat names only the topics that
+moved lately (``seqs``, over ``window`` intervals; all of them when ``window`` is 0); one
+whose count ``hb`` jumps by more than ``window`` since the last one seen means heartbeats
+were lost, and every live follower resyncs. The sync and asyncio clients
 (``client.py``) differ only in how they wait between pumps (``timeout_s()`` says how long).
 """
 
@@ -58,6 +61,7 @@ class Driver:
         self.last_rx = 0.0
         self.connect_deadline = 0.0
         self.instance = ""
+        self.last_hb = 0  # the instance's heartbeat count we saw last (0: none yet)
         self.resyncs = 0
         self.reconnects = 0
         self.gaps = 0
@@ -80,6 +84,7 @@ class Driver:
         self.sub, self.dealer = sub, dealer
         self.subscribed = False
         self.inflight.clear()
+        self.last_hb = 0  # a new connection: heartbeats lost meanwhile are not a gap here
         now = time.monotonic()
         self.last_rx = now
         self.connect_deadline = now + gp.HEARTBEAT_TIMEOUT_S
@@ -159,10 +164,22 @@ class Driver:
                 for topic_name, _ in self.inflight.values():
                     self.followers[topic_name].state = "init"  # that request died with it
                 self.inflight.clear()
+            restarted = self.instance != msg.instance
             self.instance = msg.instance
+            missed = (
+                not restarted
+                and msg.window > 0
+                and self.last_hb > 0
+                and msg.hb - self.last_hb > msg.window
+            )
+            lost = msg.hb - self.last_hb - 1
+            self.last_hb = msg.hb
             for name, f in self.followers.items():
                 before = f.state
-                f.on_heartbeat(msg.seqs.get(name))
+                if missed:  # what the lost heartbeats said is unknown: ask again
+                    f.on_missed_heartbeats(lost)
+                elif msg.window == 0 or name in msg.seqs:
+                    f.on_heartbeat(msg.seqs.get(name))
                 if before == "live" and f.state == "init":
                     self.gaps += 1
             return []

@@ -329,6 +329,16 @@ class Follower:
             self.chunk = None
             self.state = "init"
 
+    def on_missed_heartbeats(self, lost: int) -> None:
+        """``lost`` heartbeats never arrived (dropped with whatever else was queued): a seq
+        they named may be one we never saw, so a live topic resyncs (the snapshot since
+        our seq is exact; it changes nothing when nothing was missed)."""
+        if self.state != "live":
+            return
+        log.warning("%s: %d heartbeats lost; resyncing", self.topic, lost)
+        self.chunk = None
+        self.state = "init"
+
     # -- internals ----------------------------------------------------------------------
 
     def _after_fetch(self) -> list[BarUpdate]:

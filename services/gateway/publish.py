@@ -11,7 +11,10 @@ two steps around ``Service.commit``:
 
 So after a restart the next seq is above every seq any consumer saw: a message lost in a
 crash shows up as a gap, and the consumer resyncs. Heartbeats (``HEARTBEAT_INTERVAL_S``,
-and right after a subscription arrives) carry every topic's last seq.
+and right after a subscription arrives) carry the last seq of the topics that moved during
+the last ``HEARTBEAT_WINDOW`` intervals, and every ``HEARTBEAT_FULL_EVERY``-th one of every
+topic: their size follows the changes, not the topic count (840 topics: a full heartbeat
+is ≈ 15 KB to every subscriber, a quiet one under 100 bytes).
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ class Publisher:
         self.published = 0
         self._hb_soon = False
         self._hb_wake = asyncio.Event()
+        self.heartbeats_sent = 0  # this instance's heartbeat count (the next is +1)
+        #: topic → the heartbeat count when its seq last moved (pruned past the window)
+        self._moved_at: dict[str, int] = {}
 
     def topic(self, key: str) -> None:
         """``key`` is served (a new store): give it a seq log."""
@@ -103,6 +109,7 @@ class Publisher:
         wall_ms = int(time.time() * 1000)
         for key, seq, a, b, end in plan:
             self._send_update(key, seq, a, b, end, wall_ms)
+            self._moved_at[key] = self.heartbeats_sent
 
     def _send_update(
         self, key: str, seq: int, start: int, stop: int, end: int, wall_ms: int
@@ -151,14 +158,30 @@ class Publisher:
             if self._hb_soon:
                 await asyncio.sleep(0.002)  # coalesce a burst of subscriptions
 
-    def _send_heartbeat(self) -> None:
-        self._hb_soon = False
-        hb = gp.Heartbeat(
+    def heartbeat(self) -> gp.Heartbeat:
+        """The next heartbeat: the seqs of the topics that moved within the window (a
+        publish since heartbeat ``n - HEARTBEAT_WINDOW``), or of all topics when full."""
+        self.heartbeats_sent += 1
+        n = self.heartbeats_sent
+        full = n % gp.HEARTBEAT_FULL_EVERY == 1
+        oldest = n - gp.HEARTBEAT_WINDOW
+        if full:
+            seqs = {k: log.seq for k, log in self.seqlogs.items()}
+        else:
+            seqs = {k: self.seqlogs[k].seq for k, at in self._moved_at.items() if at >= oldest}
+        self._moved_at = {k: at for k, at in self._moved_at.items() if at > oldest}
+        return gp.Heartbeat(
             instance=self.instance,
             wall_ms=int(time.time() * 1000),
             interval_ms=int(gp.HEARTBEAT_INTERVAL_S * 1000),
-            seqs={k: log.seq for k, log in self.seqlogs.items()},
+            seqs=seqs,
+            hb=n,
+            window=0 if full else gp.HEARTBEAT_WINDOW,
         )
+
+    def _send_heartbeat(self) -> None:
+        self._hb_soon = False
+        hb = self.heartbeat()
         with contextlib.suppress(zmq.Again):
             self.pub.send_multipart([gp.HEARTBEAT_TOPIC, gp.encode(hb)], zmq.NOBLOCK)
 
