@@ -73,7 +73,10 @@ STATE_METRIC: Final = "barstream_health_state"
 REASON_METRIC: Final = "barstream_health_reason"
 
 #: Sample names a gauge reason is read from (any sample > 0 raises it).
-_POSITIVE: Final[dict[str, tuple[str, ...]]] = {HELD: ("barstream_held_streams",), GAP: ("barstream_gaps",)}
+_POSITIVE: Final[dict[str, tuple[str, ...]]] = {
+    HELD: ("barstream_held_streams",),
+    GAP: ("barstream_gaps",),
+}
 #: Sample names and threshold of the reasons judged by a gauge's value.
 _AT_LEAST: Final = {
     UPSTREAM_STALLED: ("barstream_upstream_heartbeat_age_seconds", STALLED_S),
