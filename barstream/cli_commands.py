@@ -302,7 +302,9 @@ COMMANDS: Final = (
         "in MT4 server time (New York + 7h), no header; parquet: ts_ms, time, OHLCV, flags. "
         "MT4 from a utc-aligned store is refused (exit 2) for timeframes that do not divide an "
         'hour (4h, 1d, 1W …): set resampler.alignment = "mt4", or pass --allow-utc. '
-        "Says on stderr where the bars went.",
+        "Says on stderr where the bars went. A held stream, gap days or days skipped by the "
+        "user in the range are named on stderr (as verify lists them) and exit 1: the "
+        "export is cut short (--allow-skipped: days skipped by the user only warn).",
         (
             arg("symbol", help="e.g. EUR-USD"),
             arg("timeframe", help="e.g. 1m, 1h, 1d"),
@@ -324,6 +326,7 @@ COMMANDS: Final = (
             ),
             LIVE,
             arg("--data-dir", type=Path, help="read this data directory instead"),
+            ALLOW_SKIPPED,
         ),
     ),
 )
