@@ -183,8 +183,11 @@ COMMANDS: Final = (
         "and ask supervisord. By default one screen: a line per service, the streams covered "
         "and only what needs attention (gap days, held streams, a service behind or not "
         "hearing from its upstream, a store more than a day behind the newest of its "
-        "timeframe); --all lists every store. Exit 1 when a shown service is down, a day is "
-        "a gap or a stream is held.",
+        "timeframe); --all lists every store. The health line (and --json's health, "
+        "unhealthy) gives each service's state — healthy, degraded, failed — with its reasons "
+        "(held, gap, upstream_stalled, lag, helper_restarted, rejected, fatal, down). Exit 1 "
+        "when a shown service is down, a day is a gap or a stream is held; degraded only by "
+        "lag, a stalled upstream, a helper restart or rejected messages exits 0.",
         (
             LIVE,
             arg("--json", action="store_true", help="machine-readable output"),
