@@ -189,8 +189,11 @@ COMMANDS: Final = (
         "and ask supervisord. By default one screen: a line per service, the streams covered "
         "and only what needs attention (gap days, held streams, a service behind or not "
         "hearing from its upstream, a store more than a day behind the newest of its "
-        "timeframe); --all lists every store. Exit 1 when a shown service is down, a day is "
-        "a gap or a stream is held.",
+        "timeframe); --all lists every store. The health line (and --json's health, "
+        "unhealthy) gives each service's state — healthy, degraded, failed — with its reasons "
+        "(held, gap, upstream_stalled, lag, helper_restarted, rejected, fatal, down). Exit 1 "
+        "when a shown service is down, a day is a gap or a stream is held; degraded only by "
+        "lag, a stalled upstream, a helper restart or rejected messages exits 0.",
         (
             LIVE,
             arg("--json", action="store_true", help="machine-readable output"),
@@ -327,7 +330,9 @@ COMMANDS: Final = (
         "in MT4 server time (New York + 7h), no header; parquet: ts_ms, time, OHLCV, flags. "
         "MT4 from a utc-aligned store is refused (exit 2) for timeframes that do not divide an "
         'hour (4h, 1d, 1W …): set resampler.alignment = "mt4", or pass --allow-utc. '
-        "Says on stderr where the bars went.",
+        "Says on stderr where the bars went. A held stream, gap days or days skipped by the "
+        "user in the range are named on stderr (as verify lists them) and exit 1: the "
+        "export is cut short (--allow-skipped: days skipped by the user only warn).",
         (
             arg("symbol", help="e.g. EUR-USD"),
             arg("timeframe", help="e.g. 1m, 1h, 1d"),
@@ -356,6 +361,7 @@ COMMANDS: Final = (
             ),
             LIVE,
             arg("--data-dir", type=Path, help="read this data directory instead"),
+            ALLOW_SKIPPED,
         ),
     ),
 )

@@ -324,7 +324,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                 export.write_text(export.mt4_lines(records, args.timeframe, args.week_label), f)
     where = "stdout" if out is None else str(out.resolve())
     print(f"export: wrote {len(records)} bars of {path} to {where}", file=sys.stderr)
-    return EXIT_OK
+    from barstream import lacking
+
+    config = str(args.config) if args.data_dir is None else None
+    return lacking.check_export(
+        root, args.symbol, args.side, args.timeframe, start, end, config, args.allow_skipped
+    )
 
 
 def _with_port_offset(path: Path, offset: int | None, var_dir: Path) -> Path:

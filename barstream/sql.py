@@ -329,6 +329,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
     else:
         locate["config"] = configs.load(args.config)
     result = run(query, batch_rows=args.batch_rows, **locate)
+    from barstream import lacking  # held streams, gaps in the tables' ranges: on stderr
+
+    lacking.warn_sql(query, data_dir=args.data_dir, config=locate.get("config"))
     if result is None:
         return EXIT_OK
     out: IO[bytes] | Path = args.output or sys.stdout.buffer

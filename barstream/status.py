@@ -17,6 +17,12 @@ skipped by the user — is read from the data directory by ``barstream.missing``
 ``missing`` list of ``as_json``, the same items ``rebuild`` and ``verify`` print); a
 downloader that is down has its gap counts read from its journals.
 
+Health (barstream.shared.health): each service says whether it is healthy, degraded or
+failed and why (``barstream_health_state``/``barstream_health_reason``); a service that does
+not answer is ``failed`` with the reason ``down`` (``judge_health``). ``as_json`` carries
+each service's ``health`` and ``reasons``, the worst state as ``health`` and the services
+that are not healthy as ``unhealthy`` (name → reasons).
+
 Needs attention (not faults; the exit code counts only ``ServiceStatus.faults``: a service
 down, a gap day — also one skipped by the user —, a held stream): a service behind its upstream for ``LAG_ATTENTION_S`` or
 more, or not hearing from it for ``SILENT_ATTENTION_S``; a store with gap days, held, or
@@ -42,6 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from barstream import missing
 from barstream.configs import metrics_url
+from barstream.shared import health as hm
 from barstream.shared.checkpoint import Checkpoint
 from barstream.shared.config import SERVICES, SIDES, Config
 from barstream.shared.errors import CheckpointCorrupt, ConfigError
@@ -139,6 +146,8 @@ class ServiceStatus:
     skipped: dict[str, int] = field(default_factory=dict)  # of those, skipped by the user
     held: list[str] = field(default_factory=list)  # transformer: held streams
     errors: dict[str, float] = field(default_factory=dict)  # kind → count
+    health: str = ""  # healthy, degraded, failed (barstream.shared.health; judge_health)
+    reasons: list[str] = field(default_factory=list)  # hm.REASONS words, and "down"
 
     @property
     def faults(self) -> list[str]:
@@ -193,7 +202,44 @@ def service_status(name: str, url: str, samples: Samples) -> ServiceStatus:
         (k for k, v in by_stream(samples, "barstream_held_streams").items() if v), key=stream_order
     )
     st.errors = {k: v for k, v in by_label(samples, "barstream_errors_total", "kind").items() if v}
+    judge_health(st, samples)
     return st
+
+
+#: The reason of a service that does not answer (its state is ``failed``).
+DOWN: Final = "down"
+
+
+def judge_health(st: ServiceStatus, samples: Samples | None = None) -> ServiceStatus:
+    """Set ``st.health`` and ``st.reasons``: a service that answers says it itself
+    (``barstream_health_state``/``_reason``, barstream.shared.health); one that does not is
+    ``failed`` (reason ``down``, plus what its checkpoint and journals still tell); one
+    whose metrics predate the health model is judged here from the same facts."""
+    if not st.up:
+        st.reasons = [DOWN] + [hm.HELD] * bool(st.held) + [hm.GAP] * any(st.gaps.values())
+        st.health = hm.FAILED
+        return st
+    said = by_label(samples or {}, hm.REASON_METRIC, "reason")
+    states = by_label(samples or {}, hm.STATE_METRIC, "state")
+    if said or states:
+        st.reasons = [r for r in hm.REASONS if said.get(r)]
+        st.health = next((k for k, v in states.items() if v), hm.state_of(st.reasons))
+        return st
+    found = {
+        hm.HELD: bool(st.held),
+        hm.GAP: any(st.gaps.values()),
+        hm.UPSTREAM_STALLED: (st.heartbeat_age_s or 0.0) >= hm.STALLED_S,
+        hm.LAG: (st.feed_lag_seconds or 0.0) >= hm.LAG_S,
+    }
+    st.reasons = [r for r in hm.REASONS if found.get(r)]
+    st.health = hm.state_of(st.reasons)
+    return st
+
+
+def overall_health(statuses: Iterable[ServiceStatus]) -> str:
+    """The worst state of the services (healthy when there are none)."""
+    states = {s.health or hm.HEALTHY for s in statuses}
+    return next((x for x in reversed(hm.STATES) if x in states), hm.HEALTHY)
 
 
 def offline_status(name: str, url: str, root: Path, error: str) -> ServiceStatus:
@@ -213,7 +259,7 @@ def offline_status(name: str, url: str, root: Path, error: str) -> ServiceStatus
             counts = missing.journal_gaps(root.parent)
             st.gaps = {k: g for k, (g, _) in counts.items()}
             st.skipped = {k: n for k, (_, n) in counts.items()}
-    return st
+    return judge_health(st)
 
 
 def scrape(url: str, timeout_s: float = SCRAPE_TIMEOUT_S) -> str:
@@ -252,7 +298,8 @@ def collect_remote(cfg: Config, services: Iterable[str] = SERVICES) -> list[Serv
         try:
             return service_status(name, url, parse_metrics(scrape(url)))
         except (OSError, urllib.error.URLError, ValueError) as e:
-            return ServiceStatus(name, url, error=f"{url}: {getattr(e, 'reason', e)}")
+            down = ServiceStatus(name, url, error=f"{url}: {getattr(e, 'reason', e)}")
+            return judge_health(down)
 
     names = list(services)
     with concurrent.futures.ThreadPoolExecutor(max(1, len(names))) as pool:
@@ -364,6 +411,8 @@ def as_json(
     out: dict[str, Any] = clean(
         {
             "ok": not faults,
+            "health": overall_health(statuses),
+            "unhealthy": {s.name: s.reasons for s in statuses if s.health != hm.HEALTHY},
             "faults": faults,
             "attention": [asdict(a) for a in attention(statuses)],
             "missing": [m.as_json(config or None) for m in lacking],

@@ -1,6 +1,9 @@
 """The text of ``barstream status`` (the facts and their judgement are in
 ``barstream.status``), in two sizes.
 
+The service table is followed by the health line (``health: degraded: downloader degraded
+(gap); …``: the worst state, then every service that is not healthy with its reasons).
+
 By default one screen whatever the number of instruments: one line per service, one line
 naming the symbols, sides and timeframes covered, then only what needs attention — every
 item while they fit ``ATTENTION_ROWS`` rows, else one row per service and kind — and the
@@ -17,7 +20,14 @@ import datetime as dt
 from typing import Final
 
 from barstream.shared.config import SIDES
-from barstream.status import Attention, ServiceStatus, attention, split_key, timeframe_order
+from barstream.status import (
+    Attention,
+    ServiceStatus,
+    attention,
+    overall_health,
+    split_key,
+    timeframe_order,
+)
 
 #: Rows of the "needs attention" list in the default view (``--all`` shows every row).
 ATTENTION_ROWS: Final = 15
@@ -29,6 +39,7 @@ def render(statuses: list[ServiceStatus], *, streams: bool = True, full: bool = 
     """The status text (module docstring): the service table; with ``streams`` the
     overview and what needs attention; ``full`` adds every store and lifts the caps."""
     lines = _service_table(statuses)
+    lines += _health_lines(statuses)
     if streams:
         lines += ["", _overview(statuses)]
         if full:
@@ -77,6 +88,30 @@ def _service_table(statuses: list[ServiceStatus]) -> list[str]:
             f"{lag:>6} {_num(s.behind_records):>8} {len(s.streams):>6} "
             f"{sum(x.length for x in s.streams.values()):>12,}  {_when(s.newest_bar_ms)}"
         )
+    return lines
+
+
+#: Width the health line wraps at.
+HEALTH_WIDTH: Final = 120
+
+
+def _health_lines(statuses: list[ServiceStatus]) -> list[str]:
+    """``health: STATE`` (the worst), then each service that is not healthy with its
+    reasons, wrapped at ``HEALTH_WIDTH``."""
+    worst = overall_health(statuses)
+    parts = [
+        f"{s.name} {s.health} ({', '.join(s.reasons) or '?'})"
+        for s in statuses
+        if s.health and s.health != "healthy"
+    ]
+    lines = [f"health: {worst}" + (": " if parts else "")]
+    for i, part in enumerate(parts):
+        sep = "" if i == 0 else "; "
+        if len(lines[-1]) + len(sep) + len(part) > HEALTH_WIDTH and i:
+            lines[-1] += ";"
+            lines.append("  " + part)
+        else:
+            lines[-1] += sep + part
     return lines
 
 

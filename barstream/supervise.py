@@ -9,6 +9,11 @@ production run and tests (each with its own config, run directory and ports)::
     BARSTREAM_DEMO          "true": also autostart the fake Dukascopy upstream (demo mode)
     BARSTREAM_EVENTS_PORT   Prometheus port of the supervisor event listener
 
+The control socket is in the private run directory ``BARSTREAM_VAR/run`` (0700); with
+``BARSTREAM_SUPERVISOR_INET=HOST:PORT`` an inet server is added and both ask for a
+password (a generated secret); started as root, the services run as ``BARSTREAM_RUN_AS`` (default the
+``barstream`` account when it exists): ``barstream.supervise_access``.
+
 Programs live in the group ``barstream`` (``barstream:downloader`` …); the fake upstream is
 ``barstream:fake_upstream``.
 """
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from barstream import paths
+from barstream import supervise_access as access
 from barstream.shared.config import SERVICES
 from barstream.shared.errors import SupervisorError
 
@@ -75,10 +81,56 @@ class Supervisor:
     demo: bool = False
     events_port: int = DEFAULT_EVENTS_PORT
     conf: Path = field(default_factory=default_conf)
+    #: HOST:PORT of an inet control server ("" none; BARSTREAM_SUPERVISOR_INET)
+    inet: str = field(default_factory=access.default_inet)
+    #: the account the services run as when supervisord starts as root (None: do not drop;
+    #: BARSTREAM_RUN_AS, else ``barstream`` if it exists: barstream.supervise_access)
+    run_as: str | None = field(default_factory=access.default_run_as)
+
+    @property
+    def run_dir(self) -> Path:
+        """The private run directory (0700): the control socket, its secret, the included
+        configuration (barstream.supervise_access)."""
+        return self.var_dir / "run"
 
     @property
     def socket_path(self) -> Path:
-        return self.var_dir / "supervisor.sock"
+        return self.run_dir / "supervisor.sock"
+
+    def prepare(self) -> None:
+        """Before supervisord starts: the private run directory, the control secret, the
+        included configuration (credentials, inet server, ``user=`` of every program) and,
+        when the services drop to an account, the data directory given to it."""
+        access.private_dir(self.run_dir)
+        password = access.secret(self.run_dir)
+        assert password is not None
+        run_as = self.run_as if os.geteuid() == 0 else None
+        if run_as:
+            user = access.account(run_as)
+            why = access.cannot_run(user, sys.executable, paths.home())
+            if why is not None and run_as == access.ACCOUNT and access.RUN_AS_ENV not in os.environ:
+                print(f"barstream: the services run as root: {why}", file=sys.stderr)
+                run_as = None
+            elif why is not None:
+                raise SupervisorError(
+                    f"cannot run the services as {run_as}: {why}; make the interpreter and "
+                    f"the installation readable by {run_as}, or set {access.RUN_AS_ENV}= "
+                    "to run them as root"
+                )
+        if run_as:
+            from barstream import configs
+
+            data = configs.data_root(configs.load(self.config_path))
+            access.chown_tree(data, user.pw_uid, user.pw_gid)
+        sections = [f"program:{n}" for n in (FAKE, *SERVICES, API)] + [f"eventlistener:{EVENTS}"]
+        access.write_include(
+            self.run_dir, access.include_text(password, self.inet, run_as, sections)
+        )
+        ctl = self.run_dir / access.CTL_FILE
+        if self.inet:
+            access.write_private(ctl, access.ctl_conf_text(self.socket_path.resolve(), password))
+        else:
+            ctl.unlink(missing_ok=True)
 
     @property
     def log_dir(self) -> Path:
@@ -103,6 +155,7 @@ class Supervisor:
         ``shutdown``; else it daemonizes and this returns once its socket answers."""
         self.check_not_running()
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
         cmd = [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)]
         if foreground:
             proc = subprocess.Popen(
@@ -181,7 +234,8 @@ class Supervisor:
     def rpc(self) -> Any:
         from supervisor.xmlrpc import SupervisorTransport
 
-        transport = SupervisorTransport(None, None, f"unix://{self.socket_path}")
+        user, password = access.credentials(self.run_dir) or (None, None)
+        transport = SupervisorTransport(user, password, f"unix://{self.socket_path}")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
     def processes(self) -> dict[str, dict[str, Any]]:
@@ -210,14 +264,9 @@ class Supervisor:
     def ctl(self, args: Sequence[str]) -> int:
         """Run supervisorctl with this instance's environment (output to our terminal);
         bare program names are accepted (:func:`ctl_args`)."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "supervisor.supervisorctl",
-            "-c",
-            str(self.conf),
-            *ctl_args(args),
-        ]
+        ctl_conf = self.run_dir / access.CTL_FILE  # with the credentials, when asked for
+        conf = ctl_conf if access.credentials(self.run_dir) else self.conf
+        cmd = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *ctl_args(args)]
         return subprocess.call(cmd, env=self.env(), cwd=paths.home())
 
 

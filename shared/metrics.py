@@ -39,6 +39,7 @@ from prometheus_client import (
 
 from barstream.shared.errors import BindError
 from barstream.shared.gateway_protocol import CONSUMER_TTL_S
+from barstream.shared.health import HealthCollector
 
 log = logging.getLogger("barstream.metrics")
 
@@ -206,6 +207,9 @@ class Metrics:
             registry=r,
         )
         self.errors = Counter(PREFIX + "errors", "Errors by kind.", ["kind"], registry=r)
+        #: barstream_health_state / barstream_health_reason, judged at each scrape from the
+        #: metrics above and those services add (barstream.shared.health)
+        self.health = HealthCollector(r)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 

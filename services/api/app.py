@@ -6,7 +6,8 @@ through its publish socket (``live.py``), the other services' state from their /
 endpoints — so the API can run on another host than the pipeline.
 
 Routes (docs/PROTOCOL.md "HTTP API"; the OpenAPI document is ``GET /openapi.json``):
-``/healthz``, ``/v1/topics``, ``/v1/status``, ``/v1/bars/{symbol}/{side}/{timeframe}``,
+``/healthz`` (200 while the gateway answers; with the pipeline's ``health`` and the
+``unhealthy`` services' reasons, as ``barstream status``), ``/v1/topics``, ``/v1/status``, ``/v1/bars/{symbol}/{side}/{timeframe}``,
 ``/v1/stream/{symbol}/{side}/{timeframe}`` (Server-Sent Events), ``/metrics``, and the
 chart page (``/``, ``/static/…``). Every error is JSON ``{"error", "message"}`` with a
 status that says what was wrong.
@@ -45,6 +46,8 @@ log = logging.getLogger("barstream.api")
 
 #: Bytes of a response body handed to the server at a time.
 SEND_CHUNK: Final = 1 << 20
+#: /healthz scrapes the services' health at most this often.
+HEALTH_TTL_S: Final = 2.0
 
 
 class ApiMetrics:
@@ -75,6 +78,22 @@ class Api:
         self.requests = cfg.api.gateway_requests
         self._pool: Pool | None = None
         self.live_streams = 0
+        self._health: tuple[float, str, dict[str, list[str]]] | None = None
+        self._health_lock = anyio.Lock()
+
+    async def pipeline_health(self) -> tuple[str, dict[str, list[str]]]:
+        """The pipeline's health (``barstream status``'s model: the worst state, and the
+        services not healthy with their reasons) from every /metrics endpoint, scraped at
+        most once per ``HEALTH_TTL_S`` however many requests ask."""
+        async with self._health_lock:
+            now = time.monotonic()
+            if self._health is None or now - self._health[0] >= HEALTH_TTL_S:
+                got = await anyio.to_thread.run_sync(
+                    lambda: pipeline_status.collect_remote(self.cfg)
+                )
+                unhealthy = {s.name: s.reasons for s in got if s.health != "healthy"}
+                self._health = (now, pipeline_status.overall_health(got), unhealthy)
+            return self._health[1], self._health[2]
 
     @property
     def pool(self) -> Pool:
@@ -150,9 +169,17 @@ def create_app(cfg: Config) -> Starlette:
             async with _gateway(api) as gw:
                 st = await gw.status()
         except ApiError as e:
-            return _error(503, e.code, str(e), ok=False)
+            state, unhealthy = await api.pipeline_health()
+            return _error(503, e.code, str(e), ok=False, health=state, unhealthy=unhealthy)
+        state, unhealthy = await api.pipeline_health()
         return JSONResponse(
-            {"ok": True, "gateway": st.instance, "upstream_age_s": st.upstream_age_s}
+            {
+                "ok": True,
+                "gateway": st.instance,
+                "upstream_age_s": st.upstream_age_s,
+                "health": state,
+                "unhealthy": unhealthy,
+            }
         )
 
     async def topics(request: Request) -> Response:

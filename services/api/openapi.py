@@ -98,7 +98,8 @@ def document(cfg: Config) -> dict[str, Any]:
         "paths": {
             "/healthz": {
                 "get": {
-                    "summary": "Is the gateway answering?",
+                    "summary": "Is the gateway answering? With the pipeline's health "
+                    "(healthy, degraded, failed) and the reasons of each service not healthy",
                     "responses": {"200": {"description": "ok"}, "503": _error("gateway down")},
                 }
             },

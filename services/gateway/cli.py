@@ -140,6 +140,9 @@ def run_tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     try:
         with _client(args) as client:
             print(f"tail: following {answered_by(client, args)}", file=sys.stderr)
+            from barstream import lacking  # a held stream or gap of it: on stderr
+
+            lacking.warn_tail(args.config, args.symbol, args.side, args.timeframe)
             updates = 0
             for item in client.stream(
                 args.symbol, args.timeframe, args.side, args.history, args.closed_only

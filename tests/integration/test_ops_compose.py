@@ -77,7 +77,9 @@ def test_supervisord_program_policy() -> None:
     listener = "eventlistener:barstream_events"
     assert cp.get(listener, "events") == "PROCESS_STATE"
     assert "-m barstream.supervisor_events" in cp.get(listener, "command")
-    assert cp.get("unix_http_server", "file") == "%(ENV_BARSTREAM_VAR)s/supervisor.sock"
+    assert cp.get("unix_http_server", "file") == "%(ENV_BARSTREAM_VAR)s/run/supervisor.sock"
+    assert cp.get("unix_http_server", "chmod") == "0700"
+    assert cp.get("include", "files") == "%(ENV_BARSTREAM_VAR)s/run/supervisord.d/*.conf"
 
 
 def test_compose_ports_match_compose_config() -> None:
