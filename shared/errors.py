@@ -187,6 +187,12 @@ class UnknownStore(ConfigError):
     hint = "name one that exists"
 
 
+class DrainIncomplete(BarstreamError):
+    """Drain mode (rebuilds, tests): a downstream peer left before it had every record."""
+
+    hint = "run it again (every stage resumes from its checkpoint); see that stage's log"
+
+
 class ProtocolError(BarstreamError):
     """A malformed or unexpected message; ``reason`` is the message without the peer."""
 

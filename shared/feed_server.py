@@ -127,6 +127,8 @@ class FeedServer:
         self._thread_id = 0  # the serving loop's thread (``run``)
         self._closed = False
         self._ever_peered = False
+        #: peer name → (when, how) it left before it had everything (``_drop``)
+        self._owed: dict[str, tuple[float, str]] = {}
         self._hb_due = False
         self._next_hb = 0.0
         stores.on_commit(self.notify)
@@ -159,20 +161,35 @@ class FeedServer:
 
     def drained(self) -> bool:
         """Drain mode: every peer that said hello has all stable records (or has left)."""
-        for peer in self.peers.values():
-            for key in self.stores.stores:
-                if not peer.matches(key):
-                    continue
-                st = peer.streams.get(key)
-                store = self.stores.stores[key]
-                if (
-                    st is None
-                    or st.sent < store.stable_length
-                    or st.force
-                    or st.generation != store.generation
-                ):
-                    return False
+        return all(self._has_all(peer) for peer in self.peers.values())
+
+    def _has_all(self, peer: _Peer) -> bool:
+        for key in self.stores.stores:
+            if not peer.matches(key):
+                continue
+            st = peer.streams.get(key)
+            store = self.stores.stores[key]
+            if (
+                st is None
+                or st.sent < store.stable_length
+                or st.force
+                or st.generation != store.generation
+            ):
+                return False
         return True
+
+    def _drop(self, ident: bytes, why: str) -> None:
+        """Forget a peer. One that leaves (times out, becomes unreachable, says bye while
+        stopping) before it has everything is owed it: drain mode waits for it to come back
+        (``wait_drained``) instead of taking its absence for the end of the work."""
+        peer = self.peers.pop(ident, None)
+        self._update_peer_gauge()
+        if peer is None:
+            return
+        if not self._has_all(peer):
+            self._owed.setdefault(peer.name, (time.monotonic(), why))
+        else:
+            self._owed.pop(peer.name, None)
 
     async def deliver_pending(self, timeout_s: float) -> bool:
         """Graceful stop: give every connected peer what was committed last (bounded by
@@ -189,19 +206,29 @@ class FeedServer:
     async def wait_drained(self, idle_s: float = 2.0, timeout_s: float = 60.0) -> bool:
         """Drain mode (set ``done`` first): wait until every peer has everything and has
         left (a caught-up follower says bye once it saw ``done``); with no peer at all,
-        wait ``idle_s`` for one to come."""
-        deadline = time.monotonic() + timeout_s
+        wait ``idle_s`` for one to come. However long connected peers take is waited for
+        (a slow downstream is still working); a peer that left before it had everything
+        is waited for ``timeout_s`` to come back — then False (``owed`` names it)."""
         idle_until = time.monotonic() + idle_s
         self._hb_due = True  # tell peers `done` now, not at the next heartbeat
         self.notify()
-        while time.monotonic() < deadline:
-            if not self.peers and (self._ever_peered or time.monotonic() > idle_until):
-                return True
-            if self.peers and self.drained():
+        while True:
+            now = time.monotonic()
+            if not self.peers:
+                if self._owed:
+                    if now - min(t for t, _ in self._owed.values()) > timeout_s:
+                        return False
+                elif self._ever_peered or now > idle_until:
+                    return True
+            elif self.drained():
                 self._hb_due = True
                 self.notify()
             await asyncio.sleep(0.01)
-        return False
+
+    @property
+    def owed(self) -> dict[str, str]:
+        """Peers (by name) that left before they had everything, and how they left."""
+        return {name: why for name, (_, why) in self._owed.items()}
 
     def close(self, linger_ms: int = 0) -> None:
         """Stop serving. ``linger_ms``: how long queued messages may still go out (the
@@ -248,6 +275,7 @@ class FeedServer:
             peer = _Peer(ident, msg.name, msg.conn, msg.prefixes or [""], msg.credit, wanted)
             self.peers[ident] = peer
             self._ever_peered = True
+            self._owed.pop(msg.name, None)  # back: what it is owed is served again
             log.info(
                 "%s: peer %s hello (connection %d, %d streams)",
                 self.endpoint,
@@ -264,8 +292,7 @@ class FeedServer:
             return
         known.last_seen = time.monotonic()
         if isinstance(msg, p.Bye):
-            del self.peers[ident]
-            self._update_peer_gauge()
+            self._drop(ident, "said bye")
             return
         if msg.n < 0 or msg.n > CREDIT_MAX:
             self._bad(ident, f"credit {msg.n} out of range")
@@ -277,15 +304,13 @@ class FeedServer:
         for ident, peer in list(self.peers.items()):
             if now - peer.last_seen > PEER_TIMEOUT_S:
                 log.info("%s: peer %s timed out", self.endpoint, peer.name)
-                del self.peers[ident]
-                self._update_peer_gauge()
+                self._drop(ident, f"timed out (silent for {PEER_TIMEOUT_S:.0f}s)")
                 continue
             try:
                 self._pump_peer(peer)
             except zmq.ZMQError as e:  # EHOSTUNREACH: the peer disconnected
                 log.info("%s: peer %s unreachable (%s); dropped", self.endpoint, peer.name, e)
-                self.peers.pop(ident, None)
-                self._update_peer_gauge()
+                self._drop(ident, f"unreachable ({e})")
 
     def _pump_peer(self, peer: _Peer) -> None:
         progress = True
@@ -366,9 +391,8 @@ class FeedServer:
             )
             try:
                 self._sock.send_multipart([ident, p.encode(hb)], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                self.peers.pop(ident, None)
-                self._update_peer_gauge()
+            except zmq.ZMQError as e:
+                self._drop(ident, f"unreachable ({e})")
 
     def _send_ctl(self, ident: bytes, msg: p.Reset | p.Error) -> None:
         with contextlib.suppress(zmq.ZMQError):

@@ -47,6 +47,7 @@ from barstream.shared.errors import (
     BarstreamError,
     BindError,
     ConfigError,
+    DrainIncomplete,
     UpstreamInvalid,
 )
 from barstream.shared.feed_client import FeedClient
@@ -82,6 +83,9 @@ class Change:
 
 #: A symbol, side or timeframe as it may appear in a store key (and so in a store's path).
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: Drain mode: how long a downstream peer that left before it had everything may take to
+#: come back (a slow peer that stays connected is waited for however long it takes).
+DRAIN_RETURN_S: Final = 60.0
 
 #: What a stage's handler returns for one upstream batch: its changes, applied in order.
 Changes = Sequence[Change]
@@ -196,9 +200,15 @@ class Service(abc.ABC):
         finally:
             self.commit()
         server.done = True
-        await server.wait_drained()
+        drained = await server.wait_drained(timeout_s=DRAIN_RETURN_S)
         server.close()
         await serving
+        if not drained:
+            owed = ", ".join(f"{name} ({why})" for name, why in server.owed.items())
+            raise DrainIncomplete(
+                f"{self.name}: drain mode: downstream {owed} left before it had every record "
+                f"and did not come back within {DRAIN_RETURN_S:.0f}s; its stores are short"
+            )
 
     async def idle(self) -> None:
         """The upstream has nothing more queued for us: a burst's end, commit."""
