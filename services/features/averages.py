@@ -8,8 +8,8 @@ valid) and ``ok`` (1 valid, 0 not). Batch runs it once over the whole history; i
 the same compiled code over the bars kept in the tail plus the new one. Hence one definition,
 and bit-identical values: same operations on the same operands in the same order.
 
-Rolling windows are recomputed from the window's values each bar (summed oldest first), never
-kept as running sums, so nothing drifts and no running total is state. ``c`` is close, ``lr``
+Rolling windows are recomputed from the window's values each bar (``window_sum``: a fixed
+summation order), never kept as running sums, so nothing drifts and no running total is state. ``c`` is close, ``lr``
 the log return ``log(c[i] / c[i-1])`` (engine.py, computed once per bar).
 """
 
@@ -34,22 +34,72 @@ def put(out, ok, col, j, x, valid):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def window_mean(x, i, n):  # type: ignore[no-untyped-def]
-    """Mean of ``x[i-n+1 .. i]``, summed oldest first, divided by n."""
-    s = 0.0
-    for q in range(i - n + 1, i + 1):
+def window_sum(x, i, n):  # type: ignore[no-untyped-def]
+    """Sum of ``x[i-n+1 .. i]`` in a fixed order: four interleaved partial sums (element
+    q goes to sum (q - first) % 4, each summed oldest first), combined as (s0 + s1) + (s2 +
+    s3), then the last n % 4 values oldest first. Four independent chains run 3-4x faster
+    than one; the order is the kernel's, so batch and incremental stay bit-identical."""
+    q = i - n + 1
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    while q + 3 <= i:
+        s0 += x[q]
+        s1 += x[q + 1]
+        s2 += x[q + 2]
+        s3 += x[q + 3]
+        q += 4
+    s = (s0 + s1) + (s2 + s3)
+    while q <= i:
         s += x[q]
-    return s / n
+        q += 1
+    return s
+
+
+@njit(cache=True)
+def window_mean(x, i, n):  # type: ignore[no-untyped-def]
+    """Mean of ``x[i-n+1 .. i]``: ``window_sum / n``."""
+    return window_sum(x, i, n) / n
+
+
+@njit(cache=True)
+def window_dev(x, i, n, mean, square):  # type: ignore[no-untyped-def]
+    """Sum over ``x[i-n+1 .. i]`` of (x - mean)^2 (``square``) or |x - mean|, in
+    ``window_sum``'s order."""
+    q = i - n + 1
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    while q + 3 <= i:
+        d0 = x[q] - mean
+        d1 = x[q + 1] - mean
+        d2 = x[q + 2] - mean
+        d3 = x[q + 3] - mean
+        if square:
+            s0 += d0 * d0
+            s1 += d1 * d1
+            s2 += d2 * d2
+            s3 += d3 * d3
+        else:
+            s0 += abs(d0)
+            s1 += abs(d1)
+            s2 += abs(d2)
+            s3 += abs(d3)
+        q += 4
+    s = (s0 + s1) + (s2 + s3)
+    while q <= i:
+        d = x[q] - mean
+        s += d * d if square else abs(d)
+        q += 1
+    return s
 
 
 @njit(cache=True)
 def window_std(x, i, n, mean, ddof):  # type: ignore[no-untyped-def]
     """sqrt(sum((x - mean)^2) / (n - ddof)) over ``x[i-n+1 .. i]`` (two-pass)."""
-    s = 0.0
-    for q in range(i - n + 1, i + 1):
-        d = x[q] - mean
-        s += d * d
-    return math.sqrt(s / (n - ddof))
+    return math.sqrt(window_dev(x, i, n, mean, True) / (n - ddof))
 
 
 @njit(cache=True)
@@ -110,8 +160,16 @@ def wma(pi, pf, c, base, start, end, out, ok, col):  # type: ignore[no-untyped-d
         v = base + i >= n - 1
         s = 0.0
         if v:
-            for k in range(1, n + 1):
-                s += k * c[i - n + k]
+            s0 = 0.0
+            s1 = 0.0
+            k = 1
+            while k + 1 <= n:  # two interleaved partial sums, as window_sum
+                s0 += k * c[i - n + k]
+                s1 += (k + 1) * c[i - n + k + 1]
+                k += 2
+            s = s0 + s1
+            if k == n:
+                s += n * c[i]
         put(out, ok, col, i - start, s / denom, v)
 
 

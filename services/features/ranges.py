@@ -6,9 +6,10 @@ recursions as one recurrence shared by batch and incremental).
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
-from barstream.services.features.averages import NAN, put
+from barstream.services.features.averages import NAN, put, window_dev, window_mean
 
 
 @njit(cache=True)
@@ -83,16 +84,20 @@ def stoch(pi, h, lw, c, base, start, end, out, ok, col):  # type: ignore[no-unty
     the last k bars (valid from k-1; not valid when HH = LL); %D = the plain mean of the last d
     %K values (valid from k+d-2 when all d are valid)."""
     nk, nd = pi[0], pi[1]
+    lo = max(start - nd + 1, 0)  # %K of the bars the first %D reads, each computed once
+    ks = np.empty(end - lo)
+    for i in range(lo, end):
+        ks[i - lo] = _k(h, lw, c, i, nk) if base + i >= nk - 1 else NAN
     for i in range(start, end):
         g = base + i
         j = i - start
-        kv = _k(h, lw, c, i, nk) if g >= nk - 1 else NAN
+        kv = ks[i - lo]
         put(out, ok, col, j, kv, kv == kv)
         dv = NAN
         if g >= nk + nd - 2:
             s = 0.0
             for q in range(i - nd + 1, i + 1):
-                s += kv if q == i else _k(h, lw, c, q, nk)
+                s += ks[q - lo]
             dv = s / nd
         put(out, ok, col + 1, j, dv, dv == dv)
 
@@ -122,14 +127,8 @@ def cci(pi, pf, tp, base, start, end, out, ok, col):  # type: ignore[no-untyped-
     for i in range(start, end):
         x = NAN
         if base + i >= n - 1:
-            s = 0.0
-            for q in range(i - n + 1, i + 1):
-                s += tp[q]
-            m = s / n
-            d = 0.0
-            for q in range(i - n + 1, i + 1):
-                d += abs(tp[q] - m)
-            md = d / n
+            m = window_mean(tp, i, n)
+            md = window_dev(tp, i, n, m, False) / n
             if md > 0.0:
                 x = (tp[i] - m) / (k * md)
         put(out, ok, col, i - start, x, x == x)
