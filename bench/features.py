@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from barstream.services.features import layout
-from barstream.services.features.engine import Program, Stream, compute, state_at
+from barstream.services.features.engine import Program, compute, state_at
 from barstream.services.features.spec import FeatureSet, feature_set
 from barstream.shared import config
 from bench.cascade import _best, load_series

@@ -104,7 +104,7 @@ def test_incremental_equals_batch_byte_for_byte(fs: FeatureSet, bars: np.ndarray
 
 
 @SETTINGS
-@given(fs=feature_sets(), bars=series(min_size=2), new=series(max_size=60), data=st.data())
+@given(fs=feature_sets(), bars=series(min_size=30), new=series(max_size=60), data=st.data())
 def test_revision_resumes_from_the_stored_row(fs: FeatureSet, bars: np.ndarray, new: np.ndarray, data: Any) -> None:  # fmt: skip
     x = data.draw(st.integers(1, len(bars) - 1))
     stored = layout.pack(fs, compute(fs, bars))  # the feature store before the revision
@@ -137,7 +137,7 @@ def test_state_recovered_at_x_equals_the_state_reached_by_running(fs: FeatureSet
 
 
 def test_state_at_reads_only_the_tail_past_the_horizon() -> None:
-    fs = feature_set("t", ["1m"], [{"kind": "ema", "params": {"period": 3}}, {"kind": "rsi", "params": {"period": 2}}])  # fmt: skip
+    fs = feature_set("t", ["1m"], [{"kind": k} for k in sorted(KINDS)])  # every state map
     rng = np.random.default_rng(3)
     pts = [(int(a), 1, 1, 5) for a in rng.integers(-3, 4, 500)]
     bars = bars_of(pts, [1] * 500)
@@ -146,6 +146,9 @@ def test_state_at_reads_only_the_tail_past_the_horizon() -> None:
     poisoned = bars.copy()
     poisoned["close"][: x - fs.lookback] = np.nan  # bars before the tail are not read
     s = state_at(fs, poisoned, batch.values[:, x - 1], x)
+    running = Stream(fs)
+    running.apply(bars[:x])
+    assert s.state.tobytes() == running.state.tobytes()
     assert same(s.apply(bars[x:]), _slice(batch, x))
     with pytest.raises(ValueError, match="needs the stored row"):
         state_at(fs, bars, None, x)
