@@ -4,6 +4,7 @@ through ``state_at``, provisional bars, warm-up flags, the 64-byte layout."""
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -232,3 +233,38 @@ def test_layout_round_trip_and_refusals() -> None:
         bad = rec.copy()
         bad["set_crc"][3 * fs.n_groups] ^= 1
         layout.unpack(fs, bad)
+
+
+def test_session_vwap_restarts_at_each_session_occurrence() -> None:
+    import datetime as dt
+
+    from barstream.shared.sessions import Session
+
+    # New York 18:00 → 17:00 next day (wraps midnight, DST-aware): the FX day
+    fx = [Session("fx", "America/New_York", dt.time(18), dt.time(17), frozenset(range(7)))]
+    fs = feature_set("t", ["1h"], [{"kind": "vwap", "params": {"anchor": "session"}}, {"kind": "vwap"}])  # fmt: skip
+    rng = np.random.default_rng(5)
+    n = 3 * 24
+    bars = bars_of([(int(a), 1, 1, int(v)) for a, v in zip(rng.integers(-3, 4, n), rng.integers(1, 9, n), strict=True)], [60] * n)  # fmt: skip
+    bars["ts_ms"] = int(dt.datetime(2026, 3, 6, tzinfo=dt.UTC).timestamp() * 1000) + np.arange(n) * 3_600_000  # fmt: skip
+    ny = [dt.datetime.fromtimestamp(t / 1000, dt.UTC).astimezone(ZoneInfo("America/New_York")) for t in bars["ts_ms"]]  # fmt: skip
+    keep = np.array([t.hour != 17 for t in ny])  # 17:00–18:00 New York is outside the session
+    bars = bars[keep]
+    ny = [t for t, k in zip(ny, keep, strict=True) if k]
+    f = compute(fs, bars, sessions=fx)
+    # reference: the occurrence is the New York date of (time - 18 h)
+    occ = [(t - dt.timedelta(hours=18)).date() for t in ny]
+    want, pv, vol = [], 0.0, 0.0
+    for i, b in enumerate(bars):
+        if i == 0 or occ[i] != occ[i - 1]:
+            pv = vol = 0.0
+        pv += (b["high"] + b["low"] + b["close"]) / 3 * b["volume"]
+        vol += b["volume"]
+        want.append(pv / vol)
+    got = f.column("vwap_session.value")
+    assert np.allclose(got, want, rtol=1e-12, atol=0)
+    assert not np.array_equal(got, f.column("vwap_utc_day.value"))  # not the UTC day
+    # incremental with sessions equals batch
+    s = Stream(fs, sessions=fx)
+    inc = cat([s.apply(bars[i : i + 1]) for i in range(len(bars))])
+    assert same(inc, f)
