@@ -13,21 +13,30 @@ from barstream.services.features.averages import NAN, put, window_dev, window_me
 
 
 @njit(cache=True)
-def window_max(x, i, n):  # type: ignore[no-untyped-def]
-    m = x[i - n + 1]
-    for q in range(i - n + 2, i + 1):
-        if x[q] > m:
-            m = x[q]
-    return m
-
-
-@njit(cache=True)
-def window_min(x, i, n):  # type: ignore[no-untyped-def]
-    m = x[i - n + 1]
-    for q in range(i - n + 2, i + 1):
-        if x[q] < m:
-            m = x[q]
-    return m
+def rolling_extreme(x, n, lo, end, is_max):  # type: ignore[no-untyped-def]
+    """``r[i - lo]`` = the max (``is_max``) or min of ``x[i-n+1 .. i]`` for lo <= i < end
+    (clipped at index 0), with a monotonic deque: O(1) a bar. A max or min is exact, the same
+    value however it is found, so this equals a scan of the window bit for bit."""
+    first = max(lo - n + 1, 0)
+    r = np.empty(max(end - lo, 0))
+    dq = np.empty(max(end - first, 1), np.int64)
+    head = 0
+    tail = 0
+    for i in range(first, end):
+        v = x[i]
+        if is_max:
+            while tail > head and x[dq[tail - 1]] <= v:
+                tail -= 1
+        else:
+            while tail > head and x[dq[tail - 1]] >= v:
+                tail -= 1
+        dq[tail] = i
+        tail += 1
+        if dq[head] <= i - n:
+            head += 1
+        if i >= lo:
+            r[i - lo] = x[dq[head]]
+    return r
 
 
 @njit(cache=True)
@@ -70,24 +79,18 @@ def rsi(pi, c, base, start, end, st, out, ok, col):  # type: ignore[no-untyped-d
 
 
 @njit(cache=True)
-def _k(h, lw, c, i, n):  # type: ignore[no-untyped-def]
-    hh = window_max(h, i, n)
-    ll = window_min(lw, i, n)
-    if hh > ll:
-        return 100.0 * (c[i] - ll) / (hh - ll)
-    return NAN
-
-
-@njit(cache=True)
 def stoch(pi, h, lw, c, base, start, end, out, ok, col):  # type: ignore[no-untyped-def]
     """Fast stochastic: %K = 100 (c - LL) / (HH - LL), HH/LL the highest high / lowest low of
     the last k bars (valid from k-1; not valid when HH = LL); %D = the plain mean of the last d
     %K values (valid from k+d-2 when all d are valid)."""
     nk, nd = pi[0], pi[1]
     lo = max(start - nd + 1, 0)  # %K of the bars the first %D reads, each computed once
+    hh = rolling_extreme(h, nk, lo, end, True)
+    ll = rolling_extreme(lw, nk, lo, end, False)
     ks = np.empty(end - lo)
     for i in range(lo, end):
-        ks[i - lo] = _k(h, lw, c, i, nk) if base + i >= nk - 1 else NAN
+        u, d = hh[i - lo], ll[i - lo]
+        ks[i - lo] = 100.0 * (c[i] - d) / (u - d) if base + i >= nk - 1 and u > d else NAN
     for i in range(start, end):
         g = base + i
         j = i - start
@@ -107,11 +110,13 @@ def willr(pi, h, lw, c, base, start, end, out, ok, col):  # type: ignore[no-unty
     """Williams %R = -100 (HH - c) / (HH - LL) over the last n bars (in [-100, 0]); not valid
     when HH = LL. Valid from n-1."""
     n = pi[0]
+    highs = rolling_extreme(h, n, start, end, True)
+    lows = rolling_extreme(lw, n, start, end, False)
     for i in range(start, end):
         x = NAN
         if base + i >= n - 1:
-            hh = window_max(h, i, n)
-            ll = window_min(lw, i, n)
+            hh = highs[i - start]
+            ll = lows[i - start]
             if hh > ll:
                 x = -100.0 * (hh - c[i]) / (hh - ll)
         put(out, ok, col, i - start, x, x == x)
@@ -139,11 +144,13 @@ def donchian(pi, h, lw, base, start, end, out, ok, col):  # type: ignore[no-unty
     """Donchian channel over the last n bars (current included): upper = highest high, lower =
     lowest low, mid = (upper + lower) / 2. Valid from n-1."""
     n = pi[0]
+    highs = rolling_extreme(h, n, start, end, True)
+    lows = rolling_extreme(lw, n, start, end, False)
     for i in range(start, end):
         j = i - start
         v = base + i >= n - 1
-        up = window_max(h, i, n) if v else NAN
-        lo = window_min(lw, i, n) if v else NAN
+        up = highs[j] if v else NAN
+        lo = lows[j] if v else NAN
         put(out, ok, col, j, up, v)
         put(out, ok, col + 1, j, lo, v)
         put(out, ok, col + 2, j, (up + lo) / 2.0, v)
