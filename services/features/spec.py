@@ -26,9 +26,12 @@ import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from barstream.shared.errors import BarstreamError
+
+if TYPE_CHECKING:
+    from barstream.shared.config import FeatureSetConfig
 
 GROUP_VALUES: Final = 6  # float64 values per 64-byte feature record (layout.py)
 
@@ -292,3 +295,9 @@ def feature_set(
         seen[ind.label] = i
         out.append(ind)
     return FeatureSet(name, tuple(timeframes), tuple(out))
+
+
+def from_config(cfg: FeatureSetConfig) -> FeatureSet:
+    """The FeatureSet of a ``[[features]]`` table (already validated by ``shared.config``)."""
+    items = [{"kind": i.kind, "params": i.params, "name": i.name} for i in cfg.indicators]
+    return feature_set(cfg.name, cfg.timeframes, items)

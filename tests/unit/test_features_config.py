@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from barstream.services.features.spec import KINDS, feature_set
+from barstream.services.features.spec import KINDS, feature_set, from_config
 from barstream.shared import config
 from barstream.shared.errors import ConfigError
 
@@ -29,6 +29,7 @@ def test_demo_config_core_set_has_every_kind() -> None:
     assert fs.columns[:3] == ("returns_1.simple", "returns_1.log", "sma_20")
     assert "macd_12_26_9.ema_fast" in fs.columns and "macd_12_26_9.ema_fast" not in fs.outputs
     assert fs.n_groups == -(-len(fs.columns) // 6)
+    assert from_config(core) == fs
 
 
 def test_defaults_and_names() -> None:
