@@ -268,3 +268,22 @@ def test_session_vwap_restarts_at_each_session_occurrence() -> None:
     s = Stream(fs, sessions=fx)
     inc = cat([s.apply(bars[i : i + 1]) for i in range(len(bars))])
     assert same(inc, f)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1000])
+def test_blocks_equal_the_whole_batch_and_pack_into_a_reused_buffer(block: int) -> None:
+    from barstream.services.features.engine import compute_blocks
+
+    fs = feature_set("t", ["1m"], [{"kind": k} for k in sorted(KINDS)])
+    rng = np.random.default_rng(9)
+    bars = bars_of([(int(a), 1, 2, 7) for a in rng.integers(-3, 4, 300)], [1] * 300)
+    whole = compute(fs, bars)
+    want = layout.pack(fs, whole).tobytes()
+    buf = np.zeros(block * fs.n_groups, layout.FEATURE_DTYPE)
+    got = []
+    for lo, f in compute_blocks(fs, bars, block=block):
+        assert f.ts_ms[0] == bars["ts_ms"][lo]
+        got.append(layout.pack(fs, f, out=buf).tobytes())
+    assert b"".join(got) == want
+    with pytest.raises(layout.FeatureLayoutError, match="needs"):
+        layout.pack(fs, whole, out=buf[:1])
