@@ -232,25 +232,12 @@ def compute_blocks(
     block: int = 65_536,
 ) -> Iterator[tuple[int, Features]]:
     """Batch in blocks: yields (first bar, Features of ``block`` bars) over the whole of
-    ``bars``, the same values as :func:`compute` (the kernels carry their state across
-    blocks). The output buffers are reused from block to block — copy what you keep — so a
-    long history is computed in bounded memory without touching fresh pages for every value
-    (page faults, not arithmetic, dominate a 7 M-bar batch into new arrays)."""
-    prog = fs if isinstance(fs, Program) else Program.of(fs)
-    ts, h, lw, c, v = _arrays(bars)
-    n = len(ts)
-    ad, asess = _anchors(ts, prog, sessions)
-    cols = len(prog.fs.columns)
-    out = np.empty((cols, block), np.float64)
-    ok = np.empty((cols, block), np.uint8)
-    st = np.full(prog.n_state, NAN)
-    lr, tp = np.empty(n), np.empty(n)
-    flags = np.ascontiguousarray(bars["flags"])
-    for lo in range(0, n, block):
-        hi = min(lo + block, n)
-        k = hi - lo
-        _call(prog, ad, asess, h, lw, c, v, lr, tp, 0, lo, hi, st, out, ok)
-        yield lo, Features(prog.fs.columns, ts[lo:hi], flags[lo:hi], out[:, :k], ok[:, :k])
+    ``bars``, the same values as :func:`compute` — it is a :class:`Stream` fed ``block``
+    bars at a time, so memory stays bounded by the block and the kept tail, and the buffers
+    are reused (on this sandbox a fresh page costs more than a bar's arithmetic)."""
+    s = Stream(fs, sessions)
+    for lo in range(0, len(bars), block):
+        yield lo, s.apply(bars[lo : lo + block])
 
 
 def _call(prog: Program, *args: object) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Final
 
 import numpy as np
+from numba import njit
 
 from barstream.services.features.engine import Features
 from barstream.services.features.spec import GROUP_VALUES, FeatureSet
@@ -44,48 +45,58 @@ assert [FEATURE_DTYPE.fields[n][1] for n in ("v0", "v5", "valid", "group", "flag
     60,
 ]
 _BITS: Final = (1 << np.arange(GROUP_VALUES, dtype=np.uint8)).astype(np.uint8)
-_BLOCK: Final = 4096  # bars per block of pack's transpose
 
 
 class FeatureLayoutError(BarstreamError):
     """Feature records that do not fit the feature set they are read with."""
 
 
-def pack(fs: FeatureSet, feats: Features, out: np.ndarray | None = None) -> np.ndarray:
-    """Features of m bars → m * G records (bar-major: all groups of bar 0, then bar 1...).
+@njit(cache=True)
+def _pack(values, ok, ts, flags, crc, g, wi, wf, wu):  # type: ignore[no-untyped-def]
+    """One pass: bar i, group k → record i*g + k as words (ts, v0..v5, tail)."""
+    cols = values.shape[0]
+    for i in range(values.shape[1]):
+        fl = np.uint64(flags[i]) << np.uint64(16)
+        for k in range(g):
+            r = i * g + k
+            wi[r, 0] = ts[i]
+            bits = np.uint64(0)
+            for j in range(6):
+                col = k * 6 + j
+                if col < cols:
+                    wf[r, 1 + j] = values[col, i]
+                    if ok[col, i]:
+                        bits |= np.uint64(1) << np.uint64(j)
+                else:
+                    wf[r, 1 + j] = np.nan
+            wu[r, 7] = bits | (np.uint64(k) << np.uint64(8)) | fl | crc
 
-    Built as (m, G, 8) words: word 0 ts_ms, words 1-6 the values, word 7 the little-endian
-    ``valid | group << 8 | flags << 16 | set_crc << 32``; the (columns, bars) → (bars,
-    columns) transpose goes in blocks of bars that stay in cache. ``out`` (feature records,
-    at least m * G) is written instead of a new array (a reused buffer: no fresh pages)."""
+
+def pack(fs: FeatureSet, feats: Features, out: np.ndarray | None = None) -> np.ndarray:
+    """Features of m bars → m * G records (bar-major: all groups of bar 0, then bar 1...),
+    in one compiled pass over 64-bit words (word 0 ts_ms, 1-6 the values, 7 the
+    little-endian ``valid | group << 8 | flags << 16 | set_crc << 32``). ``out`` (feature
+    records, at least m * G) is written instead of a new array (a reused buffer)."""
     if feats.columns != fs.columns:
         raise FeatureLayoutError(f"features of columns {feats.columns[:3]}... are not set {fs.name!r}'s")  # fmt: skip
     m, g = len(feats), fs.n_groups
-    width = g * GROUP_VALUES
     if out is None:
         out = np.empty(m * g, FEATURE_DTYPE)
     elif out.dtype != FEATURE_DTYPE or len(out) < m * g:
         raise FeatureLayoutError(f"pack needs {m * g} feature records to write, not {len(out)}")
     out = out[: m * g]
-    words = out.view(np.float64).reshape(m, g, 8)
-    iw = words.view(np.uint64)
-    cols = len(fs.columns)
-    head = (
-        (np.arange(g, dtype=np.uint64) << np.uint64(8))[None, :]
-        | (feats.flags.astype(np.uint64) << np.uint64(16))[:, None]
-        | np.uint64(fs.crc << 32)
+    wf = out.view(np.float64).reshape(m * g, 8)
+    _pack(
+        np.ascontiguousarray(feats.values),
+        np.ascontiguousarray(feats.ok),
+        np.ascontiguousarray(feats.ts_ms, np.int64),
+        np.ascontiguousarray(feats.flags, np.uint16),
+        np.uint64(fs.crc) << np.uint64(32),
+        g,
+        wf.view(np.int64),
+        wf,
+        wf.view(np.uint64),
     )
-    vals = np.full((_BLOCK, width), np.nan)
-    oks = np.zeros((_BLOCK, width), np.uint8)
-    for lo in range(0, m, _BLOCK):
-        hi = min(lo + _BLOCK, m)
-        k = hi - lo
-        vals[:k, :cols] = feats.values[:, lo:hi].T
-        oks[:k, :cols] = feats.ok[:, lo:hi].T
-        words[lo:hi, :, 1:7] = vals[:k].reshape(k, g, GROUP_VALUES)
-        bits = np.packbits(oks[:k].reshape(k, g, GROUP_VALUES), axis=2, bitorder="little")
-        iw[lo:hi, :, 7] = head[lo:hi] | bits[:, :, 0].astype(np.uint64)
-    iw[:, :, 0] = feats.ts_ms.astype(np.int64).view(np.uint64)[:, None]
     return out
 
 
