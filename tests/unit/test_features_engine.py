@@ -17,6 +17,8 @@ from barstream.services.features.spec import KINDS, FeatureSet, feature_set
 from barstream.shared.record import FLAG_PROVISIONAL, RECORD_DTYPE
 
 DAY_MS = 86_400_000
+# the first test of a fresh checkout compiles the kernels (numba, ~20 s; cached afterwards)
+pytestmark = pytest.mark.timeout(300)
 
 
 def bars_of(points: list[tuple[int, int, int, int]], gaps: list[int], scale: float = 1e-3) -> np.ndarray:  # fmt: skip

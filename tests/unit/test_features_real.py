@@ -28,7 +28,8 @@ from barstream.shared.record import RECORD_DTYPE
 from tests.support import indicators_ref as ref
 from tests.support.bi5 import day_path, read_candles
 
-pytestmark = pytest.mark.real_data
+# the first test of a fresh checkout compiles the kernels (numba, ~20 s; cached afterwards)
+pytestmark = [pytest.mark.real_data, pytest.mark.timeout(300)]
 M1_BARS = 30_000
 HOUR_MS = 3_600_000
 SET: list[dict[str, Any]] = [

@@ -29,7 +29,7 @@ from barstream.shared.alignment import UTC  # noqa: E402
 from tests.support.bi5 import day_path, read_candles  # noqa: E402
 from tests.unit.test_features_real import _histdata_2019  # noqa: E402
 
-pytestmark = pytest.mark.real_data
+pytestmark = [pytest.mark.real_data, pytest.mark.timeout(300)]  # a cold numba compile
 
 
 @pytest.fixture(scope="module")
