@@ -148,6 +148,22 @@ class FakeUpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     start: str = ""
 
 
+class IndicatorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One indicator of a feature set: ``{kind = "rsi", params = {period = 14}}``."""
+
+    kind: str
+    params: dict[str, Any] = {}
+    name: str = ""  # column label; "" = kind and parameter values (rsi_14)
+
+
+class FeatureSetConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A ``[[features]]`` table: indicators computed on bars of ``timeframes``."""
+
+    name: str
+    timeframes: list[str] = msgspec.field(default_factory=lambda: ["1m"])
+    indicators: list[IndicatorConfig] = []
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     downloader: DownloaderConfig = msgspec.field(default_factory=DownloaderConfig)
@@ -157,6 +173,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     fake_upstream: FakeUpstreamConfig = msgspec.field(default_factory=FakeUpstreamConfig)
+    #: ``[[features]]``: feature sets (services/features/spec.py checks the indicators).
+    features: list[FeatureSetConfig] = []
     #: Where the file was read from ("" when built in code); set by ``load``.
     source: str = ""
 
@@ -305,6 +323,43 @@ def _check(cfg: Config) -> None:
         raise bad("fake_upstream.port", cfg.fake_upstream.port, "must be a TCP port")
     if p.port_offset < 0:
         raise bad("pipeline.port_offset", p.port_offset, "must be >= 0")
+    _check_features(cfg, bad)
+
+
+def _check_features(cfg: Config, bad: Any) -> None:
+    """``[[features]]``: unique names, timeframes the pipeline makes, indicators as
+    services/features/spec.py defines them (its errors prefixed with ``features[i].``)."""
+    # local imports: the catalogue of indicator kinds lives with the features stage
+    from barstream.services.features.spec import SpecError, feature_set
+    from barstream.shared.timeframe import Timeframe
+
+    made = {Timeframe.parse("1m")} | {Timeframe.parse(t) for t in cfg.resampler.timeframes}
+    seen: dict[str, int] = {}
+    for i, fs in enumerate(cfg.features):
+        key = f"features[{i}]"
+        if fs.name in seen:
+            raise bad(f"{key}.name", fs.name, f"repeats features[{seen[fs.name]}].name")
+        seen[fs.name] = i
+        if not fs.timeframes:
+            raise bad(f"{key}.timeframes", fs.timeframes, "list at least one timeframe")
+        for j, tf in enumerate(fs.timeframes):
+            try:
+                parsed = Timeframe.parse(tf)
+            except (ConfigError, ValueError):
+                raise bad(
+                    f"{key}.timeframes[{j}]", tf, "not a timeframe (1m, 5m, 1h, 1d...)"
+                ) from None
+            if parsed not in made:
+                why = "not made by the pipeline: 1m or one of resampler.timeframes"
+                raise bad(f"{key}.timeframes[{j}]", tf, why)
+        try:
+            feature_set(
+                fs.name,
+                fs.timeframes,
+                [{"kind": x.kind, "params": x.params, "name": x.name} for x in fs.indicators],
+            )
+        except SpecError as e:
+            raise bad(f"{key}.{e.key}", e.value, e.why) from None
 
 
 # -- TCP ports: the offset and the list of listening ports ---------------------------------
