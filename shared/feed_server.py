@@ -208,13 +208,17 @@ class FeedServer:
         left (a caught-up follower says bye once it saw ``done``); with no peer at all,
         wait ``idle_s`` for one to come. However long connected peers take is waited for
         (a slow downstream is still working); a peer that left before it had everything
-        is waited for ``timeout_s`` to come back — then False (``owed`` names it)."""
+        is waited for ``timeout_s`` to come back — then False (``owed`` names it). Peers
+        that have everything but stay (not in drain mode themselves) are given
+        ``timeout_s`` to say bye, then True."""
         idle_until = time.monotonic() + idle_s
         self._hb_due = True  # tell peers `done` now, not at the next heartbeat
         self.notify()
+        all_since: float | None = None  # since when every connected peer has everything
         while True:
             now = time.monotonic()
             if not self.peers:
+                all_since = None
                 if self._owed:
                     if now - min(t for t, _ in self._owed.values()) > timeout_s:
                         return False
@@ -223,6 +227,11 @@ class FeedServer:
             elif self.drained():
                 self._hb_due = True
                 self.notify()
+                all_since = now if all_since is None else all_since
+                if now - all_since > timeout_s and not self._owed:
+                    return True  # they have it all and stay (not draining themselves)
+            else:
+                all_since = None
             await asyncio.sleep(0.01)
 
     @property
