@@ -68,6 +68,9 @@ def not_candles(body: bytes) -> str | None:
         return f"invalid JSON: {e}"
     if not isinstance(obj, dict) or "times" not in obj:
         return "no 'times' array"
+    for key in ("times", "opens", "highs", "lows", "closes", "volumes"):
+        if key in obj and not isinstance(obj[key], list):
+            return f"{key!r} is a {type(obj[key]).__name__}, not an array"
     return None
 
 
