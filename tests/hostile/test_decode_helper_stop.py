@@ -8,9 +8,10 @@ gets batches large enough to share with its helper. The helper is SIGSTOPped fir
 transformer's wait for its answer times out (``transformer.decode_helper_timeout_s``), the
 helper is killed and counted (``barstream_decode_helper_restarts_total``), the batch is
 decoded in the transformer, one warning line; heartbeats reach the aggregator all along and
-the new days arrive. After the restart delay a new helper is started. The stores equal
-those of a second transformer that then drains the same journal with no helper stopped
-(and the direct decoding of the journal).
+the new days arrive. After the restart delay a new helper is started. The transformer's
+stores equal the direct decoding of the downloader's journal — what a run without the stop
+stores (decoding is pure: tests/integration/test_pipeline.py holds an undisturbed run to
+the same reference).
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import datetime as dt
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +31,6 @@ from barstream.shared.store import Store
 from barstream.shared.timeframe import DAY_MS
 from tests.support.ops import SCRAPE_ERRORS, sample, scrape
 from tests.support.pipeline import (
-    REPO,
     Pipeline,
     caught_up,
     decode_journal,
@@ -209,27 +207,8 @@ def test_a_stopped_helper_does_not_stop_the_flow(tmp_path: Path, ipc_dir: Path) 
             p.kill(name, signal.SIGTERM)
             assert p.procs[name].returncode == 0, p.log_tail(name)
 
-        # A run without the stop: a second transformer (the feed's peer name is free now)
-        # drains the same journal from the same downloader.
-        other = tmp_path / "other"
-        text = p.config_path.read_text()
-        text = text.replace(f'data_dir = "{p.root / "data"}"', f'data_dir = "{other}"')
-        text = text.replace(f'feed = "ipc://{p.ipc}/transformer"', f'feed = "ipc://{p.ipc}/t2"')
-        (tmp_path / "other.toml").write_text(text)
-        drained = subprocess.run(
-            [*(sys.executable, "-m", "barstream.services.transformer"), "--drain"]
-            + ["--config", str(tmp_path / "other.toml")],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert drained.returncode == 0, drained.stderr[-3000:]
-        assert "decode helper" not in drained.stderr, drained.stderr[-3000:]
         for symbol in SYMBOLS:
             got = _stores(p.root / "data", symbol)
-            assert got == _stores(other, symbol), f"{symbol}: differs from a run with no stop"
             with Store.open(
                 p.root / "data" / "downloader" / symbol / "BID" / "fetch.bars", writable=False
             ) as j:
