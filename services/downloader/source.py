@@ -370,7 +370,7 @@ class HttpSource:
                 if deadline.expired or isinstance(reason, TimeoutError):
                     raise self._timed_out(where, timeout_s) from None
                 raise TransientSourceError(
-                    f"connection: {type(reason).__name__}: {reason}", **where
+                    f"connection: {type(reason).__name__}: {_printable(str(reason))}", **where
                 ) from None
         if not body:
             raise TransientSourceError("empty: HTTP 200 with an empty body", status=status, **where)
@@ -381,6 +381,13 @@ class HttpSource:
         return TransientSourceError(
             f"timeout: no complete response in {timeout_s:g} s (downloader.timeout_s)", **where
         )
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` as it may go into a log line: a peer's garbage (a bad status line) quoted
+    and cut, never raw bytes or line breaks."""
+    text = text.strip()
+    return text if text.isprintable() and len(text) <= limit else repr(text[:limit])
 
 
 def _http_date_ms(value: str | None) -> int | None:
