@@ -74,8 +74,13 @@ class Downloader(Service):
 
     async def main(self) -> None:
         server = self.serve_feed(attachments=self.attachments, cut=self.cut)
-        workers = [asyncio.create_task(self.fetcher.follow(st)) for st in self.streams.values()]
-        await self.serve_while(server, *workers)
+        # One task for every stream's walk: a bounded run (end_date) ends when the last
+        # stream's walk does, not the first (serve_while stops at the first task to end).
+        walks = asyncio.create_task(self._follow_all())
+        await self.serve_while(server, walks)
+
+    async def _follow_all(self) -> None:
+        await asyncio.gather(*(self.fetcher.follow(st) for st in self.streams.values()))
 
     def _count_failure(self, kind: str) -> None:
         """A failed HTTP attempt (the source's ``on_failure``): counted by reason; a body
