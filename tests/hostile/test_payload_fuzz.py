@@ -23,6 +23,7 @@ import datetime as dt
 import os
 import random
 import re
+import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -140,6 +141,7 @@ def test_every_hostile_payload_is_refused_counted_and_bounded(
             results = asyncio.run(fetch_all())
             peak = _kib("VmHWM")
             for d, result in zip(days, results, strict=True):
+                assert result is not None, f"{d}: not final by the upstream's clock"
                 dl.fetcher.record_final(st, d, result)  # as the walk does, in date order
             dl.commit()
             journal = dl.stores.stores[st.key].snapshot()
@@ -232,7 +234,7 @@ def test_a_downloader_process_survives_a_random_hostile_upstream(
     text = log.read_text(errors="replace")
     assert proc.returncode == 0, text[-4000:]
     assert "Traceback" not in text, text[-4000:]
-    peak_mib = usage.ru_maxrss / 1024
+    peak_mib = usage.ru_maxrss / 1024  # kB on Linux
     hostile = sum(n for k, n in server.served.items() if k != "good")
     print(f"{sum(server.served.values())} answers, {hostile} hostile; peak RSS {peak_mib:.0f} MiB")
     bound = 150 + WORKERS * PER_REQUEST * 16 + SLACK_MIB  # a baseline + the default limit's
@@ -260,7 +262,7 @@ def test_a_downloader_process_survives_a_random_hostile_upstream(
     assert gaps > 0 and np.isfinite(gaps)
 
 
-def _wait4(pid: int, timeout_s: float) -> tuple[int, int, os.struct_rusage]:  # type: ignore[name-defined]
+def _wait4(pid: int, timeout_s: float) -> tuple[int, int, resource.struct_rusage]:
     """``os.wait4`` for one child, bounded: its exit status and its own resource usage."""
     import time
 
