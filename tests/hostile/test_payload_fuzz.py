@@ -33,11 +33,19 @@ import numpy as np
 import pytest
 
 from barstream.fake.clock import SimClock
-from barstream.fake.upstream import FakeUpstream
-from barstream.services.downloader.fetcher import StreamState
+from barstream.fake.upstream import RECORDED, FakeUpstream
+from barstream.services.downloader.fetcher import StreamState, not_candles
 from barstream.services.downloader.raw_cache import RawCache
 from barstream.services.downloader.service import Downloader
-from barstream.services.downloader.source import FetchResult, day_start_ms, day_url
+from barstream.services.downloader.source import (
+    FetchResult,
+    HttpSource,
+    RequestBudget,
+    RetryPolicy,
+    SourceSettings,
+    day_start_ms,
+    day_url,
+)
 from barstream.shared.config import from_dict
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP
 from barstream.shared.store import Store
@@ -192,6 +200,37 @@ def test_every_hostile_payload_is_refused_counted_and_bounded(
     assert failures.get("timeout", 0) >= 3 * 3, failures  # drip_body, drip_headers, silent
     bound = WORKERS * PER_REQUEST * FAST_LIMIT / (1 << 20) + SLACK_MIB
     assert growth_mib < bound, f"peak RSS grew {growth_mib:.0f} MiB (bound {bound:.0f} MiB)"
+
+
+def test_the_real_corpus_passes_through_a_hostile_first_attempt(real_data: Path) -> None:
+    """The recorded Dukascopy responses (a trading day, a Friday, an empty Saturday) are taken
+    byte for byte — after a hostile first attempt of a seeded kind, gzipped or not."""
+    rng = random.Random(_seed())
+    real = FakeUpstream(
+        clock=SimClock(day_start_ms(dt.date(2026, 7, 20)), speed=0.0), seed=1, real_dir=real_data
+    )
+    days = sorted(RECORDED)
+    first = {_path(sym, day): rng.choice(KINDS) for sym, _, day in days}
+
+    def plan(path: str, n: int) -> str:
+        return first[path] if n == 0 else "good"
+
+    now_ms = day_start_ms(dt.date(2026, 7, 20))
+    with HostileServer(plan, real, server_now_ms=now_ms, seed=rng.getrandbits(32)) as server:
+        for gz in (True, False):
+            settings = SourceSettings(
+                base_url=server.url,
+                timeout_s=1.0,
+                retry=RetryPolicy(max_attempts=2, base_delay_s=0.01, max_delay_s=0.02),
+                gzip=gz,
+            )
+            src = HttpSource(settings, RequestBudget(1000.0, 100))
+            for sym, side, day in days:
+                server.requests.clear()
+                result = asyncio.run(src.fetch_day(sym, side, day))
+                want = (real_data / "dukascopy-json" / RECORDED[(sym, side, day)]).read_bytes()
+                assert result.body == want, f"{day} after {first[_path(sym, day)]}"
+                assert result.attempts == 2 and not not_candles(result.body)
 
 
 @pytest.mark.slow
