@@ -76,10 +76,18 @@ class DownloaderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     cache_only: bool = False
     end_date: dt.date | None = None  # stop at this day (inclusive) instead of following today
     history_start: dict[str, dt.date] = {}
+    #: The most bytes one response body may have, as sent and after gzip/deflate: more is
+    #: refused (``oversized``), retried, then a gap. A day of minute candles is < 1 MB.
+    max_body_bytes: int = 16 << 20
     endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
 
 
 class TransformerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    #: Seconds the decode helper has to take a batch and answer it (plus
+    #: ``decode_helper_timeout_per_day_s`` per day): past it the helper is killed and
+    #: restarted, and that batch is decoded in the transformer.
+    decode_helper_timeout_s: float = 2.0
+    decode_helper_timeout_per_day_s: float = 0.005
     endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
 
 
@@ -277,6 +285,21 @@ def _check(cfg: Config) -> None:
         raise bad("downloader.base_url", d.base_url, "must start with http:// or https://")
     if d.end_date is not None and d.end_date < p.start_date:
         raise bad("downloader.end_date", str(d.end_date), "is before pipeline.start_date")
+    if not 1 << 10 <= d.max_body_bytes <= 1 << 30:
+        raise bad("downloader.max_body_bytes", d.max_body_bytes, "must be 1024 … 1073741824")
+    t = cfg.transformer
+    if not 0 < t.decode_helper_timeout_s <= 600:
+        raise bad(
+            "transformer.decode_helper_timeout_s",
+            t.decode_helper_timeout_s,
+            "must be > 0 and <= 600",
+        )
+    if not 0 <= t.decode_helper_timeout_per_day_s <= 1:
+        raise bad(
+            "transformer.decode_helper_timeout_per_day_s",
+            t.decode_helper_timeout_per_day_s,
+            "must be >= 0 and <= 1",
+        )
     import barstream.shared.timeframe as timeframe  # local: avoids an import cycle at module load
 
     for i, tf in enumerate(cfg.resampler.timeframes):

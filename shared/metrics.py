@@ -85,6 +85,13 @@ class TransformerMetrics:
             STREAM_LABELS,
             registry=base.registry,
         )
+        self.decode_helper_restarts = Counter(
+            PREFIX + "decode_helper_restarts",
+            "Decode helper processes killed and restarted (hung past the timeout, died, "
+            "answered nonsense); their batch was decoded in the transformer.",
+            ["reason"],
+            registry=base.registry,
+        )
 
 
 class ResamplerMetrics:
@@ -275,6 +282,13 @@ class DownloaderMetrics:
             PREFIX + "revisions",
             "Days whose content changed on re-fetch.",
             STREAM_LABELS,
+            registry=r,
+        )
+        self.attempt_failures = Counter(
+            PREFIX + "fetch_attempt_failures",
+            "Failed HTTP attempts by reason (oversized, truncated, timeout, connection, http, "
+            "encoding, empty, refused); each is retried, a day still failing becomes a gap.",
+            ["reason"],
             registry=r,
         )
 

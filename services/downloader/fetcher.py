@@ -10,6 +10,10 @@ each outcome writes is the journal's decision (``journal.py``); the entries go t
 - A final day that is not candle JSON at all (an HTML error page, a cut-off body) is refused
   inside the source's one retry loop (``Source.fetch_day(refuse=...)``): retried within the
   same ``max_retries + 1`` requests, never cached. Judging the candles is the transformer's.
+- A response over ``downloader.max_body_bytes`` (as sent or inflated: a gzip bomb), cut
+  short, or dripping past ``timeout_s`` is refused by the source itself (``http_body``):
+  retried the same way, counted per attempt (``barstream_fetch_attempt_failures_total``),
+  never cached.
 - A day still failing after its retries becomes a gap (logged, counted); a 404 for a day
   the upstream's clock says is not over yet is no gap: the day is decided again later.
 - "Today" is the upstream's clock when it tells us (HTTP ``Date``), else UTC now — the
@@ -68,6 +72,9 @@ def not_candles(body: bytes) -> str | None:
         return f"invalid JSON: {e}"
     if not isinstance(obj, dict) or "times" not in obj:
         return "no 'times' array"
+    for key in ("times", "opens", "highs", "lows", "closes", "volumes"):
+        if key in obj and not isinstance(obj[key], list):
+            return f"{key!r} is a {type(obj[key]).__name__}, not an array"
     return None
 
 

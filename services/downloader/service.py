@@ -57,6 +57,8 @@ class Downloader(Service):
             live=self.stores.root / "live",
         )
         self.fetch_metrics = DownloaderMetrics(self.metrics)
+        if isinstance(self.source, HttpSource) and self.source.on_failure is None:
+            self.source.on_failure = self._count_failure
         self.fetcher = Fetcher(
             self, config, self.source, self.cache, clock, budget, self.fetch_metrics
         )
@@ -72,8 +74,20 @@ class Downloader(Service):
 
     async def main(self) -> None:
         server = self.serve_feed(attachments=self.attachments, cut=self.cut)
-        workers = [asyncio.create_task(self.fetcher.follow(st)) for st in self.streams.values()]
-        await self.serve_while(server, *workers)
+        # One task for every stream's walk: a bounded run (end_date) ends when the last
+        # stream's walk does, not the first (serve_while stops at the first task to end).
+        walks = asyncio.create_task(self._follow_all())
+        await self.serve_while(server, walks)
+
+    async def _follow_all(self) -> None:
+        await asyncio.gather(*(self.fetcher.follow(st) for st in self.streams.values()))
+
+    def _count_failure(self, kind: str) -> None:
+        """A failed HTTP attempt (the source's ``on_failure``): counted by reason; a body
+        over ``downloader.max_body_bytes`` is also an error (``oversized_body``)."""
+        self.fetch_metrics.attempt_failures.labels(kind).inc()
+        if kind == "oversized":
+            self.fetch_metrics.errors.labels("oversized_body").inc()
 
     # -- the fetch schedule's host ------------------------------------------------------
 

@@ -15,8 +15,11 @@ Contract
   (token bucket: ``rate_per_s`` sustained, ``burst`` at once), retries included.
 - One retry loop per fetch (``RetryPolicy``): at most ``max_attempts`` requests, with
   exponential backoff and full jitter (``uniform(0, min(max, base * 2**n))``) between them.
-  Retried: 429 (waiting at least its ``Retry-After``), 408, 425, 5xx, timeouts,
-  refused/reset connections, truncated or undecodable gzip bodies, empty 200 bodies, and
+  Retried: 429 (waiting at least its ``Retry-After``), 408, 425, 5xx, timeouts (the whole
+  request within ``timeout_s``, a dripping body included), refused/reset connections,
+  truncated or undecodable gzip/deflate bodies, bodies over ``max_body_bytes`` as sent or
+  decompressed (``oversized``: a gzip bomb costs that much memory, no more; ``http_body``),
+  other Content-Encodings (``encoding``), empty 200 bodies, and
   bodies the caller's ``refuse`` judges unusable (``fetch_day(..., refuse=...)``: the
   downloader refuses what is not candle JSON at all). Each failed attempt is a
   ``TransientSourceError`` (``status``, ``retry_after_s``); after ``max_attempts`` the fetch
@@ -25,7 +28,9 @@ Contract
   (the latter without a request); any other 4xx raises ``SourceError``; a host name that
   does not resolve (DNS) raises ``HostUnresolved`` after its one request — every retry would
   fail alike (a refused connection is retried: the fake upstream may start after us).
-- Every error names symbol, side, day and URL. A 200 body is returned as received (gunzipped);
+- Every error names symbol, side, day and URL; every failed attempt's kind goes to
+  ``on_failure`` (the downloader's ``barstream_fetch_attempt_failures_total``). A refused
+  body is never returned, so never cached. A 200 body is returned as received (decoded);
   judging its candles is the transformer's job.
 - ``body_digest`` = the first 8 bytes of ``blake2b(body)`` as a little-endian uint64, the value
   of ``JOURNAL_DTYPE['digest']``.
@@ -36,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
-import gzip
 import hashlib
 import http.client
 import random
@@ -45,12 +49,20 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol, TypedDict
 
+from barstream.services.downloader.budget import RequestBudget, RetryPolicy
+from barstream.services.downloader.http_body import (
+    DEFAULT_MAX_BODY_BYTES,
+    BodyRefused,
+    Deadline,
+    connections,
+    decode_body,
+    read_body,
+)
 from barstream.shared.config import DownloaderConfig
 from barstream.shared.errors import (
     HostUnresolved,
@@ -123,72 +135,6 @@ class Source(Protocol):
     async def fetch_live(self, symbol: str, side: str, day: dt.date) -> FetchResult: ...
 
 
-class RequestBudget:
-    """A token bucket shared by every request of the process: ``rate_per_s`` sustained,
-    ``burst`` back to back. Waiters are served in arrival order."""
-
-    def __init__(
-        self, rate_per_s: float, burst: int = 1, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if not rate_per_s > 0:
-            raise ValueError(f"rate_per_s = {rate_per_s!r}: must be > 0")
-        if burst < 1:
-            raise ValueError(f"burst = {burst!r}: must be >= 1")
-        self.rate_per_s = float(rate_per_s)
-        self.burst = burst
-        self._clock = clock
-        self._tokens = float(burst)
-        self._stamp = clock()
-        self._lock = asyncio.Lock()
-        self.requests_total = 0
-        self.waits_total = 0
-        self.wait_seconds_total = 0.0
-
-    async def acquire(self) -> float:
-        """Take one token, waiting for it if needed; returns the seconds waited."""
-        async with self._lock:
-            self._refill()
-            waited = 0.0
-            if self._tokens < 1.0:
-                waited = (1.0 - self._tokens) / self.rate_per_s
-                self.waits_total += 1
-                self.wait_seconds_total += waited
-                await asyncio.sleep(waited)
-                self._refill()
-            self._tokens = max(self._tokens - 1.0, 0.0)
-            self.requests_total += 1
-            return waited
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate_per_s)
-        self._stamp = now
-
-    def __repr__(self) -> str:
-        return (
-            f"<RequestBudget rate_per_s={self.rate_per_s:g} burst={self.burst} "
-            f"requests={self.requests_total} waits={self.waits_total} "
-            f"wait_s={self.wait_seconds_total:.3f}>"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Backoff with full jitter; ``Retry-After`` is a floor, capped at ``max_retry_after_s``."""
-
-    max_attempts: int = 6
-    base_delay_s: float = 0.5
-    max_delay_s: float = 30.0
-    max_retry_after_s: float = 120.0
-
-    def delay_s(self, retry: int, rng: random.Random, retry_after_s: float | None = None) -> float:
-        """Seconds to wait before retry number ``retry`` (1 = the first retry)."""
-        delay = rng.uniform(0.0, min(self.max_delay_s, self.base_delay_s * 2 ** (retry - 1)))
-        if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, self.max_retry_after_s))
-        return delay
-
-
 @dataclass(frozen=True, slots=True)
 class SourceSettings:
     base_url: str = DEFAULT_BASE_URL
@@ -198,6 +144,8 @@ class SourceSettings:
     history_start: Mapping[str, dt.date] = field(default_factory=dict)
     user_agent: str = USER_AGENT
     gzip: bool = True
+    #: The most bytes one response body may have, as sent and decompressed (``http_body``).
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 def day_start_ms(day: dt.date) -> int:
@@ -256,11 +204,14 @@ class HttpSource:
         self.budget = budget
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
-        self._opener = urllib.request.build_opener()
+        self._opener = urllib.request.build_opener(*connections())
         self.attempts_total = 0
         self.retries_total = 0
         self.statuses: Counter[int] = Counter()
         self.failures: Counter[str] = Counter()
+        #: Called with the kind of every failed attempt (``oversized``, ``timeout``, …: the
+        #: reason's first word); the downloader counts them in its metrics.
+        self.on_failure: Callable[[str], None] | None = None
 
     @classmethod
     def from_config(cls, d: DownloaderConfig, budget: RequestBudget) -> HttpSource:
@@ -271,6 +222,7 @@ class HttpSource:
             timeout_s=d.timeout_s,
             retry=retry,
             history_start=dict(d.history_start),
+            max_body_bytes=d.max_body_bytes,
         )
         return cls(settings, budget)
 
@@ -331,7 +283,10 @@ class HttpSource:
                 raise TransientSourceError(f"refused: {why}", **where)
             except TransientSourceError as retry:
                 last, last_status = retry.reason, retry.status
-                self.failures[retry.reason.split(":")[0]] += 1
+                kind = retry.reason.split(":")[0]
+                self.failures[kind] += 1
+                if self.on_failure is not None:
+                    self.on_failure(kind)
                 if attempt == policy.max_attempts:
                     break
                 self.retries_total += 1
@@ -346,17 +301,18 @@ class HttpSource:
     async def _attempt(self, where: _Where) -> tuple[int, bytes, int | None]:
         timeout_s = self.settings.timeout_s
         try:
+            # A backstop only: the request's own Deadline ends the thread's wait first.
             async with asyncio.timeout(timeout_s + 1.0):
                 status, body, server_ms = await asyncio.to_thread(self._get, where, timeout_s)
         except TimeoutError:
-            raise TransientSourceError(
-                f"timeout: no complete response in {timeout_s:g} s", **where
-            ) from None
+            raise self._timed_out(where, timeout_s) from None
         self.statuses[status] += 1
         return status, body, server_ms
 
     def _get(self, where: _Where, timeout_s: float) -> tuple[int, bytes, int | None]:
-        """One blocking GET (runs in a worker thread). A failed attempt worth another raises
+        """One blocking GET (runs in a worker thread), bounded in time (``Deadline``: the
+        whole request in ``timeout_s``) and in bytes (``max_body_bytes``, before and after
+        decompression: ``http_body``). A failed attempt worth another raises
         ``TransientSourceError``; 404 ``NotFound``, any other 4xx ``SourceError`` (each
         with the response's ``Date`` as ``server_ms``); a host that does not resolve
         ``HostUnresolved``."""
@@ -364,52 +320,74 @@ class HttpSource:
         if self.settings.gzip:
             headers["Accept-Encoding"] = "gzip"
         request = urllib.request.Request(where["url"], headers=headers)
-        try:
-            with self._opener.open(request, timeout=timeout_s) as response:
-                status = int(response.status)
-                raw = response.read()
-                encoding = response.headers.get("Content-Encoding", "")
-                server_ms = _http_date_ms(response.headers.get("Date"))
-        except urllib.error.HTTPError as exc:
-            self.statuses[exc.code] += 1
-            with exc:
-                retry_after = _retry_after_s(exc.headers.get("Retry-After"))
-            if exc.code >= 500 or exc.code in RETRY_STATUSES:
-                raise TransientSourceError(
-                    f"http: HTTP {exc.code}", status=exc.code, retry_after_s=retry_after, **where
-                ) from None
-            err = (
-                NotFound("HTTP 404: no such instrument or day", **where)
-                if exc.code == 404
-                else SourceError(f"HTTP {exc.code}: {exc.reason}", **where)
-            )
-            err.server_ms = _http_date_ms(exc.headers.get("Date"))  # the upstream's clock
-            raise err from None
-        except http.client.IncompleteRead as exc:
-            raise TransientSourceError(
-                f"truncated: body ended after {len(exc.partial)} bytes", **where
-            ) from None
-        except (TimeoutError, OSError, http.client.HTTPException, urllib.error.URLError) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            if isinstance(reason, socket.gaierror):  # the next request would fail alike
-                host = urllib.parse.urlsplit(where["url"]).hostname
-                raise HostUnresolved(
-                    f"dns: host {host!r} does not resolve: {reason}", **where
-                ) from None
-            kind = "timeout" if isinstance(reason, TimeoutError) else "connection"
-            raise TransientSourceError(
-                f"{kind}: {type(reason).__name__}: {reason}", **where
-            ) from None
-        if "gzip" in encoding.lower():
+        limit = self.settings.max_body_bytes
+        with Deadline(timeout_s) as deadline:
             try:
-                raw = gzip.decompress(raw)
-            except (EOFError, OSError, zlib.error) as exc:
+                with self._opener.open(request, timeout=timeout_s) as response:
+                    status = int(response.status)
+                    encoding = response.headers.get("Content-Encoding", "")
+                    server_ms = _http_date_ms(response.headers.get("Date"))
+                    raw = read_body(response, limit)
+                if deadline.expired:  # a body sent until close, cut by the deadline
+                    raise TimeoutError("deadline")
+                body = decode_body(raw, encoding, limit)
+            except BodyRefused as exc:
+                if deadline.expired:
+                    raise self._timed_out(where, timeout_s) from None
+                raise TransientSourceError(str(exc), status=status, **where) from None
+            except urllib.error.HTTPError as exc:
+                self.statuses[exc.code] += 1
+                with exc:
+                    retry_after = _retry_after_s(exc.headers.get("Retry-After"))
+                if exc.code >= 500 or exc.code in RETRY_STATUSES:
+                    raise TransientSourceError(
+                        f"http: HTTP {exc.code}",
+                        status=exc.code,
+                        retry_after_s=retry_after,
+                        **where,
+                    ) from None
+                err = (
+                    NotFound("HTTP 404: no such instrument or day", **where)
+                    if exc.code == 404
+                    else SourceError(f"HTTP {exc.code}: {exc.reason}", **where)
+                )
+                err.server_ms = _http_date_ms(exc.headers.get("Date"))  # the upstream's clock
+                raise err from None
+            except http.client.IncompleteRead as exc:
+                if deadline.expired:
+                    raise self._timed_out(where, timeout_s) from None
                 raise TransientSourceError(
-                    f"truncated: gzip body does not decode ({exc})", **where
+                    f"truncated: body ended after {len(exc.partial)} bytes", **where
                 ) from None
-        if not raw:
+            except (TimeoutError, OSError, http.client.HTTPException, ValueError) as exc:
+                # ValueError: http.client on a garbled status line or chunk size
+                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                if isinstance(reason, socket.gaierror):  # the next request would fail alike
+                    host = urllib.parse.urlsplit(where["url"]).hostname
+                    raise HostUnresolved(
+                        f"dns: host {host!r} does not resolve: {reason}", **where
+                    ) from None
+                if deadline.expired or isinstance(reason, TimeoutError):
+                    raise self._timed_out(where, timeout_s) from None
+                raise TransientSourceError(
+                    f"connection: {type(reason).__name__}: {_printable(str(reason))}", **where
+                ) from None
+        if not body:
             raise TransientSourceError("empty: HTTP 200 with an empty body", status=status, **where)
-        return status, raw, server_ms
+        return status, body, server_ms
+
+    @staticmethod
+    def _timed_out(where: _Where, timeout_s: float) -> TransientSourceError:
+        return TransientSourceError(
+            f"timeout: no complete response in {timeout_s:g} s (downloader.timeout_s)", **where
+        )
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` as it may go into a log line: a peer's garbage (a bad status line) quoted
+    and cut, never raw bytes or line breaks."""
+    text = text.strip()
+    return text if text.isprintable() and len(text) <= limit else repr(text[:limit])
 
 
 def _http_date_ms(value: str | None) -> int | None:

@@ -18,11 +18,19 @@ Contract
   barstream.services.transformer.decode_process``: numpy, msgspec and the decoder only) and
   is used once it is ready; until then batches are decoded locally.
 * **Bounded waits.** Sending a request and reading its answer each have a deadline of
-  ``answer_timeout_s + timeout_per_day_s × days`` (the answer's counted from when the
-  transformer has finished its own share). A helper that exits or dies is seen at once (EOF
-  or a broken pipe); one that hangs (stopped, stuck) when the deadline passes. Either way the
-  helper is killed, marked unusable for the life of this object, one warning is logged, and
-  the batch — and every later one — is decoded in the transformer. Nothing is lost.
+  ``answer_timeout_s + timeout_per_day_s × days`` (``transformer.decode_helper_timeout_s``
+  and ``decode_helper_timeout_per_day_s``; the answer's counted from when the transformer
+  has finished its own share). A helper that exits or dies is seen at once (EOF or a broken
+  pipe); one that hangs (stopped by SIGSTOP, stuck) when the deadline passes; one that
+  answers nonsense at once. Either way the helper is killed, its work is decoded in the
+  transformer (nothing is lost, the result is the same), ``on_restart(reason)`` counts it
+  (``barstream_decode_helper_restarts_total{reason}``: ``timeout``, ``exited``,
+  ``bad_answer``), one warning line is logged, and a new helper is started with the next
+  large batch — after ``restart_delay_s``, doubled for each failure in a row up to
+  ``RESTART_MAX_S`` (a helper that keeps hanging costs one deadline per delay, not one per
+  batch); an answered request resets the delay. Until it is ready, batches are decoded in
+  the transformer. A helper that cannot be started at all (no memfd, no interpreter) is
+  not tried again: one warning, everything decoded in the transformer.
 
 The helper process and the wire (its stdin/stdout pipes, enlarged to 1 MiB where the OS
 allows, and a memfd) are ``decode_process``; docs/PROTOCOL.md draws the frames too.
@@ -60,6 +68,10 @@ HELPER_MIN_DAYS: Final = 16
 #: helper decodes a day in ≈ 0.5 ms; the slack covers a loaded machine).
 ANSWER_TIMEOUT_S: Final = 2.0
 TIMEOUT_PER_DAY_S: Final = 0.005
+#: Seconds before a failed helper is started again (doubled per failure in a row, at most
+#: RESTART_MAX_S).
+RESTART_DELAY_S: Final = 1.0
+RESTART_MAX_S: Final = 60.0
 _PIPE_BYTES: Final = 1 << 20
 _IOV_MAX: Final = 1024
 
@@ -89,12 +101,20 @@ class DecodeHelper:
         min_days: int = HELPER_MIN_DAYS,
         answer_timeout_s: float = ANSWER_TIMEOUT_S,
         timeout_per_day_s: float = TIMEOUT_PER_DAY_S,
+        restart_delay_s: float = RESTART_DELAY_S,
         decode_local: LocalDecode = decode_here,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.min_days = min_days
         self.answer_timeout_s = answer_timeout_s
         self.timeout_per_day_s = timeout_per_day_s
+        self.restart_delay_s = restart_delay_s
         self.decode_local = decode_local
+        self.on_restart = on_restart
+        #: Helpers killed for failing (each restarted with a later large batch).
+        self.restarts = 0
+        self._failures_in_row = 0
+        self._start_after = 0.0  # time.monotonic() before which no helper is started
         #: Share of a large batch's body bytes given to the helper (adapted per batch).
         self.share = 0.5
         #: Days the helper answered for (its share of every batch it took).
@@ -105,16 +125,25 @@ class DecodeHelper:
         self._capacity = 0
         self._ready = False
         self._pending: list[int] | None = None  # request in flight: body lengths
-        self._failed = False  # once failed, never started again (decode in-process)
+        self._broken = False  # could not be started: never tried again (decode in-process)
 
     def __repr__(self) -> str:
-        state = "failed" if self._failed else "ready" if self._ready else "idle"
-        return f"<DecodeHelper {state} days={self.days} share={self.share:.2f}>"
+        state = "broken" if self._broken else "ready" if self._ready else "idle"
+        return (
+            f"<DecodeHelper {state} days={self.days} share={self.share:.2f} "
+            f"restarts={self.restarts}>"
+        )
 
     @property
     def usable(self) -> bool:
-        """False once the helper failed: every batch is then decoded in the transformer."""
-        return not self._failed
+        """False once a helper could not be started at all: every batch is then decoded in
+        the transformer. (A helper that failed is restarted: still usable.)"""
+        return not self._broken
+
+    @property
+    def pid(self) -> int | None:
+        """The running helper's process id (None: none running)."""
+        return self._proc.pid if self._proc is not None else None
 
     def decode(self, symbol: str, side: str, items: list[Item]) -> list[Decoded]:
         """For each item, its records or its ``PayloadInvalid`` (``bulk.decode_days``),
@@ -145,6 +174,7 @@ class DecodeHelper:
         if got is None:
             out.extend(local(symbol, side, theirs))
             return out
+        self._failures_in_row = 0
         self.days += len(theirs)
         for item, records in zip(theirs, got, strict=True):
             # None: failed there; decode here for the exact error
@@ -154,8 +184,9 @@ class DecodeHelper:
     # --- the helper process ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the helper (returns at once; ``ready()`` says when it can take work)."""
-        if self._proc is not None or self._failed:
+        """Start the helper (returns at once; ``ready()`` says when it can take work); after
+        a failure, not before its restart delay has passed."""
+        if self._proc is not None or self._broken or time.monotonic() < self._start_after:
             return
         try:
             self._memfd = os.memfd_create("barstream-decode", os.MFD_CLOEXEC)
@@ -172,7 +203,9 @@ class DecodeHelper:
                 pass_fds=(self._memfd,),
             )
         except (OSError, AttributeError) as e:  # no memfd_create / cannot spawn
-            self._fail(f"could not start: {e}")
+            log.warning("decode helper could not start (%s); decoding in the transformer", e)
+            self._broken = True
+            self.close()
             return
         assert self._proc.stdin is not None and self._proc.stdout is not None
         for pipe in (self._proc.stdin, self._proc.stdout):
@@ -183,7 +216,10 @@ class DecodeHelper:
     def ready(self) -> bool:
         """Whether the helper has started (it writes one byte once imported)."""
         proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return False
+        if proc.poll() is not None:
+            self._fail("exited", f"exited with status {proc.returncode}")
             return False
         if not self._ready:
             assert proc.stdout is not None
@@ -192,7 +228,7 @@ class DecodeHelper:
             if readable:
                 self._ready = os.read(fd, len(READY)) == READY
                 if not self._ready:
-                    self._fail("did not start")
+                    self._fail("exited", "did not start")
         return self._ready
 
     def submit(self, symbol: str, side: str, items: list[Item]) -> bool:
@@ -217,7 +253,8 @@ class DecodeHelper:
         try:
             _send(proc.stdin.fileno(), [lengths, header, *bodies], self._deadline(len(items)))
         except (OSError, TimeoutError) as e:  # BrokenPipeError: the helper is gone
-            self._fail(f"could not send work: {e}")
+            reason = "timeout" if isinstance(e, TimeoutError) else "exited"
+            self._fail(reason, f"took no work ({e})")
             return False
         self._pending = [len(b) for b in bodies]
         return True
@@ -236,13 +273,19 @@ class DecodeHelper:
         try:
             (size,) = ANSWER_HEAD.unpack(_recv_exact(fd, ANSWER_HEAD.size, deadline))
             counts = msgspec.msgpack.decode(_recv_exact(fd, size, deadline), type=list[int])
-        except (EOFError, OSError, TimeoutError, msgspec.DecodeError) as e:
-            self._fail(f"no answer: {e}")
+        except TimeoutError as e:
+            self._fail("timeout", f"did not answer in time ({e})")
+            return None
+        except (EOFError, OSError) as e:
+            self._fail("exited", f"gave no answer ({e})")
+            return None
+        except msgspec.DecodeError as e:
+            self._fail("bad_answer", f"answered nonsense ({e})")
             return None
         if len(counts) != len(pending) or sum(max(c, 0) for c in counts) * RECORD_SIZE > (
             self._capacity
         ):
-            self._fail(f"bad answer: {len(counts)} counts for {len(pending)} days")
+            self._fail("bad_answer", f"answered {len(counts)} counts for {len(pending)} days")
             return None
         assert self._map is not None
         out: list[np.ndarray | None] = []
@@ -275,21 +318,36 @@ class DecodeHelper:
         if self._memfd >= 0:
             os.close(self._memfd)
             self._memfd = -1
+        self._capacity = 0  # a new helper gets a new, empty memfd
         self._ready = False
 
     def _deadline(self, days: int) -> float:
         return time.monotonic() + self.answer_timeout_s + days * self.timeout_per_day_s
 
-    def _fail(self, why: str) -> None:
-        if not self._failed:
-            log.warning("decode helper %s; decoding in the transformer from now on", why)
-        self._failed = True
+    def _fail(self, reason: str, why: str) -> None:
+        """Kill the helper (a stopped one too), count it and log one line; a new one is
+        started with a large batch after the restart delay."""
         proc = self._proc
+        pid = proc.pid if proc is not None else None
         if proc is not None and proc.poll() is None:
-            proc.kill()  # also ends a stopped (SIGSTOP) helper
+            proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) helper
         self._ready = False
         self._pending = None
         self.close()
+        self.restarts += 1
+        self._failures_in_row += 1
+        delay = min(RESTART_MAX_S, self.restart_delay_s * 2 ** (self._failures_in_row - 1))
+        self._start_after = time.monotonic() + delay
+        if self.on_restart is not None:
+            self.on_restart(reason)
+        log.warning(
+            "decode helper (pid %s) %s: killed; its work is decoded in the transformer; "
+            "restart %d in %.3g s",
+            pid,
+            why,
+            self.restarts,
+            delay,
+        )
 
 
 def _send(fd: int, parts: list[bytes], deadline: float) -> None:

@@ -63,13 +63,21 @@ class Transformer(Service):
         self.held: dict[str, dict[str, object]] = dict(held) if isinstance(held, dict) else {}
         self.payloads_ok = 0
         self.payloads_bad = 0
-        self.held_gauge = TransformerMetrics(self.metrics).held_streams
+        metrics = TransformerMetrics(self.metrics)
+        self.held_gauge = metrics.held_streams
         for stream in self.held:
             self.held_gauge.labels(*stream_labels(stream, strict=False)).set(1)
         self.payload_errors = self.metrics.errors.labels("payload_invalid")
         #: Helper process decoding part of each large batch on the other core (it splits
-        #: the work between the two processes).
-        self.helper = DecodeHelper()
+        #: the work between the two processes); one that hangs or dies is killed, counted
+        #: and restarted, its work decoded here (decode_pool).
+        t = config.transformer
+        restarts = metrics.decode_helper_restarts
+        self.helper = DecodeHelper(
+            answer_timeout_s=t.decode_helper_timeout_s,
+            timeout_per_day_s=t.decode_helper_timeout_per_day_s,
+            on_restart=lambda reason: restarts.labels(reason).inc(),
+        )
 
     async def main(self) -> None:
         await self.follow_and_serve(cut=version_cut)

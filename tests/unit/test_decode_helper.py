@@ -2,7 +2,8 @@
 
 Whatever the helper does — decodes its share, fails a day, hangs (SIGSTOP) or dies mid-batch
 — ``decode`` returns exactly ``decode_days`` over the batch; a hung or dead helper is noticed
-within a bounded time, logged once, and never used again.
+within a bounded time, killed, counted (``on_restart``), logged in one line, and a new one is
+started after the restart delay.
 """
 
 from __future__ import annotations
@@ -112,10 +113,20 @@ def test_small_batch_never_starts_the_helper() -> None:
 
 def test_hung_helper_is_detected_in_bounded_time(caplog: pytest.LogCaptureFixture) -> None:
     """A stopped helper (SIGSTOP) never answers: the deadline ends the wait, the batch is
-    decoded here, the helper is killed and never used again; one warning."""
+    decoded here, the helper is killed and counted, one warning; batches within the restart
+    delay are decoded here at once, and after it a new helper takes its share again."""
     items = _items(20)
     local = _Local()
-    helper = _started(DecodeHelper(answer_timeout_s=1.0, timeout_per_day_s=0.0, decode_local=local))
+    reasons: list[str] = []
+    helper = _started(
+        DecodeHelper(
+            answer_timeout_s=1.0,
+            timeout_per_day_s=0.0,
+            restart_delay_s=1.5,
+            decode_local=local,
+            on_restart=reasons.append,
+        )
+    )
     proc = helper._proc
     assert proc is not None
     try:
@@ -126,17 +137,32 @@ def test_hung_helper_is_detected_in_bounded_time(caplog: pytest.LogCaptureFixtur
             took = time.monotonic() - began
             _assert_same(got, _expected(items))
             assert took < 1.0 + 5.0, f"waited {took:.1f} s for a hung helper"
-            assert not helper.usable and helper.days == 0
+            assert helper.usable and helper.days == 0
+            assert (helper.restarts, reasons) == (1, ["timeout"])
             assert sum(local.calls) == len(items)
             assert proc.poll() is not None, "the hung helper was not killed"
-            # later batches: decoded here at once, the helper not restarted, no new warning
+            # within the restart delay: decoded here at once, no helper, no new warning
             began = time.monotonic()
             _assert_same(helper.decode("EUR-USD", "BID", items), _expected(items))
             assert time.monotonic() - began < 1.0
             assert helper._proc is None
         warnings = [r for r in caplog.records if r.name == LOGGER]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
-        assert "decoding in the transformer from now on" in warnings[0].getMessage()
+        text = warnings[0].getMessage()
+        assert f"pid {proc.pid}" in text and "did not answer in time" in text, text
+        assert "decoded in the transformer" in text and "restart 1 in 1.5 s" in text, text
+        # after the delay the next large batch starts a new helper, used once it is ready
+        wait_for(
+            lambda: helper.decode("EUR-USD", "BID", items) is not None and helper.ready(),
+            20,
+            what="a new decode helper",
+            every_s=0.1,
+        )
+        assert helper.pid is not None and helper.pid != proc.pid
+        days = helper.days
+        _assert_same(helper.decode("EUR-USD", "BID", items), _expected(items))
+        assert helper.days > days, "the restarted helper took no work"
+        assert helper.restarts == 1
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -165,7 +191,7 @@ def test_helper_killed_mid_batch_is_noticed_at_once(caplog: pytest.LogCaptureFix
         _assert_same(got, _expected(items))
         assert took < 10.0, f"waited {took:.1f} s for a dead helper"
         assert local.calls[0] < len(items), "the helper was not sent its share"
-        assert not helper.usable and helper.days == 0
+        assert helper.usable and helper.days == 0 and helper.restarts == 1
         assert sum(local.calls) == len(items)  # its share decoded here after all
         assert len([r for r in caplog.records if r.name == LOGGER]) == 1
     finally:
