@@ -33,7 +33,9 @@ from barstream.shared import sockets
 from barstream.shared.checkpoint import UpstreamMark
 from barstream.shared.errors import Malformed
 from barstream.shared.metrics import Metrics
+from barstream.shared.names import printable
 from barstream.shared.protocol import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S
+from barstream.shared.ratelog import RateLimitedLog
 from barstream.shared.sockets import Wakeup
 from barstream.shared.store import Store
 from barstream.shared.storeset import StoreSet
@@ -115,6 +117,8 @@ class FeedServer:
         self.done = False  # drain mode: this service has no more input
         self.peers: dict[bytes, _Peer] = {}
         self.malformed = 0
+        #: Malformed messages are all counted; logged first per peer, then summarised.
+        self.badlog = RateLimitedLog(log, "malformed messages")
         self.batches_out = 0
         self.records_out = 0
         self._sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
@@ -217,6 +221,7 @@ class FeedServer:
         self._pump()
         now = time.monotonic()
         if now >= self._next_hb or self._hb_due:
+            self.badlog.flush()
             self._hb_due = False
             self._heartbeat(now)
             self._next_hb = now + HEARTBEAT_INTERVAL_S
@@ -251,7 +256,7 @@ class FeedServer:
             log.info(
                 "%s: peer %s hello (connection %d, %d streams)",
                 self.endpoint,
-                msg.name,
+                printable(msg.name, 64),
                 msg.conn,
                 len(msg.streams),
             )
@@ -378,8 +383,13 @@ class FeedServer:
         self.malformed += 1
         if self.metrics is not None:
             self.metrics.malformed.labels("feed_server").inc()
-        log.warning(
-            "%s: dropped malformed message from peer %s: %s", self.endpoint, ident.hex()[:12], why
+        peer = ident.hex()[:12]
+        why = printable(why, 300)
+        self.badlog.event(
+            self.endpoint,
+            peer,
+            why,
+            f"{self.endpoint}: dropped malformed message from peer {peer}: {why}",
         )
 
     def _update_peer_gauge(self) -> None:

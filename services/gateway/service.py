@@ -30,15 +30,18 @@ import zmq
 
 from barstream.services.gateway.dispatch import Dispatcher
 from barstream.services.gateway.publish import Publisher
+from barstream.services.resampler.resample import plan
 from barstream.shared import gateway_protocol as gp
 from barstream.shared import protocol as feed_protocol
 from barstream.shared import sockets
+from barstream.shared.alignment import PRESETS
 from barstream.shared.config import Config
-from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.header import StoreMeta
 from barstream.shared.metrics import GatewayMetrics
+from barstream.shared.names import RejectedName, StreamNames, printable
 from barstream.shared.record import KIND_BARS
-from barstream.shared.service import Change, Changes, Service, upstream_key_meta
+from barstream.shared.service import Change, Changes, Service
+from barstream.shared.sessions import sessions_of
 
 #: Replies queued per request peer before the gateway drops further replies to it.
 REPLY_HWM: Final = 1000
@@ -99,6 +102,18 @@ class Gateway(Service):
             upstream=lambda: self.upstream,
         )
 
+    def take_names(self) -> StreamNames:
+        """The resampler's stores of the configured symbols and sides: 1m and every
+        timeframe its cascade makes (the configured ones and the steps they need)."""
+        rc = self.config.resampler
+        alignment = PRESETS[rc.alignment]
+        tfs = {"1m"}
+        for symbol in self.config.pipeline.symbols:
+            sessions = sessions_of(rc.sessions.get(symbol, [])) or None
+            tfs.update(str(tf) for tf in plan(rc.timeframes, alignment, sessions))
+        p_cfg = self.config.pipeline
+        return StreamNames(p_cfg.symbols, p_cfg.sides, tfs)
+
     # -- lifecycle ----------------------------------------------------------------------
 
     async def main(self) -> None:
@@ -154,15 +169,22 @@ class Gateway(Service):
         does the replica (rewritten only from the first record that differs)."""
         if batch.kind != KIND_BARS:
             self.dispatch.count_error("upstream-kind")
-            self.log.error(
-                "upstream stream %s holds kind %d, not bars; ignored", batch.stream, batch.kind
+            stream = printable(batch.stream)
+            self.rejectlog.event(
+                "",
+                f"upstream stream {stream}",
+                f"kind {batch.kind}",
+                f"upstream stream {stream} holds kind {batch.kind}, not bars; ignored",
             )
             return ()
         try:
-            meta = upstream_key_meta(batch.stream)
-        except UpstreamInvalid as e:
+            meta = self.upstream_names.check(batch.stream)
+        except RejectedName as e:
+            self.metrics.rejected.labels("feed_client", e.reason).inc()
             self.dispatch.count_error("upstream-key")
-            self.log.error("upstream stream name refused: %s; ignored", e)
+            self.rejectlog.event(
+                "", "upstream names", str(e), f"upstream stream name refused: {e}; ignored"
+            )
             return ()
         key = self.stores.ensure(meta).meta.key
         self.publisher.topic(key)
