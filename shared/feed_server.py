@@ -50,6 +50,10 @@ BATCH_MAX_RECORDS: Final = 65536
 ZERO_COPY_MIN_BYTES: Final = 64 << 10
 #: A hello's or credit's ``credit`` outside 0..CREDIT_MAX is refused / counted malformed.
 CREDIT_MAX: Final = 100_000
+#: Messages queued for one peer at most (zmq SNDHWM). Credits bound what a follower is
+#: sent; this bounds what a peer that never reads (error replies, heartbeats) costs us: past
+#: it the peer is dropped (ROUTER_MANDATORY: EAGAIN), never queued in memory without end.
+PEER_QUEUE_MAX: Final = 10_000
 
 #: ``attachments(key, start, records)`` → one extra frame per record (the downloader's bodies).
 Attachments = Callable[[str, int, np.ndarray], list[bytes]]
@@ -124,7 +128,7 @@ class FeedServer:
         self._sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._sock.setsockopt(zmq.SNDHWM, 0)
+        self._sock.setsockopt(zmq.SNDHWM, PEER_QUEUE_MAX)
         self._sock.setsockopt(zmq.RCVHWM, 10000)
         self.bound = sockets.bind(self._sock, endpoint, config_key)
         self._wake: Wakeup | None = None

@@ -3,6 +3,7 @@ ipc endpoints and free metrics ports, and a hand-rolled upstream that says anyth
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -68,6 +69,8 @@ def spawn(service: str, cfg: Path, log: Path) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
+            # SIGABRT (stop() of a process that does not stop) dumps every thread's stack
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
 
 
@@ -111,9 +114,16 @@ class FakeUpstream:
         self.sock.send_multipart([self.ident, p.encode(hb)])
 
     def drain(self) -> None:
-        """Read (and drop) what the follower sent: credits, keepalives."""
+        """Read what the follower sent (credits, keepalives: dropped); a new hello (it
+        reconnected) becomes the connection later batches answer."""
         while self.sock.poll(0):
-            self.sock.recv_multipart()
+            frames = self.sock.recv_multipart()
+            try:
+                msg = p.decode_up(frames[1])
+            except Exception:
+                continue
+            if isinstance(msg, p.Hello):
+                self.ident, self.conn = frames[0], msg.conn
 
     def close(self) -> None:
         self.sock.close(linger=0)
