@@ -84,6 +84,10 @@ class Change:
 #: The kind of stream (the key's third part) each stage's upstream serves.
 UPSTREAM_KINDS: Final = {"transformer": "fetch", "aggregator": "days", "resampler": "1m"}
 
+#: What a stage's ``handle`` may raise on upstream records it cannot compute with: the batch
+#: is a counted rejection (``reason="bad-records"``), never an exit.
+INPUT_ERRORS: Final = (ValueError, KeyError, IndexError, ArithmeticError, UpstreamInvalid)
+
 #: What a stage's handler returns for one upstream batch: its changes, applied in order.
 Changes = Sequence[Change]
 
@@ -160,6 +164,12 @@ class Service(abc.ABC):
         override it; ``Service.apply`` carries the changes out."""
         raise NotImplementedError(f"{type(self).__name__} follows no upstream feed")
 
+    def forget(self, stream: str) -> None:
+        """A batch of upstream ``stream`` raised inside ``handle``: drop any state the stage
+        keeps in memory for it, so the next batch starts from the stores (the resampler's
+        cascade). Nothing was written: ``handle`` only returns changes."""
+        return None
+
     def take_names(self) -> StreamNames:
         """The upstream store keys this stage takes: the configured symbols and sides, and
         the kind its upstream serves (``UPSTREAM_KINDS``); a stage with another rule
@@ -173,7 +183,17 @@ class Service(abc.ABC):
         ``apply``; the end of each burst commits."""
 
         async def on_batch(batch: p.Batch, records: np.ndarray, attachments: list[bytes]) -> None:
-            self.apply(self.handle(batch, records, attachments))
+            try:
+                changes = self.handle(batch, records, attachments)
+            except INPUT_ERRORS as e:
+                # Records that break the stage's arithmetic (a ValueError of numpy, a key or
+                # index they point past): the batch is rejected, not the service — a restart
+                # would get the same batch again and exit again (issue 16's crash loops).
+                self.metrics.rejected.labels("feed_client", "bad-records").inc()
+                self.forget(batch.stream)
+                self.reject(batch, UpstreamInvalid(f"{type(e).__name__}: {e}", stream=batch.stream))
+                return
+            self.apply(changes)
 
         self.upstream = FeedClient(
             self.ctx,

@@ -67,6 +67,12 @@ class Resampler(Service):
             self.cascades[key] = c
         return c
 
+    def forget(self, stream: str) -> None:
+        """A batch of ``stream`` raised in the cascade: rebuild it from the stores."""
+        symbol, _, rest = stream.partition("/")
+        side = rest.partition("/")[0]
+        self.cascades.pop(f"{symbol}/{side}", None)
+
     def _store(self, symbol: str, side: str, tf: Timeframe) -> Store:
         # Looked up a few times per timeframe per batch: keep the Store (a StoreSet never
         # replaces one it holds).
