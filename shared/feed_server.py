@@ -54,6 +54,9 @@ CREDIT_MAX: Final = 100_000
 #: sent; this bounds what a peer that never reads (error replies, heartbeats) costs us: past
 #: it the peer is dropped (ROUTER_MANDATORY: EAGAIN), never queued in memory without end.
 PEER_QUEUE_MAX: Final = 10_000
+#: Messages queued from one peer before zmq stops reading its connection (a follower sends
+#: a credit per half window and a keepalive a second: far fewer).
+PEER_QUEUE_IN: Final = 1000
 
 #: ``attachments(key, start, records)`` → one extra frame per record (the downloader's bodies).
 Attachments = Callable[[str, int, np.ndarray], list[bytes]]
@@ -129,7 +132,10 @@ class FeedServer:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._sock.setsockopt(zmq.SNDHWM, PEER_QUEUE_MAX)
-        self._sock.setsockopt(zmq.RCVHWM, 10000)
+        # What downstream peers send is control headers only: a bigger frame is dropped
+        # by zmq (with its connection), and a flooding peer queues at most PEER_QUEUE_IN.
+        self._sock.setsockopt(zmq.RCVHWM, PEER_QUEUE_IN)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_HEADER_BYTES + 4096)
         self.bound = sockets.bind(self._sock, endpoint, config_key)
         self._wake: Wakeup | None = None
         self._thread_id = 0  # the serving loop's thread (``run``)

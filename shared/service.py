@@ -417,6 +417,31 @@ class Service(abc.ABC):
         return f"<{type(self).__name__} in={inn} out={out} records={records} stores={len(self.stores.stores)}>"
 
 
+def bars_problem(before: np.ndarray, records: np.ndarray, *, ordered: bool = True) -> str | None:
+    """Why upstream bar ``records`` cannot follow the bar ``before`` (0 or 1 record: what the
+    store holds just before the batch's start) — open times not strictly increasing,
+    prices or volume not finite, low above high — or None. A follower's stores keep these
+    invariants whatever an upstream (or a process that took its address) sends.
+    ``ordered=False``: prices only (the aggregator's day versions may come in any order)."""
+    ts = records["ts_ms"] if ordered else records["ts_ms"][:0]
+    if len(before) and len(ts) and int(ts[0]) <= int(before["ts_ms"][-1]):
+        return f"record 0: ts_ms {int(ts[0])} is not after {int(before['ts_ms'][-1])}"
+    if len(ts) > 1:
+        bad = np.flatnonzero(ts[1:] <= ts[:-1])
+        if len(bad):
+            i = int(bad[0]) + 1
+            return f"record {i}: ts_ms {int(ts[i])} is not after {int(ts[i - 1])}"
+    for name in ("open", "high", "low", "close", "volume"):
+        col = records[name]
+        bad = np.flatnonzero(~np.isfinite(col))
+        if len(bad):
+            return f"record {int(bad[0])}: {name} is {float(col[bad[0]])}"
+    bad = np.flatnonzero(records["low"] > records["high"])
+    if len(bad):
+        return f"record {int(bad[0])}: low above high"
+    return None
+
+
 def upstream_key_meta(key: str) -> StoreMeta:
     """The StoreMeta of an upstream store key ``SYMBOL/SIDE/TIMEFRAME`` whose parts are
     names (they become path components of this service's stores); raises UpstreamInvalid

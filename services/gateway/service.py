@@ -36,15 +36,19 @@ from barstream.shared import protocol as feed_protocol
 from barstream.shared import sockets
 from barstream.shared.alignment import PRESETS
 from barstream.shared.config import Config
+from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.header import StoreMeta
 from barstream.shared.metrics import GatewayMetrics
 from barstream.shared.names import RejectedName, StreamNames, printable
 from barstream.shared.record import KIND_BARS
-from barstream.shared.service import Change, Changes, Service
+from barstream.shared.service import Change, Changes, Service, bars_problem
 from barstream.shared.sessions import sessions_of
 
 #: Replies queued per request peer before the gateway drops further replies to it.
 REPLY_HWM: Final = 1000
+#: Requests queued per peer before zmq stops reading that peer's connection (a consumer
+#: has one or a few in flight; a flood of 64 KiB requests must not queue 640 MB).
+REQUEST_HWM: Final = 1000
 
 
 class Gateway(Service):
@@ -87,7 +91,7 @@ class Gateway(Service):
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, gp.MAX_REQUEST_BYTES + 4096)
         self.router.setsockopt(zmq.SNDHWM, REPLY_HWM)
-        self.router.setsockopt(zmq.RCVHWM, 10_000)
+        self.router.setsockopt(zmq.RCVHWM, REQUEST_HWM)
         sockets.bind(self.router, self.gw.requests, "gateway.requests")
         self.publisher = Publisher(self.pub, self.stores, self.gmetrics, self.log)
         self.dispatch = Dispatcher(
@@ -186,7 +190,17 @@ class Gateway(Service):
                 "", "upstream names", str(e), f"upstream stream name refused: {e}; ignored"
             )
             return ()
-        key = self.stores.ensure(meta).meta.key
+        store = self.stores.ensure(meta)
+        key = store.meta.key
+        before = store.view(
+            max(0, min(batch.start, store.length) - 1), min(batch.start, store.length)
+        )
+        why = bars_problem(before, records)
+        if why is not None:
+            self.metrics.rejected.labels("feed_client", "bad-records").inc()
+            self.dispatch.count_error("upstream-records")
+            self.reject(batch, UpstreamInvalid(why, stream=batch.stream, offset=batch.start))
+            return ()
         self.publisher.topic(key)
         return (Change(key, batch.start, (records,), diff=True),)
 

@@ -23,10 +23,11 @@ from barstream.services.resampler.resample import M1
 from barstream.shared import protocol as p
 from barstream.shared.alignment import PRESETS
 from barstream.shared.config import Config
+from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.header import StoreMeta
 from barstream.shared.metrics import ResamplerMetrics, stream_labels
 from barstream.shared.record import FLAG_PROVISIONAL
-from barstream.shared.service import Change, Changes, Service
+from barstream.shared.service import Change, Changes, Service, bars_problem
 from barstream.shared.sessions import sessions_of
 from barstream.shared.store import Store
 from barstream.shared.timeframe import Timeframe
@@ -89,6 +90,14 @@ class Resampler(Service):
         if meta is None:
             return ()
         symbol, side = meta.symbol, meta.side
+        m1 = self._store(symbol, side, M1)
+        why = bars_problem(
+            m1.view(max(0, min(batch.start, m1.length) - 1), min(batch.start, m1.length)), records
+        )
+        if why is not None:
+            self.metrics.rejected.labels("feed_client", "bad-records").inc()
+            self.reject(batch, UpstreamInvalid(why, stream=batch.stream, offset=batch.start))
+            return ()
         cascade = self.cascade(symbol, side)
         changes = cascade.update(batch.start, records)  # reads the stores *before* the update
         out = [Change(self._store(symbol, side, M1).meta.key, batch.start, (records,), diff=True)]
