@@ -51,6 +51,7 @@ from barstream.shared.errors import (
 from barstream.shared.feed_client import FeedClient
 from barstream.shared.feed_server import Attachments, Cut, FeedServer
 from barstream.shared.header import StoreMeta
+from barstream.shared.inbound import INPUT_ERRORS
 from barstream.shared.metrics import Metrics, stream_labels
 from barstream.shared.names import RejectedName, StreamNames, check_shape, printable
 from barstream.shared.ratelog import RateLimitedLog
@@ -83,10 +84,6 @@ class Change:
 
 #: The kind of stream (the key's third part) each stage's upstream serves.
 UPSTREAM_KINDS: Final = {"transformer": "fetch", "aggregator": "days", "resampler": "1m"}
-
-#: What a stage's ``handle`` may raise on upstream records it cannot compute with: the batch
-#: is a counted rejection (``reason="bad-records"``), never an exit.
-INPUT_ERRORS: Final = (ValueError, KeyError, IndexError, ArithmeticError, UpstreamInvalid)
 
 #: What a stage's handler returns for one upstream batch: its changes, applied in order.
 Changes = Sequence[Change]
@@ -415,31 +412,6 @@ class Service(abc.ABC):
         inn = up.records_in if up is not None else 0
         out = self.server.records_out if self.server is not None else 0
         return f"<{type(self).__name__} in={inn} out={out} records={records} stores={len(self.stores.stores)}>"
-
-
-def bars_problem(before: np.ndarray, records: np.ndarray, *, ordered: bool = True) -> str | None:
-    """Why upstream bar ``records`` cannot follow the bar ``before`` (0 or 1 record: what the
-    store holds just before the batch's start) — open times not strictly increasing,
-    prices or volume not finite, low above high — or None. A follower's stores keep these
-    invariants whatever an upstream (or a process that took its address) sends.
-    ``ordered=False``: prices only (the aggregator's day versions may come in any order)."""
-    ts = records["ts_ms"] if ordered else records["ts_ms"][:0]
-    if len(before) and len(ts) and int(ts[0]) <= int(before["ts_ms"][-1]):
-        return f"record 0: ts_ms {int(ts[0])} is not after {int(before['ts_ms'][-1])}"
-    if len(ts) > 1:
-        bad = np.flatnonzero(ts[1:] <= ts[:-1])
-        if len(bad):
-            i = int(bad[0]) + 1
-            return f"record {i}: ts_ms {int(ts[i])} is not after {int(ts[i - 1])}"
-    for name in ("open", "high", "low", "close", "volume"):
-        col = records[name]
-        bad = np.flatnonzero(~np.isfinite(col))
-        if len(bad):
-            return f"record {int(bad[0])}: {name} is {float(col[bad[0]])}"
-    bad = np.flatnonzero(records["low"] > records["high"])
-    if len(bad):
-        return f"record {int(bad[0])}: low above high"
-    return None
 
 
 def upstream_key_meta(key: str) -> StoreMeta:

@@ -19,7 +19,8 @@ from barstream.services.aggregator.aggregate import append_only, merge
 from barstream.shared import protocol as p
 from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.header import StoreMeta
-from barstream.shared.service import Change, Changes, Service, bars_problem
+from barstream.shared.inbound import bars_problem
+from barstream.shared.service import Change, Changes, Service
 
 
 class Aggregator(Service):

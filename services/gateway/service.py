@@ -38,10 +38,11 @@ from barstream.shared.alignment import PRESETS
 from barstream.shared.config import Config
 from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.header import StoreMeta
+from barstream.shared.inbound import bars_problem
 from barstream.shared.metrics import GatewayMetrics
 from barstream.shared.names import RejectedName, StreamNames, printable
 from barstream.shared.record import KIND_BARS
-from barstream.shared.service import Change, Changes, Service, bars_problem
+from barstream.shared.service import Change, Changes, Service
 from barstream.shared.sessions import sessions_of
 
 #: Replies queued per request peer before the gateway drops further replies to it.

@@ -25,9 +25,10 @@ from barstream.shared.alignment import PRESETS
 from barstream.shared.config import Config
 from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.header import StoreMeta
+from barstream.shared.inbound import bars_problem
 from barstream.shared.metrics import ResamplerMetrics, stream_labels
 from barstream.shared.record import FLAG_PROVISIONAL
-from barstream.shared.service import Change, Changes, Service, bars_problem
+from barstream.shared.service import Change, Changes, Service
 from barstream.shared.sessions import sessions_of
 from barstream.shared.store import Store
 from barstream.shared.timeframe import Timeframe
