@@ -196,7 +196,11 @@ class Gateway(Service):
         before = store.view(
             max(0, min(batch.start, store.length) - 1), min(batch.start, store.length)
         )
-        why = bars_problem(before, records)
+        why = (
+            f"starts at {batch.start}, past the replica's end {store.length}"
+            if batch.start > store.length
+            else bars_problem(before, records)
+        )
         if why is not None:
             self.metrics.rejected.labels("feed_client", "bad-records").inc()
             self.dispatch.count_error("upstream-records")
