@@ -24,6 +24,8 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     ├── GatewayError              the gateway refused a request (code, reason, endpoint):
     │                             raised by its query core, and by the client for the reply
     ├── UpstreamInvalid           well-framed upstream records a stage cannot take (stream, offset)
+    │   └── RejectedName          a name off the wire this receiver does not take (reason;
+    │                             shared/names.py)
     ├── SourceError               the upstream HTTP source failed (symbol, side, day, url)
     │   ├── NotFound              HTTP 404 / before the instrument's history start
     │   ├── HostUnresolved        the upstream's host name does not resolve (DNS): not retried

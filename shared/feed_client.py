@@ -37,7 +37,9 @@ from barstream.shared import protocol as p
 from barstream.shared.checkpoint import UpstreamMark
 from barstream.shared.errors import Malformed, ProtocolError
 from barstream.shared.metrics import Metrics, stream_labels
+from barstream.shared.names import RejectedName, StreamNames, printable
 from barstream.shared.protocol import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S
+from barstream.shared.ratelog import RateLimitedLog
 from barstream.shared.record import DTYPES, KIND_BARS, RECORD_SIZE
 from barstream.shared.sockets import Wakeup, read_ready_frames, readable
 
@@ -73,7 +75,11 @@ class FeedClient:
         metrics: Metrics | None = None,
         on_idle: Callable[[], Awaitable[None]] | None = None,
         credit_window: int = CREDIT_WINDOW,
+        names: StreamNames | None = None,
     ) -> None:
+        """``names``: the store keys this follower takes (shared/names.py); a batch of
+        another stream is a counted rejection (dropped, its credit returned) and a
+        heartbeat's other ``ends`` are ignored. None: any key (tests, tools)."""
         self.ctx = ctx
         self.endpoint = endpoint
         self.marks = marks
@@ -83,6 +89,11 @@ class FeedClient:
         self.metrics = metrics
         self.on_idle = on_idle
         self.credit_window = credit_window
+        self.names = names
+        self._taken: set[str] = set()  # keys ``names`` accepted (a bounded, configured set)
+        self.rejected = 0
+        #: Malformed and rejected messages are all counted; logged first, then summarised.
+        self.badlog = RateLimitedLog(log, "malformed or rejected messages")
         self.conn = 0  # connection number, +1 per connection (``session`` on the wire)
         self.upstream_instance = ""
         self.upstream_done = False
@@ -293,6 +304,7 @@ class FeedClient:
             if now - self._last_rx > PEER_TIMEOUT_S:
                 return f"no message for {PEER_TIMEOUT_S:.0f}s"
             self._publish_liveness()
+            self.badlog.flush()
             if handled:
                 if self.on_idle is not None and not readable(sock):
                     await self.on_idle()
@@ -340,9 +352,9 @@ class FeedClient:
                 return "upstream restarted"
             self.upstream_instance = msg.instance
             self.upstream_done = msg.done
-            self.upstream_ends = dict(msg.ends)
+            self.upstream_ends = {k: v for k, v in msg.ends.items() if self._takes(k) is None}
             if self.metrics is not None:
-                for key, (end, _gen) in msg.ends.items():
+                for key, (end, _gen) in self.upstream_ends.items():
                     mark = self.marks.get(key)
                     self.metrics.feed_lag_records.labels(*stream_labels(key, strict=False)).set(
                         end - (mark.offset if mark else 0)
@@ -362,7 +374,11 @@ class FeedClient:
             return ""  # stale: answers an older hello
         self._owed += 1
         if not any(batch.stream.startswith(prefix) for prefix in self.prefixes):
-            self._bad(f"batch for stream {batch.stream!r}, not one we follow")
+            self._bad(f"batch for stream {printable(batch.stream)!r}, not one we follow")
+            return ""
+        refused = self._takes(batch.stream)
+        if refused is not None:
+            self._reject(refused)
             return ""
         try:
             records = self._validate(batch, frames)
@@ -419,10 +435,35 @@ class FeedClient:
             )
         return np.frombuffer(body, dtype=DTYPES.get(batch.kind, DTYPES[KIND_BARS]))
 
+    def _takes(self, key: str) -> RejectedName | None:
+        """None when ``names`` takes ``key`` (or no ``names``), else the rejection."""
+        if self.names is None or key in self._taken:
+            return None
+        refused = self.names.problem(key)
+        if refused is None:
+            self._taken.add(key)
+        return refused
+
+    def _reject(self, e: RejectedName) -> None:
+        self.rejected += 1
+        if self.metrics is not None:
+            self.metrics.rejected.labels("feed_client", e.reason).inc()
+        why = str(e)
+        self.badlog.event(
+            self.name,
+            f"upstream {self.endpoint}",
+            why,
+            f"{self.name}: dropped batch from upstream {self.endpoint}: {why}",
+        )
+
     def _bad(self, why: str) -> None:
         self.malformed += 1
         if self.metrics is not None:
             self.metrics.malformed.labels("feed_client").inc()
-        log.warning(
-            "%s: dropped malformed message from upstream %s: %s", self.name, self.endpoint, why
+        why = printable(why, 300)
+        self.badlog.event(
+            self.name,
+            f"upstream {self.endpoint}",
+            why,
+            f"{self.name}: dropped malformed message from upstream {self.endpoint}: {why}",
         )

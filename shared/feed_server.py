@@ -33,7 +33,9 @@ from barstream.shared import sockets
 from barstream.shared.checkpoint import UpstreamMark
 from barstream.shared.errors import Malformed
 from barstream.shared.metrics import Metrics
+from barstream.shared.names import printable
 from barstream.shared.protocol import HEARTBEAT_INTERVAL_S, PEER_TIMEOUT_S
+from barstream.shared.ratelog import RateLimitedLog
 from barstream.shared.sockets import Wakeup
 from barstream.shared.store import Store
 from barstream.shared.storeset import StoreSet
@@ -48,6 +50,13 @@ BATCH_MAX_RECORDS: Final = 65536
 ZERO_COPY_MIN_BYTES: Final = 64 << 10
 #: A hello's or credit's ``credit`` outside 0..CREDIT_MAX is refused / counted malformed.
 CREDIT_MAX: Final = 100_000
+#: Messages queued for one peer at most (zmq SNDHWM). Credits bound what a follower is
+#: sent; this bounds what a peer that never reads (error replies, heartbeats) costs us: past
+#: it the peer is dropped (ROUTER_MANDATORY: EAGAIN), never queued in memory without end.
+PEER_QUEUE_MAX: Final = 10_000
+#: Messages queued from one peer before zmq stops reading its connection (a follower sends
+#: a credit per half window and a keepalive a second: far fewer).
+PEER_QUEUE_IN: Final = 1000
 
 #: ``attachments(key, start, records)`` → one extra frame per record (the downloader's bodies).
 Attachments = Callable[[str, int, np.ndarray], list[bytes]]
@@ -115,13 +124,18 @@ class FeedServer:
         self.done = False  # drain mode: this service has no more input
         self.peers: dict[bytes, _Peer] = {}
         self.malformed = 0
+        #: Malformed messages are all counted; logged first per peer, then summarised.
+        self.badlog = RateLimitedLog(log, "malformed messages")
         self.batches_out = 0
         self.records_out = 0
         self._sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._sock.setsockopt(zmq.SNDHWM, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 10000)
+        self._sock.setsockopt(zmq.SNDHWM, PEER_QUEUE_MAX)
+        # What downstream peers send is control headers only: a bigger frame is dropped
+        # by zmq (with its connection), and a flooding peer queues at most PEER_QUEUE_IN.
+        self._sock.setsockopt(zmq.RCVHWM, PEER_QUEUE_IN)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_HEADER_BYTES + 4096)
         self.bound = sockets.bind(self._sock, endpoint, config_key)
         self._wake: Wakeup | None = None
         self._thread_id = 0  # the serving loop's thread (``run``)
@@ -253,6 +267,7 @@ class FeedServer:
         self._pump()
         now = time.monotonic()
         if now >= self._next_hb or self._hb_due:
+            self.badlog.flush()
             self._hb_due = False
             self._heartbeat(now)
             self._next_hb = now + HEARTBEAT_INTERVAL_S
@@ -288,7 +303,7 @@ class FeedServer:
             log.info(
                 "%s: peer %s hello (connection %d, %d streams)",
                 self.endpoint,
-                msg.name,
+                printable(msg.name, 64),
                 msg.conn,
                 len(msg.streams),
             )
@@ -411,8 +426,13 @@ class FeedServer:
         self.malformed += 1
         if self.metrics is not None:
             self.metrics.malformed.labels("feed_server").inc()
-        log.warning(
-            "%s: dropped malformed message from peer %s: %s", self.endpoint, ident.hex()[:12], why
+        peer = ident.hex()[:12]
+        why = printable(why, 300)
+        self.badlog.event(
+            self.endpoint,
+            peer,
+            why,
+            f"{self.endpoint}: dropped malformed message from peer {peer}: {why}",
         )
 
     def _update_peer_gauge(self) -> None:

@@ -168,6 +168,13 @@ class Metrics:
             ["socket"],
             registry=r,
         )
+        self.rejected = Counter(
+            PREFIX + "rejected_messages",
+            "Messages refused because a name in them (stream key, symbol, side, timeframe, "
+            "topic) is not one this service takes, by socket and reason (shared/names.py).",
+            ["socket", "reason"],
+            registry=r,
+        )
         # -- feed, upstream side (records we serve) --
         self.records_out = Counter(
             PREFIX + "records_out", "Records sent to downstream peers.", registry=r

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 import sys
 import time
@@ -53,7 +52,10 @@ from barstream.shared.errors import (
 from barstream.shared.feed_client import FeedClient
 from barstream.shared.feed_server import Attachments, Cut, FeedServer
 from barstream.shared.header import StoreMeta
+from barstream.shared.inbound import INPUT_ERRORS
 from barstream.shared.metrics import Metrics, stream_labels
+from barstream.shared.names import RejectedName, StreamNames, check_shape, printable
+from barstream.shared.ratelog import RateLimitedLog
 from barstream.shared.storeset import StoreSet
 
 LOG_FORMAT = "%(asctime)s %(service)s %(levelname)s %(name)s: %(message)s"
@@ -81,11 +83,11 @@ class Change:
     diff: bool = False
 
 
-#: A symbol, side or timeframe as it may appear in a store key (and so in a store's path).
-_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 #: Drain mode: how long a downstream peer that left before it had everything may take to
 #: come back (a slow peer that stays connected is waited for however long it takes).
 DRAIN_RETURN_S: Final = 60.0
+#: The kind of stream (the key's third part) each stage's upstream serves.
+UPSTREAM_KINDS: Final = {"transformer": "fetch", "aggregator": "days", "resampler": "1m"}
 
 #: What a stage's handler returns for one upstream batch: its changes, applied in order.
 Changes = Sequence[Change]
@@ -125,6 +127,10 @@ class Service(abc.ABC):
         self.metrics = Metrics(self.name)
         self.endpoints = config.endpoints(self.name)
         self.stores = StoreSet.open(config.data_dir(self.name), self.name)
+        #: The upstream store keys this service takes (shared/names.py).
+        self.upstream_names = self.take_names()
+        #: Rejected upstream batches: all counted; logged first per stream, then summarised.
+        self.rejectlog = RateLimitedLog(self.log, "rejected batches", level=logging.ERROR)
         self.server: FeedServer | None = None
         self.upstream: FeedClient | None = None
         self.stopping = asyncio.Event() if _has_loop() else None
@@ -159,12 +165,36 @@ class Service(abc.ABC):
         override it; ``Service.apply`` carries the changes out."""
         raise NotImplementedError(f"{type(self).__name__} follows no upstream feed")
 
+    def forget(self, stream: str) -> None:
+        """A batch of upstream ``stream`` raised inside ``handle``: drop any state the stage
+        keeps in memory for it, so the next batch starts from the stores (the resampler's
+        cascade). Nothing was written: ``handle`` only returns changes."""
+        return None
+
+    def take_names(self) -> StreamNames:
+        """The upstream store keys this stage takes: the configured symbols and sides, and
+        the kind its upstream serves (``UPSTREAM_KINDS``); a stage with another rule
+        (the gateway) overrides it."""
+        kind = UPSTREAM_KINDS.get(self.name)
+        p_cfg = self.config.pipeline
+        return StreamNames(p_cfg.symbols, p_cfg.sides, None if kind is None else (kind,))
+
     def follow_upstream(self) -> FeedClient:
         """The client of the upstream feed: each batch goes through ``handle`` and
         ``apply``; the end of each burst commits."""
 
         async def on_batch(batch: p.Batch, records: np.ndarray, attachments: list[bytes]) -> None:
-            self.apply(self.handle(batch, records, attachments))
+            try:
+                changes = self.handle(batch, records, attachments)
+            except INPUT_ERRORS as e:
+                # Records that break the stage's arithmetic (a ValueError of numpy, a key or
+                # index they point past): the batch is rejected, not the service — a restart
+                # would get the same batch again and exit again (issue 16's crash loops).
+                self.metrics.rejected.labels("feed_client", "bad-records").inc()
+                self.forget(batch.stream)
+                self.reject(batch, UpstreamInvalid(f"{type(e).__name__}: {e}", stream=batch.stream))
+                return
+            self.apply(changes)
 
         self.upstream = FeedClient(
             self.ctx,
@@ -174,6 +204,7 @@ class Service(abc.ABC):
             name=self.name,
             metrics=self.metrics,
             on_idle=self.idle,
+            names=self.upstream_names,
         )
         return self.upstream
 
@@ -315,11 +346,13 @@ class Service(abc.ABC):
         """The (symbol, side) of an upstream batch whose stream is ``SYMBOL/SIDE/<kind>``;
         anything else is a counted, logged rejection (None)."""
         try:
-            meta = upstream_key_meta(batch.stream)
-        except UpstreamInvalid as e:
+            meta = self.upstream_names.check(batch.stream)
+        except RejectedName as e:
+            self.metrics.rejected.labels("feed_client", e.reason).inc()
             self.reject(batch, e)
             return None
         if meta.timeframe != kind:
+            self.metrics.rejected.labels("feed_client", "unknown-timeframe").inc()
             self.reject(batch, UpstreamInvalid(f"not a {kind!r} stream", stream=batch.stream))
             return None
         return meta
@@ -328,13 +361,11 @@ class Service(abc.ABC):
         """Drop an upstream batch this stage cannot take: counted (errors{kind=
         "upstream_invalid"}) and logged, never a crash."""
         self.metrics.errors.labels("upstream_invalid").inc()
-        self.log.error(
-            "dropped upstream batch %s [%d, %d): %s",
-            batch.stream,
-            batch.start,
-            batch.start + batch.count,
-            error,
+        stream = printable(batch.stream)
+        line = (
+            f"dropped upstream batch {stream} [{batch.start}, {batch.start + batch.count}): {error}"
         )
+        self.rejectlog.event("", f"upstream stream {stream}", str(error), line)
 
     def changed(self, key: str, first: int) -> None:
         """Store ``key`` changed from offset ``first`` on (called by ``apply``; the gateway
@@ -395,15 +426,9 @@ class Service(abc.ABC):
 
 def upstream_key_meta(key: str) -> StoreMeta:
     """The StoreMeta of an upstream store key ``SYMBOL/SIDE/TIMEFRAME`` whose parts are
-    names (they become path components of this service's stores); raises UpstreamInvalid."""
-    try:
-        meta = StoreMeta.from_key(key)
-    except ValueError as e:
-        raise UpstreamInvalid(str(e), stream=key) from None
-    if not all(_NAME.fullmatch(part) for part in (meta.symbol, meta.side, meta.timeframe)):
-        why = "symbol, side and timeframe must be names ([A-Za-z0-9][A-Za-z0-9._-]*)"
-        raise UpstreamInvalid(why, stream=key)
-    return meta
+    names (they become path components of this service's stores); raises UpstreamInvalid
+    (a ``RejectedName``: shared/names.py)."""
+    return check_shape(key)
 
 
 def _has_loop() -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from barstream.shared import checkpoint as ckpt
-from barstream.shared import undo
+from barstream.shared import names, undo
 from barstream.shared.errors import StoreError, StoreMismatch
 from barstream.shared.fsio import make_dirs
 from barstream.shared.header import StoreMeta
@@ -90,6 +90,11 @@ class StoreSet:
         return self
 
     def path_for(self, key: str) -> Path:
+        """``root/SYMBOL/SIDE/TF.bars``; a key that is no store key (a part with ``/``,
+        ``..``, NUL …: shared/names.py) raises StoreError and never leaves ``root``."""
+        why = names.key_problem(key)
+        if why is not None:
+            raise StoreError(str(self.root), f"store key {key[:80]!r}: {why}")
         symbol, side, tf = key.split("/")
         return self.root / symbol / side / f"{tf}.bars"
 

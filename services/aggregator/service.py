@@ -19,6 +19,7 @@ from barstream.services.aggregator.aggregate import append_only, merge
 from barstream.shared import protocol as p
 from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.header import StoreMeta
+from barstream.shared.inbound import bars_problem
 from barstream.shared.service import Change, Changes, Service
 
 
@@ -32,6 +33,11 @@ class Aggregator(Service):
         """From transformer offset ``batch.start`` on, its store now reads ``records``."""
         meta = self.upstream_meta(batch, "days")
         if meta is None:
+            return ()
+        why = bars_problem(records[:0], records, ordered=False)
+        if why is not None:
+            self.metrics.rejected.labels("feed_client", "bad-records").inc()
+            self.reject(batch, UpstreamInvalid(why, stream=batch.stream, offset=batch.start))
             return ()
         store = self.stores.ensure(StoreMeta(meta.symbol, meta.side, "1m"))
         n = store.length

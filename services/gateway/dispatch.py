@@ -23,6 +23,8 @@ from barstream.shared.config import GatewayConfig
 from barstream.shared.errors import GatewayError, Malformed
 from barstream.shared.feed_client import FeedClient
 from barstream.shared.metrics import GatewayMetrics, Metrics
+from barstream.shared.names import printable
+from barstream.shared.ratelog import RateLimitedLog
 from barstream.shared.storeset import StoreSet
 
 
@@ -54,6 +56,8 @@ class Dispatcher:
         self.peers: dict[bytes, float] = {}  # request peer → when last seen
         self.requests: dict[str, int] = {}
         self.errors: dict[str, int] = {}
+        #: Refusals: all counted; logged first per peer, then summarised (ratelog.py).
+        self.refusals = RateLimitedLog(log, "refused requests")
 
     def on_request(self, frames: list[bytes]) -> None:
         ident, rest = frames[0], frames[1:]
@@ -82,12 +86,10 @@ class Dispatcher:
             data = None
         if isinstance(reply, gp.Error):
             self.count_error(reply.code)
-            self.log.warning(
-                "refused request %d from peer %s: %s: %s",
-                reply.id,
-                ident.hex()[:12],
-                reply.code,
-                reply.message,
+            peer = ident.hex()[:12]
+            why = printable(f"{reply.code}: {reply.message}", 300)
+            self.refusals.event(
+                "", peer, why, f"refused request {reply.id} from peer {peer}: {why}"
             )
         out: list[bytes | memoryview] = [ident, *envelope, gp.encode(reply)]
         if data is not None:
@@ -99,6 +101,7 @@ class Dispatcher:
 
     def forget_idle_consumers(self) -> None:
         """Request peers not seen for CONSUMER_TTL_S no longer count as consumers."""
+        self.refusals.flush()
         now = time.monotonic()
         self.peers = {k: t for k, t in self.peers.items() if now - t < gp.CONSUMER_TTL_S}
         self.gmetrics.consumers.set(len(self.peers))

@@ -152,8 +152,12 @@ class Publisher:
         while True:
             self._send_heartbeat()
             each()
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that lands as
+            # the event is set (a subscription flood at stop): the task then never ended and
+            # the gateway ignored SIGTERM (tests/hostile/test_socket_fuzz.py found it).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hb_wake.wait(), gp.HEARTBEAT_INTERVAL_S)
+                async with asyncio.timeout(gp.HEARTBEAT_INTERVAL_S):
+                    await self._hb_wake.wait()
             self._hb_wake.clear()
             if self._hb_soon:
                 await asyncio.sleep(0.002)  # coalesce a burst of subscriptions

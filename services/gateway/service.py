@@ -30,18 +30,26 @@ import zmq
 
 from barstream.services.gateway.dispatch import Dispatcher
 from barstream.services.gateway.publish import Publisher
+from barstream.services.resampler.resample import plan
 from barstream.shared import gateway_protocol as gp
 from barstream.shared import protocol as feed_protocol
 from barstream.shared import sockets
+from barstream.shared.alignment import PRESETS
 from barstream.shared.config import Config
 from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.header import StoreMeta
+from barstream.shared.inbound import bars_problem
 from barstream.shared.metrics import GatewayMetrics
+from barstream.shared.names import RejectedName, StreamNames, printable
 from barstream.shared.record import KIND_BARS
-from barstream.shared.service import Change, Changes, Service, upstream_key_meta
+from barstream.shared.service import Change, Changes, Service
+from barstream.shared.sessions import sessions_of
 
 #: Replies queued per request peer before the gateway drops further replies to it.
 REPLY_HWM: Final = 1000
+#: Requests queued per peer before zmq stops reading that peer's connection (a consumer
+#: has one or a few in flight; a flood of 64 KiB requests must not queue 640 MB).
+REQUEST_HWM: Final = 1000
 
 
 class Gateway(Service):
@@ -84,7 +92,7 @@ class Gateway(Service):
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, gp.MAX_REQUEST_BYTES + 4096)
         self.router.setsockopt(zmq.SNDHWM, REPLY_HWM)
-        self.router.setsockopt(zmq.RCVHWM, 10_000)
+        self.router.setsockopt(zmq.RCVHWM, REQUEST_HWM)
         sockets.bind(self.router, self.gw.requests, "gateway.requests")
         self.publisher = Publisher(self.pub, self.stores, self.gmetrics, self.log)
         self.dispatch = Dispatcher(
@@ -98,6 +106,18 @@ class Gateway(Service):
             upstream_endpoint=self.endpoints.upstream,
             upstream=lambda: self.upstream,
         )
+
+    def take_names(self) -> StreamNames:
+        """The resampler's stores of the configured symbols and sides: 1m and every
+        timeframe its cascade makes (the configured ones and the steps they need)."""
+        rc = self.config.resampler
+        alignment = PRESETS[rc.alignment]
+        tfs = {"1m"}
+        for symbol in self.config.pipeline.symbols:
+            sessions = sessions_of(rc.sessions.get(symbol, [])) or None
+            tfs.update(str(tf) for tf in plan(rc.timeframes, alignment, sessions))
+        p_cfg = self.config.pipeline
+        return StreamNames(p_cfg.symbols, p_cfg.sides, tfs)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -154,17 +174,38 @@ class Gateway(Service):
         does the replica (rewritten only from the first record that differs)."""
         if batch.kind != KIND_BARS:
             self.dispatch.count_error("upstream-kind")
-            self.log.error(
-                "upstream stream %s holds kind %d, not bars; ignored", batch.stream, batch.kind
+            stream = printable(batch.stream)
+            self.rejectlog.event(
+                "",
+                f"upstream stream {stream}",
+                f"kind {batch.kind}",
+                f"upstream stream {stream} holds kind {batch.kind}, not bars; ignored",
             )
             return ()
         try:
-            meta = upstream_key_meta(batch.stream)
-        except UpstreamInvalid as e:
+            meta = self.upstream_names.check(batch.stream)
+        except RejectedName as e:
+            self.metrics.rejected.labels("feed_client", e.reason).inc()
             self.dispatch.count_error("upstream-key")
-            self.log.error("upstream stream name refused: %s; ignored", e)
+            self.rejectlog.event(
+                "", "upstream names", str(e), f"upstream stream name refused: {e}; ignored"
+            )
             return ()
-        key = self.stores.ensure(meta).meta.key
+        store = self.stores.ensure(meta)
+        key = store.meta.key
+        before = store.view(
+            max(0, min(batch.start, store.length) - 1), min(batch.start, store.length)
+        )
+        why = (
+            f"starts at {batch.start}, past the replica's end {store.length}"
+            if batch.start > store.length
+            else bars_problem(before, records)
+        )
+        if why is not None:
+            self.metrics.rejected.labels("feed_client", "bad-records").inc()
+            self.dispatch.count_error("upstream-records")
+            self.reject(batch, UpstreamInvalid(why, stream=batch.stream, offset=batch.start))
+            return ()
         self.publisher.topic(key)
         return (Change(key, batch.start, (records,), diff=True),)
 

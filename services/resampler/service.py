@@ -23,7 +23,9 @@ from barstream.services.resampler.resample import M1
 from barstream.shared import protocol as p
 from barstream.shared.alignment import PRESETS
 from barstream.shared.config import Config
+from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.header import StoreMeta
+from barstream.shared.inbound import bars_problem
 from barstream.shared.metrics import ResamplerMetrics, stream_labels
 from barstream.shared.record import FLAG_PROVISIONAL
 from barstream.shared.service import Change, Changes, Service
@@ -67,6 +69,12 @@ class Resampler(Service):
             self.cascades[key] = c
         return c
 
+    def forget(self, stream: str) -> None:
+        """A batch of ``stream`` raised in the cascade: rebuild it from the stores."""
+        symbol, _, rest = stream.partition("/")
+        side = rest.partition("/")[0]
+        self.cascades.pop(f"{symbol}/{side}", None)
+
     def _store(self, symbol: str, side: str, tf: Timeframe) -> Store:
         # Looked up a few times per timeframe per batch: keep the Store (a StoreSet never
         # replaces one it holds).
@@ -83,6 +91,14 @@ class Resampler(Service):
         if meta is None:
             return ()
         symbol, side = meta.symbol, meta.side
+        m1 = self._store(symbol, side, M1)
+        why = bars_problem(
+            m1.view(max(0, min(batch.start, m1.length) - 1), min(batch.start, m1.length)), records
+        )
+        if why is not None:
+            self.metrics.rejected.labels("feed_client", "bad-records").inc()
+            self.reject(batch, UpstreamInvalid(why, stream=batch.stream, offset=batch.start))
+            return ()
         cascade = self.cascade(symbol, side)
         changes = cascade.update(batch.start, records)  # reads the stores *before* the update
         out = [Change(self._store(symbol, side, M1).meta.key, batch.start, (records,), diff=True)]

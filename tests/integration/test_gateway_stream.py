@@ -26,7 +26,7 @@ TOPICS = ["EUR-USD/BID/1m", "EUR-USD/BID/5m", "GBP-USD/BID/1m", "GBP-USD/BID/1h"
 
 @pytest.fixture
 def procs(ipc_dir: Path) -> Iterator[Procs]:
-    with tmpfs_procs(ipc_dir) as p:
+    with tmpfs_procs(ipc_dir, symbols=("EUR-USD", "GBP-USD"), timeframes=("5m", "1h")) as p:
         yield p
 
 
@@ -172,7 +172,8 @@ def test_async_client_late_join(procs: Procs) -> None:
         replica = Replica()
         async with AsyncGatewayClient(procs.publish, procs.requests) as c:
             topics = await c.list_topics("EUR-USD/")
-            assert {t.topic for t in topics} == set(TOPICS[:2])
+            # the configured EUR-USD topics (1h too: configured for GBP-USD's 1h, empty)
+            assert {t.topic for t in topics} == {*TOPICS[:2], "EUR-USD/BID/1h"}
             async for item in c.stream("EUR-USD", "5m", history=20, timeout_s=15):
                 replica.apply(item)
                 if procs.done_file.exists() and replica.equals_tail_of(

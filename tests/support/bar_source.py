@@ -181,7 +181,16 @@ def free_port() -> int:
 class Procs:
     """The processes of one test (bar source + gateway), their endpoints and files."""
 
-    def __init__(self, root: Path, data_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        data_root: Path | None = None,
+        *,
+        symbols: tuple[str, ...] = ("EUR-USD",),
+        timeframes: tuple[str, ...] = ("5m",),
+    ) -> None:
+        """``symbols``/``timeframes``: what the gateway is configured for (it takes no
+        other upstream stream: shared/names.py)."""
         self.root = root
         self.data_root = data_root or root
         self.upstream = f"ipc://{root}/up"
@@ -195,10 +204,11 @@ class Procs:
         self.config.write_text(
             "[pipeline]\n"
             f'data_dir = "{self.data_root}/data"\n'
+            f"symbols = {list(symbols)!r}\n"
             # The gateway serves every configured topic from the start (empty until bars
             # come): configure just EUR-USD/BID 1m + 5m, what most tests publish.
             "[resampler]\n"
-            'timeframes = ["5m"]\n'
+            f"timeframes = {list(timeframes)!r}\n"
             "[gateway]\n"
             f'publish = "{self.publish}"\n'
             f'requests = "{self.requests}"\n'
@@ -295,13 +305,13 @@ class Procs:
 
 
 @contextlib.contextmanager
-def tmpfs_procs(ipc_dir: Path) -> Iterator[Procs]:
+def tmpfs_procs(ipc_dir: Path, **config: tuple[str, ...]) -> Iterator[Procs]:
     """``Procs`` with endpoints in ``ipc_dir`` and stores on tmpfs when the machine has one
     (the gateway commits, and so publishes, at fsync speed otherwise; nothing else
     changes); every process stopped and the stores removed at the end."""
     shm = Path("/dev/shm")
     data = Path(tempfile.mkdtemp(prefix="bs-gw-", dir=shm if shm.is_dir() else ipc_dir))
-    p = Procs(ipc_dir, data)
+    p = Procs(ipc_dir, data, **config)
     try:
         yield p
     finally:
