@@ -10,8 +10,9 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     │   ├── StoreClosed
     │   ├── StoreMissing          no store file where one was asked for (file, key): the
     │   │                         pipeline has not written it yet
-    │   └── StoreRewritten        a reader's scan found records it already handed out
-    │                             rewritten by the writer (file, offset)
+    │   ├── StoreRewritten        a reader's scan found records it already handed out
+    │   │                         rewritten by the writer (file, offset)
+    │   └── StoreFileMissing      a store file the service's checkpoint names is gone (file)
     ├── CheckpointCorrupt         a checkpoint file that cannot be parsed (file)
     ├── ConfigError               a configuration value is invalid (key path, value)
     │   ├── BindError             a socket or port this host cannot bind (key, address; in use,
@@ -43,7 +44,12 @@ Every error says what happened, where, and (via ``hint``) what to do.
 
 The exit codes of every command and service are defined here too: ``EXIT_OK`` (done),
 ``EXIT_ERROR`` (an error: a service is restarted by supervisord; a command left something
-undone, and said what) and ``EXIT_USAGE`` (bad arguments or configuration).
+undone, and said what), ``EXIT_USAGE`` (bad arguments or configuration) and
+``EXIT_NEEDS_OPERATOR`` (a service found one of its *own* files — a store, its header, an
+undo file, the checkpoint — damaged or missing: restarting cannot help, so it printed one
+FATAL line naming the file, the offset and the repair command, and supervisord.conf lists
+the code in ``exitcodes`` so the program is not restarted in a loop; ``needs_operator``
+builds that line).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from typing import Final
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
+EXIT_NEEDS_OPERATOR: Final = 3
 
 
 class BarstreamError(Exception):
@@ -354,3 +361,29 @@ class WebAssetsMissing(BarstreamError):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         super().__init__(f"{path}: {message}")
+
+
+def own_file_damage(error: BaseException) -> bool:
+    """``error`` says a service's own store, header, undo file or checkpoint is damaged or
+    gone (``StoreCorrupt``, ``StoreMismatch``, ``CheckpointCorrupt``, ``StoreFileMissing``)."""
+    return isinstance(error, StoreCorrupt | StoreMismatch | CheckpointCorrupt | StoreFileMissing)
+
+
+class StoreFileMissing(StoreError):
+    """A store file the service's checkpoint names is gone (deleted while the service ran,
+    or since): the committed records in it are lost to this service."""
+
+    hint = "rebuild this service's stores with `barstream rebuild`"
+
+
+def needs_operator(service: str, error: BarstreamError, config: str = "") -> str:
+    """The one FATAL line of an ``EXIT_NEEDS_OPERATOR`` exit: what is damaged (the error
+    names the file and offset) and the commands that repair it."""
+    cfg = f" --config {config}" if config else ""
+    return (
+        f"FATAL: {service} needs an operator, it will not be restarted: "
+        f"{Exception.__str__(error)}. "
+        f"Repair: `barstream verify{cfg}` lists every damaged file; "
+        f"`barstream rebuild{cfg}` moves the stores aside and recomputes them from the raw "
+        f"cache; then `barstream ctl start {service}` (exit code {EXIT_NEEDS_OPERATOR})"
+    )

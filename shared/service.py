@@ -42,12 +42,15 @@ from barstream.shared import protocol as p
 from barstream.shared.config import Config
 from barstream.shared.errors import (
     EXIT_ERROR,
+    EXIT_NEEDS_OPERATOR,
     EXIT_OK,
     EXIT_USAGE,
     BarstreamError,
     BindError,
     ConfigError,
     UpstreamInvalid,
+    needs_operator,
+    own_file_damage,
 )
 from barstream.shared.feed_client import FeedClient
 from barstream.shared.feed_server import Attachments, Cut, FeedServer
@@ -420,10 +423,14 @@ def main(service_cls: type[Service], argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(service_cls.name, args.log_level)
     log = logging.getLogger(f"barstream.{service_cls.name}")
+    config = str(args.config) if args.config else ""
     try:
         cfg = config_mod.load(args.config) if args.config else config_mod.default()
         service = service_cls(cfg, drain=args.drain)
     except BarstreamError as e:
+        if own_file_damage(e):  # a damaged own store or checkpoint: a restart cannot help
+            log.critical("%s", needs_operator(service_cls.name, e, config))
+            return EXIT_NEEDS_OPERATOR
         log.error("cannot start: %s", e)
         return EXIT_USAGE
     try:
@@ -432,6 +439,9 @@ def main(service_cls: type[Service], argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", e)
         return EXIT_USAGE
     except BarstreamError as e:
+        if own_file_damage(e):  # e.g. a store file deleted while the service ran
+            log.critical("%s", needs_operator(service_cls.name, e, config))
+            return EXIT_NEEDS_OPERATOR
         log.error("stopped on error: %s", e)
         return EXIT_ERROR
     except OSError as e:

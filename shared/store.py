@@ -35,6 +35,7 @@ from barstream.shared import undo
 from barstream.shared.errors import (
     StoreCorrupt,
     StoreError,
+    StoreFileMissing,
     StoreMismatch,
     StoreRangeError,
 )
@@ -121,7 +122,7 @@ class Store(StoreReader):
         try:
             fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         except FileNotFoundError:
-            raise StoreError(str(path), "no such store file") from None
+            raise StoreFileMissing(str(path), "no such store file") from None
         try:
             raw = os.pread(fd, HEADER_SIZE, 0)
             header = decode_header(raw, str(path))
@@ -290,6 +291,11 @@ class Store(StoreReader):
         self._check_writable()
         if self._dirty:
             os.fdatasync(self._fd)
+            if os.fstat(self._fd).st_nlink == 0:
+                # Deleted while open: these records would go to a file no restart can open.
+                raise StoreFileMissing(
+                    str(self.path), "the store file was deleted while the service had it open"
+                )
         self._dirty = False
 
     def committed(self, rewinds_max: int = REWIND_LOG_MAX) -> ckpt.StoreMark:
