@@ -7,8 +7,8 @@ mutable, advisory words the writer publishes for readers (``LENGTH_AT``, ``GENER
 ``SEQ_AT``; see FORMAT.md §6 for the seqlock).
 
 ``encode_header`` builds the fixed part (mutable words zero); ``decode_header`` checks, in
-FORMAT.md's order, size, magic, version, CRC, header/record size, kind and a non-negative
-length, raising ``StoreCorrupt`` naming the file; a string too long for its field raises
+FORMAT.md's order, size, magic, version, CRC, header/record size, kind, a non-negative
+length and the zero bytes, raising ``StoreCorrupt`` naming the file and the header byte; a string too long for its field raises
 ``StoreError``. Pure functions: no I/O.
 """
 
@@ -129,6 +129,11 @@ def decode_header(buf: bytes | memoryview | mmap.mmap, path: str) -> Header:
     (seq,) = U64.unpack_from(buf, SEQ_AT)
     if length < 0:
         raise StoreCorrupt(path, f"header byte {LENGTH_AT}: negative committed length {length}")
+    for lo, hi in ((CRC_AT + 4, LENGTH_AT), (SEQ_AT + 8, HEADER_SIZE)):
+        zone = bytes(buf[lo:hi])
+        if zone.count(0) != hi - lo:
+            at = lo + next(i for i, b in enumerate(zone) if b)
+            raise StoreCorrupt(path, f"header byte {at}: must be zero (bytes [{lo}, {hi}) are)")
     (created_ms,) = struct.unpack("<q", created)
     return Header(meta, store_id, created_ms, length, generation, seq)
 

@@ -294,7 +294,10 @@ class Store(StoreReader):
             if os.fstat(self._fd).st_nlink == 0:
                 # Deleted while open: these records would go to a file no restart can open.
                 raise StoreFileMissing(
-                    str(self.path), "the store file was deleted while the service had it open"
+                    str(self.path),
+                    "the store file was deleted while the service had it open: records from "
+                    "here on cannot be committed",
+                    offset=self.committed_length,
                 )
         self._dirty = False
 

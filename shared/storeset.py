@@ -18,7 +18,7 @@ from pathlib import Path
 
 from barstream.shared import checkpoint as ckpt
 from barstream.shared import undo
-from barstream.shared.errors import StoreError, StoreMismatch
+from barstream.shared.errors import StoreError, StoreFileMissing, StoreMismatch
 from barstream.shared.fsio import make_dirs
 from barstream.shared.header import StoreMeta
 from barstream.shared.store import Store
@@ -66,12 +66,20 @@ class StoreSet:
             self._committed_state = ckpt.encode_state(self.state)
             for key, mark in point.stores.items():
                 path = self.path_for(key)
-                store = Store.open(
-                    path,
-                    committed_length=mark.length,
-                    generation=mark.generation,
-                    rewinds=[(g, o) for g, o in mark.rewinds],
-                )
+                try:
+                    store = Store.open(
+                        path,
+                        committed_length=mark.length,
+                        generation=mark.generation,
+                        rewinds=[(g, o) for g, o in mark.rewinds],
+                    )
+                except StoreFileMissing:
+                    raise StoreFileMissing(
+                        str(path),
+                        f"no such store file, but {root / 'checkpoint.json'} commits records "
+                        f"[0, {mark.length}) of {key} to it",
+                        offset=0,
+                    ) from None
                 if store.store_id.hex() != mark.store_id:
                     store.close()
                     raise StoreMismatch(

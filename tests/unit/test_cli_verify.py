@@ -48,6 +48,8 @@ def data_dir(tmp_path: Path) -> Path:
     j["ts_ms"] = np.array([0, 1, 2]) * DAY_MS + 20_000 * DAY_MS
     j["kind"] = 1
     j["body_len"] = 100
+    j["version"] = 1  # as journal.py writes them: first version, no upstream
+    j["src_offset"] = -1
     dl.ensure(StoreMeta("EUR-USD", "BID", "fetch", kind=KIND_JOURNAL)).append(j)
     dl.touch("EUR-USD/BID/fetch")
     dl.commit()
