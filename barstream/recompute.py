@@ -30,7 +30,7 @@ import numpy as np
 from barstream.shared.alignment import PRESETS
 from barstream.shared.checkpoint import Checkpoint, CheckpointState
 from barstream.shared.config import SessionConfig
-from barstream.shared.errors import BarstreamError, PayloadInvalid
+from barstream.shared.errors import BarstreamError, PayloadInvalid, UpstreamInvalid
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_LIVE, RECORD_DTYPE
 from barstream.shared.store import Store
 from barstream.shared.timeframe import Timeframe
@@ -56,7 +56,11 @@ def store_path(root: Path, service: str, key: str) -> Path:
 
 
 def first_difference(
-    path: Path, stored: np.ndarray, expected: np.ndarray, what: str
+    path: Path,
+    stored: np.ndarray,
+    expected: np.ndarray,
+    what: str,
+    ending: str = "the record was damaged on disk",
 ) -> Fault | None:
     """The first record where ``stored`` differs from ``expected`` (same dtype), naming the
     field and both values; a length difference is a fault at the shorter end."""
@@ -72,7 +76,7 @@ def first_difference(
             str(path),
             i,
             f"{name} (record byte {byte}) is {stored[i][name]!r}, recomputed from {what} "
-            f"{expected[i][name]!r}: the record was damaged on disk",
+            f"{expected[i][name]!r}: {ending}",
         )
     if len(stored) != len(expected):
         return Fault(
@@ -194,7 +198,10 @@ def _transformer(root: Path, point: CheckpointState) -> tuple[list[Fault], int, 
                 break
             rec = journal[offset]
             kind = int(rec["kind"])
-            day = dt.datetime.fromtimestamp(int(rec["ts_ms"]) / 1000, dt.UTC).date()
+            day = _day(int(rec["ts_ms"]))
+            if day is None:
+                faults.append(Fault(str(path), lo, f"journal record {offset}: ts_ms is no date"))
+                break
             body = None
             if kind == JOURNAL_DAY:
                 body = cache.body(symbol, side, day, int(rec["digest"]), live=False)
@@ -250,7 +257,10 @@ def _journal(root: Path, point: CheckpointState) -> tuple[list[Fault], int, list
         bad = 0
         for i in days.tolist():
             rec = journal[i]
-            day = dt.datetime.fromtimestamp(int(rec["ts_ms"]) / 1000, dt.UTC).date()
+            day = _day(int(rec["ts_ms"]))
+            if day is None:
+                faults.append(Fault(str(path), i, "ts_ms is no date"))
+                continue
             body = cache.body(symbol, side, day, int(rec["digest"]), live=False)
             if body is not None and len(body) == int(rec["body_len"]):
                 continue
@@ -285,7 +295,13 @@ def _aggregator(root: Path, point: CheckpointState) -> tuple[list[Fault], int, l
             skipped.append(f"aggregator {key}: its store or its upstream moved on")
             continue
         compared += 1
-        _, expected = merge(np.empty(0, RECORD_DTYPE), days, 0)
+        try:
+            _, expected = merge(np.empty(0, RECORD_DTYPE), days, 0)
+        except (UpstreamInvalid, ValueError) as e:
+            at = e.offset if isinstance(e, UpstreamInvalid) else None
+            where = store_path(root, "transformer", f"{symbol}/{side}/days")
+            faults.append(Fault(str(where), at, f"cannot merge it again: {e}"))
+            continue
         fault = first_difference(
             store_path(root, "aggregator", key), stored, expected, "the transformer's days"
         )
@@ -308,7 +324,11 @@ def _replicas(
             continue
         compared += 1
         fault = first_difference(
-            store_path(root, service, key), stored, expected, f"the {upstream}'s store"
+            store_path(root, service, key),
+            stored,
+            expected,
+            f"the {upstream}'s copy {store_path(root, upstream, key)}",
+            "one of the two copies was damaged on disk",
         )
         if fault is not None:
             faults.append(fault)
@@ -363,6 +383,13 @@ def _resampler(
             if fault is not None:
                 faults.append(fault)
     return faults, compared, skipped
+
+
+def _day(ts_ms: int) -> dt.date | None:
+    try:
+        return dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).date()
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _uses_sessions(root: Path, tf_keys: list[str]) -> bool:

@@ -11,8 +11,9 @@ Per service directory (one with a ``checkpoint.json``) and per store file (``*.b
 - bar stores: ``ts_ms`` on the minute, only known flag bits, the reserved byte zero;
 - journal stores (``fetch``): day-aligned ``ts_ms``, a known record kind, ``body_len >= 0``
   (0 for a gap), the version rule of ``journal.py`` (1 + the day's previous version; 1 for a
-  live record), known flags matching the kind, an unset tail (``src_offset`` -1, count,
-  session and reserved 0), an HTTP status and a fetch time in range.
+  live record), known flags matching the kind, an unset tail (``src_offset`` -1, count and
+  session 0), an HTTP status and a fetch time in range, and each record's check byte (a
+  CRC-8 of the record, ``journal.seal``).
 
 Record bodies that break none of these are found by recomputation (``barstream.recompute``:
 every store is a pure function of its upstream; docs/FORMAT.md §11).
@@ -165,13 +166,15 @@ def check_journal(records: np.ndarray, path: str) -> list[Fault]:
         | ((kind != JOURNAL_GAP) & ((flags & FLAG_SKIPPED) != 0)),
         "flags do not match the record's kind",
     )
-    tail = (
-        (records["src_offset"] != -1)
-        | (records["src_count"] != 0)
-        | (records["session"] != 0)
-        | (records["reserved"] != 0)
-    )
-    faults += _same(path, "tail", tail, "src_offset/src_count/session/reserved not -1/0/0/0")
+    tail = (records["src_offset"] != -1) | (records["src_count"] != 0) | (records["session"] != 0)
+    faults += _same(path, "tail", tail, "src_offset/src_count/session not -1/0/0")
+    from barstream.services.downloader.journal import first_unsealed
+
+    bad = first_unsealed(records)
+    if bad is not None:
+        faults.append(
+            Fault(path, bad, "check byte 63 is not the CRC-8 of bytes 0-62: the record was damaged")
+        )
     status = records["http_status"]
     faults += _same(path, "http_status", (status < 0) | (status > 599), "http_status out of range")
     faults += _same(

@@ -79,9 +79,11 @@ def pristine() -> Iterator[Data]:
 
 
 def run_verify(root: Path) -> tuple[int, str]:
+    """``barstream verify -c CONFIG`` of the data directory ``root`` (its configuration,
+    pointing at it, beside it), in-process."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["verify", "--data-dir", str(root), "-q"])
+        code = cli.main(["verify", "-c", str(root.parent / "barstream.toml"), "-q"])
     return code, out.getvalue() + err.getvalue()
 
 
@@ -94,7 +96,7 @@ def start(root: Path, service: str) -> BarstreamError | None:
     return None
 
 
-def found(root: Path, damaged: Path, *, names: Path | None = None) -> str:
+def found(root: Path, damaged: Path, *, names: Path | None = None, at: object = None) -> str:
     """How the damage to ``damaged`` (a copy under ``root``) was found: "start: …" or
     "verify: …"; fails the test when neither finds it. ``names``: the file the report
     must name (default the damaged one; a raw body is reported on its journal)."""
@@ -110,8 +112,8 @@ def found(root: Path, damaged: Path, *, names: Path | None = None) -> str:
             assert "byte" in text or "record" in text or "`$" in text, f"{rel}: no offset: {text}"
             return f"start: {text}"
     code, out = run_verify(root)
-    faults = [ln for ln in out.splitlines() if ln.startswith(f"FAULT {must}")]
-    assert code == 1 and faults, f"{rel}: damage silently accepted (seed {SEED}):\n{out}"
+    faults = [ln for ln in out.splitlines() if ln.startswith("FAULT ") and must in ln]
+    assert code == 1 and faults, f"{rel} ({at}): damage silently accepted (seed {SEED}):\n{out}"
     assert any(": record " in ln or "byte" in ln for ln in faults), f"{rel}: no offset: {faults}"
     assert "verify: repair:" in out and "barstream rebuild" in out, out
     return f"verify: {faults[0]}"
@@ -128,6 +130,8 @@ def copy(pristine: Data, case: Path) -> Path:
     if root.exists():
         shutil.rmtree(root)
     shutil.copytree(pristine.root, root, symlinks=True)
+    text = pristine.config.read_text().replace(str(pristine.root), str(root))
+    (case / "barstream.toml").write_text(text)
     return root
 
 
@@ -184,7 +188,7 @@ def test_flipped_store_bytes_are_found(pristine: Data, case: Path) -> None:
         for at in positions:
             root = copy(pristine, case)
             flip(root / rel, at, rng)
-            how = found(root, root / rel)
+            how = found(root, root / rel, at=f"byte {at}")
             seen[how.split(":")[0]] += 1
     assert seen["start"] and seen["verify"], seen
 
@@ -411,8 +415,7 @@ def test_each_service_process_exits_3_naming_the_file(
     if rel.endswith(".bars") and at >= LENGTH_AT:
         at = HEADER_SIZE - 100
     flip(root / rel, at, random.Random(SEED))
-    config = case / "pipeline.toml"
-    config.write_text(pristine.config.read_text().replace(str(pristine.root), str(root)))
+    config = case / "barstream.toml"
     service = rel.split("/")[0]
     done = subprocess.run(
         [sys.executable, "-m", f"barstream.services.{service}", "--config", str(config)],
