@@ -31,6 +31,9 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     │   └── TransientSourceError  429 / 5xx / timeout / connection error / refused body (retry)
     ├── PayloadInvalid            a response that failed decoding or validation
     │                             (symbol, side, day, field, index)
+    ├── DiskFull                  a write found its file system full (file, bytes needed,
+    │                             bytes free): the service stops, resumes when restarted
+    ├── CommitFailed              a commit after one that failed: never retried in place
     ├── SupervisorError           supervisord could not be started, reached or stopped
     ├── RebuildError              a rebuild's drain run failed or did not finish (service)
     └── WebAssetsMissing          the chart page's files or its npm-installed charting
@@ -387,3 +390,37 @@ def needs_operator(service: str, error: BarstreamError, config: str = "") -> str
         f"`barstream rebuild{cfg}` moves the stores aside and recomputes them from the raw "
         f"cache; then `barstream ctl start {service}` (exit code {EXIT_NEEDS_OPERATOR})"
     )
+
+
+class DiskFull(BarstreamError):
+    """A write to ``path`` found no space (ENOSPC / EDQUOT): ``need_bytes`` is what that
+    write needed at least, ``free_bytes`` what its file system had left (for this user)."""
+
+    hint = (
+        "free space on that file system (or grow it); the service stops, nothing committed is "
+        "lost, and it resumes from its last commit when started again (supervisord restarts "
+        "it; once FATAL: `barstream ctl start SERVICE`)"
+    )
+
+    def __init__(self, path: str, need_bytes: int, free_bytes: int, what: str = "write") -> None:
+        self.path = path
+        self.need_bytes = need_bytes
+        self.free_bytes = free_bytes
+        super().__init__(
+            f"{path}: disk full: {what} needs {need_bytes:,} bytes, "
+            f"{free_bytes:,} bytes free on its file system"
+        )
+
+
+class CommitFailed(BarstreamError):
+    """A commit asked for after one that failed (``cause``): the failed commit's flush may
+    have lost written pages, and a second fsync could report success for them, so a commit
+    is never retried in place (DESIGN §6): the service stops and resumes from its last
+    checkpoint."""
+
+    hint = "the service stops; restarted, it resumes from its last checkpoint"
+
+    def __init__(self, path: str, cause: BaseException) -> None:
+        self.path = path
+        self.cause = cause
+        super().__init__(f"{path}: an earlier commit failed ({cause}); not retried in place")

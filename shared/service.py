@@ -130,6 +130,9 @@ class Service(abc.ABC):
         self._last_commit = time.monotonic()
         self._serve_metrics = serve_metrics
         self.metrics_port = 0
+        #: main() ended on an error: close() commits nothing (a batch may be half applied;
+        #: the restart resumes from the last checkpoint, DESIGN §6).
+        self.failed = False
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -229,7 +232,7 @@ class Service(abc.ABC):
         """Commit what is written, then close sockets and stores."""
         delivered = False
         try:
-            if self.stores.pending():
+            if self.stores.pending() and not self.failed and self.stores.failed is None:
                 self.commit()
             if self.server is not None and self.server.peers:
                 # Downstream peers get the last commit before we go (bounded).
@@ -262,6 +265,9 @@ class Service(abc.ABC):
         self.log.info("starting: %r", self)
         try:
             await self.main()
+        except Exception:
+            self.failed = True
+            raise
         finally:
             summary = repr(self)  # close() empties the StoreSet: take the counters first
             await self.close()

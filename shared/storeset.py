@@ -18,7 +18,7 @@ from pathlib import Path
 
 from barstream.shared import checkpoint as ckpt
 from barstream.shared import undo
-from barstream.shared.errors import StoreError, StoreFileMissing, StoreMismatch
+from barstream.shared.errors import CommitFailed, StoreError, StoreFileMissing, StoreMismatch
 from barstream.shared.fsio import make_dirs
 from barstream.shared.header import StoreMeta
 from barstream.shared.store import Store
@@ -45,6 +45,8 @@ class StoreSet:
     _committed_state: bytes = b"{}"
     #: Keys of the stores the last commit flushed or whose mark changed (gauges, listeners).
     changed: set[str] = field(default_factory=set)
+    #: Why a commit failed: every later commit raises ``CommitFailed`` (never retried).
+    failed: BaseException | None = None
 
     @classmethod
     def open(cls, root: str | Path, service: str) -> StoreSet:
@@ -134,7 +136,18 @@ class StoreSet:
 
     def commit(self) -> int:
         """Make everything written so far durable, in the order of docs/FORMAT.md §4.
-        Returns the commit number. An fsync error propagates (never retried)."""
+        Returns the commit number. An error (an fsync error, a full disk) propagates, and
+        every later commit of this StoreSet raises ``CommitFailed``: a failed flush may have
+        lost written pages that a second fsync would report as durable (DESIGN §6)."""
+        if self.failed is not None:
+            raise CommitFailed(str(self.root / "checkpoint.json"), self.failed)
+        try:
+            return self._commit()
+        except BaseException as e:
+            self.failed = e
+            raise
+
+    def _commit(self) -> int:
         # 1. flush data: fdatasync every store written since the last commit.
         marks: dict[str, ckpt.StoreMark] = {}
         changed: set[str] = set()
