@@ -199,8 +199,12 @@ class Service(abc.ABC):
             return
         try:
             await asyncio.gather(*work)
+        except Exception:
+            self.failed = True  # a batch may be half applied: commit nothing (DESIGN §6)
+            raise
         finally:
-            self.commit()
+            if not self.failed:
+                self.commit()
         server.done = True
         await server.wait_drained()
         server.close()
