@@ -290,9 +290,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if faults:
         cfg = f" --config {args.config}" if args.data_dir is None else ""
         print(
-            f"verify: repair: stop the pipeline, `barstream rebuild{cfg}` (moves every "
-            "store aside and recomputes it from the raw cache; a damaged raw body is "
-            "re-fetched with the backfill command its FAULT line names)",
+            f"verify: repair: `barstream rebuild{cfg}` (stops the services supervisord "
+            "runs, moves every store aside and recomputes it from the raw cache; a damaged "
+            "raw body is first re-fetched with the backfill command its FAULT line names)",
             file=sys.stderr,
         )
     from barstream import missing

@@ -75,8 +75,8 @@ def first_difference(
         return Fault(
             str(path),
             i,
-            f"{name} (record byte {byte}) is {stored[i][name]!r}, recomputed from {what} "
-            f"{expected[i][name]!r}: {ending}",
+            f"{name} (record byte {byte}) is {stored[i][name].item()!r}, recomputed from "
+            f"{what} {expected[i][name].item()!r}: {ending}",
         )
     if len(stored) != len(expected):
         return Fault(
