@@ -441,3 +441,29 @@ def test_seeded_flips_do_not_hide_in_numpy(pristine: Data) -> None:
     b.view(np.uint8)[64 + 39] ^= 0x80  # close of record 1: 0.0 -> -0.0 (== in float)
     fault = first_difference(Path("x.bars"), b, a, "its upstream")
     assert fault is not None and fault.offset == 1 and "close" in fault.what
+
+
+def test_undo_file_deleted_before_the_restart_is_found_by_verify(
+    pristine: Data, case: Path
+) -> None:
+    """An undo file lost between a crash and the restart: the overwritten committed records
+    cannot be restored (nothing at start can know), and verify's recomputation finds them."""
+    root = copy(pristine, case)
+    store, undo = crashed_rewrite(root)
+    undo.unlink()
+    assert found(root, store).startswith("verify:")
+
+
+def test_checkpoint_deleted_at_stop_starts_fresh_and_says_so(
+    pristine: Data, case: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No checkpoint is the documented reset (CheckpointCorrupt's hint): the service starts
+    fresh and recomputes from upstream — never silently: each store file removed is logged."""
+    root = copy(pristine, case)
+    (root / "aggregator" / "checkpoint.json").unlink()
+    with caplog.at_level("WARNING", logger="barstream.store"):
+        ss = StoreSet.open(root / "aggregator", "aggregator")
+    assert not ss.stores and not ss.upstream
+    ss.close()
+    removed = [r.getMessage() for r in caplog.records if "removing" in r.getMessage()]
+    assert any("aggregator/EUR-USD/BID/1m.bars" in m for m in removed), removed
