@@ -85,7 +85,7 @@ def test_service_exits_3_with_one_fatal_line(run_dir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_damage_found_at_start_ends_fatal_not_a_loop(run_dir: Path) -> None:
+def test_damage_found_at_start_ends_fatal_or_exited_not_a_loop(run_dir: Path) -> None:
     data = pipeline_config(run_dir, run_dir / "data", fake_port=free_port())
     config = write_toml(run_dir / "pipeline.toml", data)
     # The resampler's checkpoint names a store whose header is damaged.
@@ -106,20 +106,28 @@ def test_damage_found_at_start_ends_fatal_not_a_loop(run_dir: Path) -> None:
     proc = sup.start(foreground=True)
     try:
         retries = int(conf_value("resampler", "startretries"))
+        # Exit 3 within startsecs is a failed start: retried, then FATAL. On a loaded
+        # machine the start itself can outlast startsecs: then the exit is an expected one,
+        # EXITED at once. Either way it ends, with a bounded number of starts.
         wait_for(
-            lambda: state(sup, "resampler")["statename"] == "FATAL",
+            lambda: state(sup, "resampler")["statename"] in ("FATAL", "EXITED"),
             90,
-            what="the resampler FATAL after its start retries",
+            what="the resampler FATAL (after its start retries) or EXITED (expected)",
         )
-        assert spawns(sup, "resampler") == 1 + retries
-        # Still FATAL a while later: nothing restarts it.
+        final = state(sup, "resampler")
+        starts = spawns(sup, "resampler")
+        if final["statename"] == "EXITED":
+            assert final["exitstatus"] == EXIT_NEEDS_OPERATOR and starts == 1, (final, starts)
+        else:
+            assert starts == 1 + retries, starts
+        # Still so a while later: nothing restarts it.
         wait_for(lambda: state(sup, "aggregator")["statename"] == "RUNNING", 30, what="agg")
-        assert state(sup, "resampler")["statename"] == "FATAL"
-        assert spawns(sup, "resampler") == 1 + retries
+        assert state(sup, "resampler")["statename"] == final["statename"]
+        assert spawns(sup, "resampler") == starts
         log = (sup.log_dir / "resampler.log").read_text()
         fatal = [ln for ln in log.splitlines() if "FATAL: resampler needs an operator" in ln]
-        assert len(fatal) == 1 + retries, log  # one line per start, nothing else
-        assert len(log.strip().splitlines()) == 1 + retries, log
+        assert len(fatal) == starts, log  # one line per start, nothing else
+        assert len(log.strip().splitlines()) == starts, log
         assert str(bars) in fatal[0] and "header bytes [0, 168)" in fatal[0]
         assert "barstream rebuild --config" in fatal[0] and "Traceback" not in log
         for name in ("downloader", "transformer", "aggregator", "gateway"):
