@@ -56,7 +56,10 @@ def tmpfs(size: str) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
+        # A failed test may leave a file open on it: then detach it lazily (-l), so that no
+        # mount outlives the test whatever happened.
+        if subprocess.run(["umount", str(mnt)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
         shutil.rmtree(mnt, ignore_errors=True)
 
 
