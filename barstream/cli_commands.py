@@ -309,12 +309,23 @@ COMMANDS: Final = (
         "check every store (header, order, OHLC, checkpoint); exit 1 on a fault",
         "Read every store under the data directory: header, strictly increasing "
         "ts_ms, low <= open,close <= high, finite positive prices, checkpoint vs file length. "
-        "Prints FAULT file: record offset: what, one per line. Then the history the stores "
+        "Then, unless --no-recompute, recompute every store from its upstream (every "
+        "store is a pure function of it: the journal's bodies in the raw cache, each day "
+        "version decoded again, the 1m series merged again, every timeframe resampled again, "
+        "every replica against its original) and compare byte for byte, so a damaged record "
+        "body is found too. "
+        "Prints FAULT file: record offset: what, one per line, and the command that repairs "
+        "it. Then the history the stores "
         "lack, as rebuild lists it (HELD / GAP / SKIPPED, each with what to do). Exit 1 on "
         "a fault or on missing history.",
         (
             LIVE,
             arg("--data-dir", type=Path, help="check this directory instead"),
+            arg(
+                "--no-recompute",
+                action="store_true",
+                help="only the checks of each file on its own (fast), no recomputation",
+            ),
             arg("--all", action="store_true", help="include stores moved aside by rebuild"),
             ALLOW_SKIPPED,
             QUIET,

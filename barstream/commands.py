@@ -270,11 +270,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for f in found:
             print(f"FAULT {f}")
         faults += len(found)
+    if not args.no_recompute:
+        from barstream.recompute import recompute
+
+        sessions = (
+            None if args.data_dir is not None else configs.load(args.config).resampler.sessions
+        )
+        again = recompute(root, sessions)
+        for f in again.faults:
+            print(f"FAULT {f}")
+        faults += len(again.faults)
+        for why in again.skipped:
+            print(f"verify: not recomputed: {why}", file=sys.stderr)
     print(
         f"verify: {stores} stores, {records:,} records under {root}: "
         + (f"{faults} fault(s)" if faults else "ok"),
         file=sys.stderr,
     )
+    if faults:
+        cfg = f" --config {args.config}" if args.data_dir is None else ""
+        print(
+            f"verify: repair: `barstream rebuild{cfg}` (stops the services supervisord "
+            "runs, moves every store aside and recomputes it from the raw cache; a damaged "
+            "raw body is first re-fetched with the backfill command its FAULT line names)",
+            file=sys.stderr,
+        )
     from barstream import missing
 
     config = None if args.data_dir is not None else str(args.config)

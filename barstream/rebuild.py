@@ -82,6 +82,18 @@ def drain_config(source: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str
     return data
 
 
+def last_error(log: Path) -> str:
+    """The last ERROR or CRITICAL line of a service's log, without its timestamp (the
+    error that stopped it: e.g. a full disk, naming the file and the space it needed)."""
+    with contextlib.suppress(OSError):
+        lines = log.read_text(errors="replace").splitlines()
+        for line in reversed(lines):
+            for level in (" CRITICAL ", " ERROR "):
+                if level in line:
+                    return line.split(level, 1)[1].strip()
+    return "no error in its log"
+
+
 def cached_days(cfg: Config) -> int:
     cache = RawCache(configs.data_root(cfg) / "raw", today=lambda: dt.date.max)
     return sum(
@@ -166,7 +178,8 @@ def rebuild(
                     if failed:
                         raise RebuildError(
                             "; ".join(
-                                f"{n} exited {c} (see {log_dir / f'rebuild-{n}.log'})"
+                                f"{n} exited {c}: {last_error(log_dir / f'rebuild-{n}.log')} "
+                                f"(see {log_dir / f'rebuild-{n}.log'})"
                                 for n, c in failed.items()
                             )
                         )

@@ -8,7 +8,15 @@ Per service directory (one with a ``checkpoint.json``) and per store file (``*.b
 - bar stores: ``ts_ms`` strictly increasing (the transformer's ``days`` store: within each
   day version), every price finite and > 0, ``low <= open, close <= high``, volume finite
   and >= 0;
-- journal stores (``fetch``): day-aligned ``ts_ms``, a known record kind, ``body_len >= 0``.
+- bar stores: ``ts_ms`` on the minute, only known flag bits, the reserved byte zero;
+- journal stores (``fetch``): day-aligned ``ts_ms``, a known record kind, ``body_len >= 0``
+  (0 for a gap), the version rule of ``journal.py`` (1 + the day's previous version; 1 for a
+  live record), known flags matching the kind, an unset tail (``src_offset`` -1, count and
+  session 0), an HTTP status and a fetch time in range, and each record's check byte (a
+  CRC-8 of the record, ``journal.seal``).
+
+Record bodies that break none of these are found by recomputation (``barstream.recompute``:
+every store is a pure function of its upstream; docs/FORMAT.md §12).
 
 Each fault names the file, the record offset and what is wrong. Pure checks on arrays
 (``check_bars``, ``check_journal``) are separate from the file walk (``verify_dir``).
@@ -28,6 +36,11 @@ from barstream.shared.errors import CheckpointCorrupt, StoreCorrupt
 from barstream.shared.header import HEADER_SIZE, decode_header
 from barstream.shared.record import (
     DTYPES,
+    FLAG_DAY_END,
+    FLAG_LIVE,
+    FLAG_PROVISIONAL,
+    FLAG_REVISED,
+    FLAG_SKIPPED,
     JOURNAL_DAY,
     JOURNAL_EMPTY,
     JOURNAL_GAP,
@@ -36,7 +49,7 @@ from barstream.shared.record import (
     KIND_JOURNAL,
     RECORD_SIZE,
 )
-from barstream.shared.timeframe import DAY_MS
+from barstream.shared.timeframe import DAY_MS, MINUTE_MS
 
 #: Faults reported per check per store (the count says how many more).
 MAX_EXAMPLES = 3
@@ -115,16 +128,92 @@ def check_bars(records: np.ndarray, path: str, *, per_version: bool = False) -> 
             "OHLC: {n} more",
         ),
         *_same(path, "volume", bad_vol, "volume is negative or not finite"),
+        *_same(path, "ts_ms", ts % MINUTE_MS != 0, "ts_ms is not on a minute"),
+        *_report(
+            path,
+            (records["flags"] | BAR_FLAGS) != BAR_FLAGS,
+            lambda i: f"unknown flag bits {int(records['flags'][i]):#06x}",
+            "flags: {n} more",
+        ),
+        *_same(path, "reserved", records["reserved"] != 0, "reserved byte 63 is not 0"),
     ]
 
 
 def check_journal(records: np.ndarray, path: str) -> list[Fault]:
     faults: list[Fault] = []
     kinds = (JOURNAL_DAY, JOURNAL_LIVE, JOURNAL_GAP, JOURNAL_EMPTY)
+    kind = records["kind"]
+    flags = records["flags"]
+    fetched = records["fetched_ms"]
     faults += _same(path, "day", records["ts_ms"] % DAY_MS != 0, "ts_ms is not a UTC midnight")
-    faults += _same(path, "kind", ~np.isin(records["kind"], kinds), "unknown journal kind")
+    faults += _same(path, "kind", ~np.isin(kind, kinds), "unknown journal kind")
     faults += _same(path, "body_len", records["body_len"] < 0, "negative body_len")
+    faults += _same(
+        path, "gap", (kind == JOURNAL_GAP) & (records["body_len"] != 0), "a gap with a body_len"
+    )
+    faults += _same(
+        path,
+        "gap digest",
+        (kind == JOURNAL_GAP) & ((flags & FLAG_SKIPPED) == 0) & (records["digest"] != 0),
+        "a gap not skipped by the user has a digest",
+    )
+    live = FLAG_LIVE | FLAG_PROVISIONAL
+    faults += _same(
+        path,
+        "flags",
+        ((flags | JOURNAL_FLAGS) != JOURNAL_FLAGS)
+        | ((kind == JOURNAL_LIVE) != ((flags & live) == live))
+        | ((kind != JOURNAL_GAP) & ((flags & FLAG_SKIPPED) != 0)),
+        "flags do not match the record's kind",
+    )
+    tail = (records["src_offset"] != -1) | (records["src_count"] != 0) | (records["session"] != 0)
+    faults += _same(path, "tail", tail, "src_offset/src_count/session not -1/0/0")
+    from barstream.services.downloader.journal import first_unsealed
+
+    bad = first_unsealed(records)
+    if bad is not None:
+        faults.append(
+            Fault(path, bad, "check byte 63 is not the CRC-8 of bytes 0-62: the record was damaged")
+        )
+    status = records["http_status"]
+    faults += _same(path, "http_status", (status < 0) | (status > 599), "http_status out of range")
+    faults += _same(
+        path,
+        "fetched_ms",
+        (fetched != 0) & ((fetched < FETCHED_MIN_MS) | (fetched > FETCHED_MAX_MS)),
+        "fetched_ms is not a plausible wall-clock time",
+    )
+    faults += _report(
+        path, _bad_versions(records), lambda i: "version breaks the journal's rule", "{n} more"
+    )
     return faults
+
+
+#: Flag bits a bar record may carry; a journal record.
+BAR_FLAGS = FLAG_PROVISIONAL | FLAG_REVISED | FLAG_LIVE | FLAG_DAY_END
+JOURNAL_FLAGS = BAR_FLAGS | FLAG_SKIPPED
+#: A journal's fetch times lie between 2000 and 2200 (UTC ms).
+FETCHED_MIN_MS = 946_684_800_000
+FETCHED_MAX_MS = 7_258_118_400_000
+
+
+def _bad_versions(records: np.ndarray) -> np.ndarray:
+    """``version`` of each record against journal.py's rule: 1 for a live record, else 1 +
+    the version of the day's previous record (1 for its first)."""
+    bad = np.zeros(len(records), dtype=bool)
+    last: dict[int, int] = {}
+    for i, (day, kind, version) in enumerate(
+        zip(
+            records["ts_ms"].tolist(),
+            records["kind"].tolist(),
+            records["version"].tolist(),
+            strict=True,
+        )
+    ):
+        want = 1 if kind == JOURNAL_LIVE else last.get(day, 0) + 1
+        bad[i] = version != want
+        last[day] = version
+    return bad
 
 
 def verify_store(path: Path, mark: StoreMark | None) -> StoreReport:

@@ -10,8 +10,9 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     │   ├── StoreClosed
     │   ├── StoreMissing          no store file where one was asked for (file, key): the
     │   │                         pipeline has not written it yet
-    │   └── StoreRewritten        a reader's scan found records it already handed out
-    │                             rewritten by the writer (file, offset)
+    │   ├── StoreRewritten        a reader's scan found records it already handed out
+    │   │                         rewritten by the writer (file, offset)
+    │   └── StoreFileMissing      a store file the service's checkpoint names is gone (file)
     ├── CheckpointCorrupt         a checkpoint file that cannot be parsed (file)
     ├── ConfigError               a configuration value is invalid (key path, value)
     │   ├── BindError             a socket or port this host cannot bind (key, address; in use,
@@ -32,6 +33,9 @@ message *and* keeps those facts as attributes, so callers and metrics need not p
     │   └── TransientSourceError  429 / 5xx / timeout / connection error / refused body (retry)
     ├── PayloadInvalid            a response that failed decoding or validation
     │                             (symbol, side, day, field, index)
+    ├── DiskFull                  a write found its file system full (file, bytes needed,
+    │                             bytes free): the service stops, resumes when restarted
+    ├── CommitFailed              a commit after one that failed: never retried in place
     ├── SupervisorError           supervisord could not be started, reached or stopped
     ├── RebuildError              a rebuild's drain run failed or did not finish (service)
     └── WebAssetsMissing          the chart page's files or its npm-installed charting
@@ -45,7 +49,12 @@ Every error says what happened, where, and (via ``hint``) what to do.
 
 The exit codes of every command and service are defined here too: ``EXIT_OK`` (done),
 ``EXIT_ERROR`` (an error: a service is restarted by supervisord; a command left something
-undone, and said what) and ``EXIT_USAGE`` (bad arguments or configuration).
+undone, and said what), ``EXIT_USAGE`` (bad arguments or configuration) and
+``EXIT_NEEDS_OPERATOR`` (a service found one of its *own* files — a store, its header, an
+undo file, the checkpoint — damaged or missing: restarting cannot help, so it printed one
+FATAL line naming the file, the offset and the repair command, and supervisord.conf lists
+the code in ``exitcodes`` so the program is not restarted in a loop; ``needs_operator``
+builds that line).
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ from typing import Final
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
+EXIT_NEEDS_OPERATOR: Final = 3
 
 
 class BarstreamError(Exception):
@@ -362,3 +372,63 @@ class WebAssetsMissing(BarstreamError):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         super().__init__(f"{path}: {message}")
+
+
+def own_file_damage(error: BaseException) -> bool:
+    """``error`` says a service's own store, header, undo file or checkpoint is damaged or
+    gone (``StoreCorrupt``, ``StoreMismatch``, ``CheckpointCorrupt``, ``StoreFileMissing``)."""
+    return isinstance(error, StoreCorrupt | StoreMismatch | CheckpointCorrupt | StoreFileMissing)
+
+
+class StoreFileMissing(StoreError):
+    """A store file the service's checkpoint names is gone (deleted while the service ran,
+    or since): the committed records in it are lost to this service."""
+
+    hint = "rebuild this service's stores with `barstream rebuild`"
+
+
+def needs_operator(service: str, error: BarstreamError, config: str = "") -> str:
+    """The one FATAL line of an ``EXIT_NEEDS_OPERATOR`` exit: what is damaged (the error
+    names the file and offset) and the commands that repair it."""
+    cfg = f" --config {config}" if config else ""
+    return (
+        f"FATAL: {service} needs an operator, it will not be restarted: "
+        f"{Exception.__str__(error)}. "
+        f"Repair: `barstream verify{cfg}` lists every damaged file; "
+        f"`barstream rebuild{cfg}` moves the stores aside and recomputes them from the raw "
+        f"cache; then `barstream ctl start {service}` (exit code {EXIT_NEEDS_OPERATOR})"
+    )
+
+
+class DiskFull(BarstreamError):
+    """A write to ``path`` found no space (ENOSPC / EDQUOT): ``need_bytes`` is what that
+    write needed at least, ``free_bytes`` what its file system had left (for this user)."""
+
+    hint = (
+        "free space on that file system (or grow it); the service stops, nothing committed is "
+        "lost, and it resumes from its last commit when started again (supervisord restarts "
+        "it; once FATAL: `barstream ctl start SERVICE`)"
+    )
+
+    def __init__(self, path: str, need_bytes: int, free_bytes: int, what: str = "write") -> None:
+        self.path = path
+        self.need_bytes = need_bytes
+        self.free_bytes = free_bytes
+        super().__init__(
+            f"{path}: disk full: {what} needs {need_bytes:,} bytes, "
+            f"{free_bytes:,} bytes free on its file system"
+        )
+
+
+class CommitFailed(BarstreamError):
+    """A commit asked for after one that failed (``cause``): the failed commit's flush may
+    have lost written pages, and a second fsync could report success for them, so a commit
+    is never retried in place (DESIGN §6): the service stops and resumes from its last
+    checkpoint."""
+
+    hint = "the service stops; restarted, it resumes from its last checkpoint"
+
+    def __init__(self, path: str, cause: BaseException) -> None:
+        self.path = path
+        self.cause = cause
+        super().__init__(f"{path}: an earlier commit failed ({cause}); not retried in place")

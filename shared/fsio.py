@@ -13,24 +13,54 @@ Contract of each:
 - ``atomic_write``: replace a file so that any reader, and the file after a crash, holds the
   old bytes or the whole new ones, never a mix (docs/FORMAT.md §9 "Atomic file replacement").
 
+- ``space_for``: turn a write's ENOSPC / EDQUOT into ``DiskFull`` naming the file, the
+  bytes the write needed and the bytes free (``free_bytes``).
+
 An fsync error is never retried here: it propagates to the caller (and stops the service).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
+
+from barstream.shared.errors import DiskFull
 
 #: Buffers per pwritev call (Linux's IOV_MAX is 1024).
 IOV_MAX: Final = 512
 #: Appends at least this big start their writeback at once (see ``start_writeback``).
 WRITEBACK_MIN_BYTES: Final = 256 << 10
 _SYNC_FILE_RANGE_WRITE: Final = 2
+#: The errnos of a full file system (or quota).
+NO_SPACE: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system holding ``path`` (or
+    its nearest existing parent); -1 when that cannot be told."""
+    for p in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            st = os.statvfs(p)
+            return st.f_bavail * st.f_frsize
+    return -1
+
+
+@contextlib.contextmanager
+def space_for(path: Path, need_bytes: int, what: str = "write") -> Iterator[None]:
+    """Run a write to ``path`` that needs ``need_bytes``; a full file system raises
+    ``DiskFull`` (from the OSError) naming the file, the need and the free space."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in NO_SPACE:
+            raise DiskFull(str(path), need_bytes, free_bytes(path), what) from e
+        raise
 
 
 def pwrite_all(fd: int, data: memoryview, pos: int) -> None:
@@ -112,6 +142,11 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     created (each one's own parent fsynced). ``durable=False`` skips the fsyncs (still
     atomic for readers, not across a power loss). A failure removes the tmp file; a crash
     may leave one behind, which nothing reads."""
+    with space_for(path, len(data), "replacing it"):
+        _atomic_write(path, data, durable=durable)
+
+
+def _atomic_write(path: Path, data: bytes, *, durable: bool) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -141,17 +176,18 @@ def create_new(path: Path, data: bytes) -> None:
     (``FileExistsError``): ``<path>.tmp`` → write → fsync → link to ``path`` (fails if it
     exists) → unlink the tmp → fsync the directory. The directory must exist."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
+    with space_for(path, len(data), "creating it"):
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _write_all(fd, data)
-            os.fsync(fd)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(tmp, path)
         finally:
-            os.close(fd)
-        os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+            tmp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
 
 
 def _write_all(fd: int, data: bytes) -> None:

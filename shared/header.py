@@ -7,8 +7,8 @@ mutable, advisory words the writer publishes for readers (``LENGTH_AT``, ``GENER
 ``SEQ_AT``; see FORMAT.md §6 for the seqlock).
 
 ``encode_header`` builds the fixed part (mutable words zero); ``decode_header`` checks, in
-FORMAT.md's order, size, magic, version, CRC, header/record size, kind and a non-negative
-length, raising ``StoreCorrupt`` naming the file; a string too long for its field raises
+FORMAT.md's order, size, magic, version, CRC, header/record size, kind, a non-negative
+length and the zero bytes, raising ``StoreCorrupt`` naming the file and the header byte; a string too long for its field raises
 ``StoreError``. Pure functions: no I/O.
 """
 
@@ -97,31 +97,43 @@ def decode_header(buf: bytes | memoryview | mmap.mmap, path: str) -> Header:
     """Decode and check a header (see the module docstring); ``path`` names the file in errors."""
     if len(buf) < HEADER_SIZE:
         raise StoreCorrupt(
-            path, f"file is {len(buf)} bytes, shorter than the {HEADER_SIZE}-byte header"
+            path, f"header: file is {len(buf)} bytes, shorter than the {HEADER_SIZE}-byte header"
         )
     fixed = bytes(buf[: FIXED.size])
     (magic, version, header_size, record_size, kind, created, store_id, sym, side, tf, align) = (
         FIXED.unpack(fixed)
     )
     if magic != MAGIC:
-        raise StoreCorrupt(path, f"bad magic {magic!r}: not a barstream store")
+        raise StoreCorrupt(path, f"header byte 0: bad magic {magic!r}: not a barstream store")
     if version != FORMAT_VERSION:
-        raise StoreCorrupt(path, f"format version {version}, this build reads {FORMAT_VERSION}")
+        raise StoreCorrupt(
+            path, f"header byte 8: format version {version}, this build reads {FORMAT_VERSION}"
+        )
     (crc,) = struct.unpack_from("<I", buf, CRC_AT)
     if crc != zlib.crc32(fixed):
-        raise StoreCorrupt(path, "header checksum mismatch: the header was damaged")
+        raise StoreCorrupt(
+            path,
+            f"header bytes [0, {CRC_AT}) do not match their checksum at byte {CRC_AT}: "
+            "the header was damaged",
+        )
     if header_size != HEADER_SIZE or record_size != RECORD_SIZE:
         raise StoreCorrupt(
-            path, f"header size {header_size} / record size {record_size} unsupported"
+            path,
+            f"header byte 12: header size {header_size} / record size {record_size} unsupported",
         )
     if kind not in DTYPES:
-        raise StoreCorrupt(path, f"unknown store kind {kind}")
+        raise StoreCorrupt(path, f"header byte 20: unknown store kind {kind}")
     meta = StoreMeta(_unpack_str(sym), _unpack_str(side), _unpack_str(tf), _unpack_str(align), kind)
     (length,) = I64.unpack_from(buf, LENGTH_AT)
     (generation,) = U64.unpack_from(buf, GENERATION_AT)
     (seq,) = U64.unpack_from(buf, SEQ_AT)
     if length < 0:
-        raise StoreCorrupt(path, f"negative committed length {length}")
+        raise StoreCorrupt(path, f"header byte {LENGTH_AT}: negative committed length {length}")
+    for lo, hi in ((CRC_AT + 4, LENGTH_AT), (SEQ_AT + 8, HEADER_SIZE)):
+        zone = bytes(buf[lo:hi])
+        if zone.count(0) != hi - lo:
+            at = lo + next(i for i, b in enumerate(zone) if b)
+            raise StoreCorrupt(path, f"header byte {at}: must be zero (bytes [{lo}, {hi}) are)")
     (created_ms,) = struct.unpack("<q", created)
     return Header(meta, store_id, created_ms, length, generation, seq)
 

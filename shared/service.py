@@ -41,6 +41,7 @@ from barstream.shared import protocol as p
 from barstream.shared.config import Config
 from barstream.shared.errors import (
     EXIT_ERROR,
+    EXIT_NEEDS_OPERATOR,
     EXIT_OK,
     EXIT_USAGE,
     BarstreamError,
@@ -48,6 +49,8 @@ from barstream.shared.errors import (
     ConfigError,
     DrainIncomplete,
     UpstreamInvalid,
+    needs_operator,
+    own_file_damage,
 )
 from barstream.shared.feed_client import FeedClient
 from barstream.shared.feed_server import Attachments, Cut, FeedServer
@@ -137,6 +140,9 @@ class Service(abc.ABC):
         self._last_commit = time.monotonic()
         self._serve_metrics = serve_metrics
         self.metrics_port = 0
+        #: main() ended on an error: close() commits nothing (a batch may be half applied;
+        #: the restart resumes from the last checkpoint, DESIGN §6).
+        self.failed = False
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -228,8 +234,12 @@ class Service(abc.ABC):
             return
         try:
             await asyncio.gather(*work)
+        except Exception:
+            self.failed = True  # a batch may be half applied: commit nothing (DESIGN §6)
+            raise
         finally:
-            self.commit()
+            if not self.failed:
+                self.commit()
         server.done = True
         drained = await server.wait_drained(timeout_s=DRAIN_RETURN_S)
         server.close()
@@ -267,7 +277,7 @@ class Service(abc.ABC):
         """Commit what is written, then close sockets and stores."""
         delivered = False
         try:
-            if self.stores.pending():
+            if self.stores.pending() and not self.failed and self.stores.failed is None:
                 self.commit()
             if self.server is not None and self.server.peers:
                 # Downstream peers get the last commit before we go (bounded).
@@ -300,6 +310,9 @@ class Service(abc.ABC):
         self.log.info("starting: %r", self)
         try:
             await self.main()
+        except Exception:
+            self.failed = True
+            raise
         finally:
             summary = repr(self)  # close() empties the StoreSet: take the counters first
             await self.close()
@@ -455,10 +468,14 @@ def main(service_cls: type[Service], argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(service_cls.name, args.log_level)
     log = logging.getLogger(f"barstream.{service_cls.name}")
+    config = str(args.config) if args.config else ""
     try:
         cfg = config_mod.load(args.config) if args.config else config_mod.default()
         service = service_cls(cfg, drain=args.drain)
     except BarstreamError as e:
+        if own_file_damage(e):  # a damaged own store or checkpoint: a restart cannot help
+            log.critical("%s", needs_operator(service_cls.name, e, config))
+            return EXIT_NEEDS_OPERATOR
         log.error("cannot start: %s", e)
         return EXIT_USAGE
     try:
@@ -467,6 +484,9 @@ def main(service_cls: type[Service], argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", e)
         return EXIT_USAGE
     except BarstreamError as e:
+        if own_file_damage(e):  # e.g. a store file deleted while the service ran
+            log.critical("%s", needs_operator(service_cls.name, e, config))
+            return EXIT_NEEDS_OPERATOR
         log.error("stopped on error: %s", e)
         return EXIT_ERROR
     except OSError as e:

@@ -35,10 +35,19 @@ from barstream.shared import undo
 from barstream.shared.errors import (
     StoreCorrupt,
     StoreError,
+    StoreFileMissing,
     StoreMismatch,
     StoreRangeError,
 )
-from barstream.shared.fsio import create_new, grow_file, make_dirs, pwritev_all, start_writeback
+from barstream.shared.fsio import (
+    NO_SPACE,
+    create_new,
+    grow_file,
+    make_dirs,
+    pwritev_all,
+    space_for,
+    start_writeback,
+)
 from barstream.shared.header import (
     GENERATION_AT,
     HEADER_SIZE,
@@ -121,7 +130,7 @@ class Store(StoreReader):
         try:
             fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         except FileNotFoundError:
-            raise StoreError(str(path), "no such store file") from None
+            raise StoreFileMissing(str(path), "no such store file") from None
         try:
             raw = os.pread(fd, HEADER_SIZE, 0)
             header = decode_header(raw, str(path))
@@ -202,7 +211,8 @@ class Store(StoreReader):
         # pwrite(v), not a copy into the mapping: writing fresh mapped pages faults page by
         # page (5-7x slower on tmpfs); the mapping sees the same page cache.
         views = [np.ascontiguousarray(p).view(np.uint8).data for p in parts]
-        pwritev_all(self._fd, views, HEADER_SIZE + start * RECORD_SIZE)
+        with space_for(self.path, n * RECORD_SIZE, f"appending {n} records at {start}"):
+            pwritev_all(self._fd, views, HEADER_SIZE + start * RECORD_SIZE)
         start_writeback(self._fd, HEADER_SIZE + start * RECORD_SIZE, n * RECORD_SIZE)
         self._dirty = True
         self._length = end
@@ -289,7 +299,16 @@ class Store(StoreReader):
         """Make written records durable on disk (fdatasync). Step 1 of a commit."""
         self._check_writable()
         if self._dirty:
-            os.fdatasync(self._fd)
+            with space_for(self.path, 0, "flushing written records (fdatasync)"):
+                os.fdatasync(self._fd)
+            if os.fstat(self._fd).st_nlink == 0:
+                # Deleted while open: these records would go to a file no restart can open.
+                raise StoreFileMissing(
+                    str(self.path),
+                    "the store file was deleted while the service had it open: records from "
+                    "here on cannot be committed",
+                    offset=self.committed_length,
+                )
         self._dirty = False
 
     def committed(self, rewinds_max: int = REWIND_LOG_MAX) -> ckpt.StoreMark:
@@ -366,6 +385,13 @@ class Store(StoreReader):
         if start >= stop:
             self._undo_low = min(self._undo_low, start)
             return
+        with space_for(
+            self.undo_path, (stop - start) * RECORD_SIZE + 64, "saving committed records"
+        ):
+            self._save_undo_entry(start, stop)
+        self._undo_low = start
+
+    def _save_undo_entry(self, start: int, stop: int) -> None:
         self._undo_fd = undo.save(
             self._undo_fd,
             self.path,
@@ -375,7 +401,6 @@ class Store(StoreReader):
             generation=self.generation,
             length=self.committed_length,
         )
-        self._undo_low = start
 
     def _grow(self, size: int, need: int) -> int:
         if not self.writable:
@@ -384,7 +409,16 @@ class Store(StoreReader):
         cur = max(size - HEADER_SIZE, 0)
         grow = max(GROW_MIN_BYTES, min(cur, GROW_MAX_BYTES))
         new_size = max(need, HEADER_SIZE + -(-(cur + grow) // RECORD_SIZE) * RECORD_SIZE)
-        grow_file(self._fd, size, new_size)
+        try:
+            grow_file(self._fd, size, new_size)
+        except OSError as e:
+            if e.errno not in NO_SPACE or new_size == need:
+                raise
+            # No room to preallocate ahead: take only what this write needs (a full disk
+            # is then met by the write that truly needs the space, and says how much).
+            with space_for(self.path, need - size, f"growing the file to {need:,} bytes"):
+                grow_file(self._fd, size, need)
+            return need
         return new_size
 
     def _header_map(self) -> mmap.mmap:

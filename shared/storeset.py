@@ -18,7 +18,7 @@ from pathlib import Path
 
 from barstream.shared import checkpoint as ckpt
 from barstream.shared import names, undo
-from barstream.shared.errors import StoreError, StoreMismatch
+from barstream.shared.errors import CommitFailed, StoreError, StoreFileMissing, StoreMismatch
 from barstream.shared.fsio import make_dirs
 from barstream.shared.header import StoreMeta
 from barstream.shared.store import Store
@@ -45,6 +45,8 @@ class StoreSet:
     _committed_state: bytes = b"{}"
     #: Keys of the stores the last commit flushed or whose mark changed (gauges, listeners).
     changed: set[str] = field(default_factory=set)
+    #: Why a commit failed: every later commit raises ``CommitFailed`` (never retried).
+    failed: BaseException | None = None
 
     @classmethod
     def open(cls, root: str | Path, service: str) -> StoreSet:
@@ -66,12 +68,20 @@ class StoreSet:
             self._committed_state = ckpt.encode_state(self.state)
             for key, mark in point.stores.items():
                 path = self.path_for(key)
-                store = Store.open(
-                    path,
-                    committed_length=mark.length,
-                    generation=mark.generation,
-                    rewinds=[(g, o) for g, o in mark.rewinds],
-                )
+                try:
+                    store = Store.open(
+                        path,
+                        committed_length=mark.length,
+                        generation=mark.generation,
+                        rewinds=[(g, o) for g, o in mark.rewinds],
+                    )
+                except StoreFileMissing:
+                    raise StoreFileMissing(
+                        str(path),
+                        f"no such store file, but {root / 'checkpoint.json'} commits records "
+                        f"[0, {mark.length}) of {key} to it",
+                        offset=0,
+                    ) from None
                 if store.store_id.hex() != mark.store_id:
                     store.close()
                     raise StoreMismatch(
@@ -131,7 +141,18 @@ class StoreSet:
 
     def commit(self) -> int:
         """Make everything written so far durable, in the order of docs/FORMAT.md §4.
-        Returns the commit number. An fsync error propagates (never retried)."""
+        Returns the commit number. An error (an fsync error, a full disk) propagates, and
+        every later commit of this StoreSet raises ``CommitFailed``: a failed flush may have
+        lost written pages that a second fsync would report as durable (DESIGN §6)."""
+        if self.failed is not None:
+            raise CommitFailed(str(self.root / "checkpoint.json"), self.failed)
+        try:
+            return self._commit()
+        except BaseException as e:
+            self.failed = e
+            raise
+
+    def _commit(self) -> int:
         # 1. flush data: fdatasync every store written since the last commit.
         marks: dict[str, ckpt.StoreMark] = {}
         changed: set[str] = set()

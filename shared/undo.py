@@ -84,19 +84,30 @@ def restore(store_path: Path, fd: int, store_id: bytes, generation: int, length:
         raw = undo.read_bytes()
     except FileNotFoundError:
         return
-    if len(raw) >= UNDO_HEAD.size:
+    if len(raw) >= UNDO_HEAD.size and raw.count(0) != len(raw):
         magic, sid, gen, committed = UNDO_HEAD.unpack_from(raw, 0)
-        if magic == UNDO_MAGIC and sid == store_id and gen == generation and committed == length:
+        _check_head(undo, magic, sid, store_id, gen, generation, committed, length)
+        if gen == generation and committed == length:
             pos = UNDO_HEAD.size
             restored = 0
             while pos + UNDO_ENTRY.size <= len(raw):
                 start, count, crc = UNDO_ENTRY.unpack_from(raw, pos)
-                body = raw[pos + UNDO_ENTRY.size : pos + UNDO_ENTRY.size + count * RECORD_SIZE]
+                end = pos + UNDO_ENTRY.size + count * RECORD_SIZE
+                body = raw[pos + UNDO_ENTRY.size : end]
                 if count <= 0 or len(body) != count * RECORD_SIZE or zlib.crc32(body) != crc:
+                    if count > 0 and end < len(raw) and raw[end:].count(0) != len(raw) - end:
+                        # Bytes follow it: it is no torn last entry, it was damaged since.
+                        raise StoreCorrupt(
+                            str(undo),
+                            f"undo entry at byte {pos} (records [{start}, {start + count})) "
+                            "does not match its crc32, and more entries follow it",
+                        )
                     break  # torn entry: it was being saved, so its records were never changed
                 if start < 0 or start + count > length:
                     raise StoreCorrupt(
-                        str(undo), f"undo entry [{start}, {start + count}) outside {length}"
+                        str(undo),
+                        f"undo entry at byte {pos}: records [{start}, {start + count}) outside "
+                        f"the committed {length}",
                     )
                 pwrite_all(fd, memoryview(body), HEADER_SIZE + start * RECORD_SIZE)
                 restored += count
@@ -109,3 +120,33 @@ def restore(store_path: Path, fd: int, store_id: bytes, generation: int, length:
                     restored,
                 )
     undo.unlink()
+
+
+def _check_head(
+    undo: Path,
+    magic: bytes,
+    sid: bytes,
+    store_id: bytes,
+    gen: int,
+    generation: int,
+    committed: int,
+    length: int,
+) -> None:
+    """An undo file's head is this store's, of the committed state or an older (stale)
+    one; anything else was damaged (FORMAT.md §2: the head is durable before any record
+    changes, a commit that rewrote records always moves the generation on, and within a
+    generation the committed length only grows — a restored undo file whose unlink was
+    lost to a power cut has the same generation and a shorter length: stale)."""
+    where = (
+        "byte 0: bad magic"
+        if magic != UNDO_MAGIC
+        else "byte 8: another store's id"
+        if sid != store_id
+        else f"byte 24: generation {gen} is ahead of the checkpoint's {generation}"
+        if gen > generation
+        else f"byte 32: length {committed} is ahead of the checkpoint's {length}"
+        if gen == generation and committed > length
+        else ""
+    )
+    if where:
+        raise StoreCorrupt(str(undo), f"undo file {where}: the file was damaged")

@@ -30,6 +30,11 @@ Rules (what the transformer can rely on):
 - ``replay`` journals a run of cached (final) days with one entry: each record is what
   ``final`` writes for a body read from the raw cache (status 200, no attempts).
 - ``fetched_ms`` is 0 for a record made without a request (from the raw cache).
+- Every record is **sealed**: its last byte (``reserved``) is a CRC-8 of bytes 0–62
+  (``seal``), so a damaged byte in any field — the informational ones included (fetch
+  time, status, attempts), which nothing could recompute — is found when the downloader
+  opens its journal (``first_unsealed``) and by ``barstream verify``. A journal written
+  before seals existed (every check byte 0) is read unchecked.
 """
 
 from __future__ import annotations
@@ -51,7 +56,45 @@ from barstream.shared.record import (
 )
 from barstream.shared.timeframe import DAY_MS
 
-__all__ = ["DayState", "Entry", "Journal"]
+__all__ = ["DayState", "Entry", "Journal", "first_unsealed", "seal"]
+
+
+def _crc8_table() -> np.ndarray:
+    table = np.zeros(256, dtype=np.uint8)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = ((c << 1) ^ 0x07) & 0xFF if c & 0x80 else (c << 1) & 0xFF
+        table[i] = c
+    return table
+
+
+#: CRC-8 (polynomial 0x07): every error confined to 8 consecutive bits — any one damaged
+#: byte — changes it.
+_CRC8 = _crc8_table()
+
+
+def _check_bytes(records: np.ndarray) -> np.ndarray:
+    raw = np.ascontiguousarray(records).view(np.uint8).reshape(len(records), -1)
+    crc = np.zeros(len(records), dtype=np.uint8)
+    for j in range(raw.shape[1] - 1):
+        crc = _CRC8[crc ^ raw[:, j]]
+    return crc
+
+
+def seal(records: np.ndarray) -> np.ndarray:
+    """Set each journal record's check byte (``reserved``: CRC-8 of bytes 0–62); in place."""
+    records["reserved"] = _check_bytes(records)
+    return records
+
+
+def first_unsealed(records: np.ndarray) -> int | None:
+    """The offset of the first record whose check byte does not match (None: all do, or
+    the journal predates seals: every check byte 0)."""
+    if not len(records) or not records["reserved"].any():
+        return None
+    bad = np.flatnonzero(_check_bytes(records) != records["reserved"])
+    return int(bad[0]) if len(bad) else None
 
 
 @dataclass(slots=True)
@@ -202,6 +245,7 @@ class Journal:
         recs["kind"] = JOURNAL_DAY
         recs["src_offset"] = -1
         recs["flags"] = flags
+        seal(recs)
         start = self.length
         for i in range(len(ts)):
             self._set_day(ts[i], DayState(start + i, JOURNAL_DAY, digests[i], versions[i]))
@@ -211,7 +255,8 @@ class Journal:
     # -- the index ---------------------------------------------------------------------
 
     def _put(self, rec: np.ndarray, body: bytes) -> Entry:
-        """Append ``rec``, keeping a live record as the journal's last."""
+        """Append ``rec`` (sealed here), keeping a live record as the journal's last."""
+        seal(rec)
         at, recs = self.length, rec
         bodies: tuple[bytes, ...] = (body,)
         live = self._live

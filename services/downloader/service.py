@@ -18,13 +18,20 @@ from pathlib import Path
 import numpy as np
 
 from barstream.services.downloader.fetcher import Clock, Fetcher, StreamState, date_of
-from barstream.services.downloader.journal import Entry, Journal
+from barstream.services.downloader.journal import Entry, Journal, first_unsealed
 from barstream.services.downloader.raw_cache import RawCache
 from barstream.services.downloader.source import HttpSource, RequestBudget, Source
 from barstream.shared.config import Config
-from barstream.shared.header import StoreMeta
+from barstream.shared.errors import StoreCorrupt
+from barstream.shared.header import HEADER_SIZE, StoreMeta
 from barstream.shared.metrics import DownloaderMetrics
-from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE, KIND_JOURNAL
+from barstream.shared.record import (
+    JOURNAL_DAY,
+    JOURNAL_GAP,
+    JOURNAL_LIVE,
+    KIND_JOURNAL,
+    RECORD_SIZE,
+)
 from barstream.shared.service import Change, Service
 
 #: Bytes of raw bodies per feed batch at most (a batch never splits a record from its body).
@@ -65,6 +72,14 @@ class Downloader(Service):
         self.streams: dict[str, StreamState] = {}
         for symbol, side in config.streams():
             store = self.stores.ensure(StoreMeta(symbol, side, "fetch", kind=KIND_JOURNAL))
+            bad = first_unsealed(store.records)
+            if bad is not None:
+                raise StoreCorrupt(
+                    str(store.path),
+                    f"journal record byte 63 is not the CRC-8 of bytes 0-62 (damaged on disk): "
+                    f"byte {HEADER_SIZE + bad * RECORD_SIZE} of the file",
+                    offset=bad,
+                )
             key = store.meta.key
             self.streams[key] = StreamState(symbol, side, key, Journal(store.records))
             self.fetcher.gauges(self.streams[key])  # gaps known from before a restart

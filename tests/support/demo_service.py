@@ -1,10 +1,10 @@
 """A small real Service for tests of the service shell (signals, commit on close, exit codes).
 
-    python -m tests.support.demo_service {run|fail-barstream|fail-os} --config FILE
+    python -m tests.support.demo_service {run|fail-barstream|fail-store|fail-os} --config FILE
 
 ``run``: append 7 records every 2 ms to EUR-USD/BID/1m, ``maybe_commit`` as data flows,
 serve the store as a feed; prints ``running`` once started. ``fail-*``: ``main()`` raises
-a BarstreamError / an OSError after start.
+a BarstreamError / a StoreCorrupt (own-file damage) / an OSError after start.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import contextlib
 import sys
 
 from barstream.shared import service
-from barstream.shared.errors import StoreCorrupt
+from barstream.shared.errors import StoreCorrupt, StoreError
 from barstream.shared.header import StoreMeta
 from tests.support.plan import make_records
 
@@ -29,7 +29,9 @@ class Demo(service.Service):
         serving = asyncio.create_task(server.run())
         store = self.stores.ensure(StoreMeta("EUR-USD", "BID", "1m"))
         if self.mode == "fail-barstream":
-            raise StoreCorrupt("demo.bars", "demo failure", offset=3)
+            raise StoreError("demo.bars", "demo failure", offset=3)
+        if self.mode == "fail-store":
+            raise StoreCorrupt("demo.bars", "demo damage", offset=3)
         if self.mode == "fail-os":
             raise OSError(28, "No space left on device")
         print("running", flush=True)

@@ -48,6 +48,8 @@ def data_dir(tmp_path: Path) -> Path:
     j["ts_ms"] = np.array([0, 1, 2]) * DAY_MS + 20_000 * DAY_MS
     j["kind"] = 1
     j["body_len"] = 100
+    j["version"] = 1  # as journal.py writes them: first version, no upstream
+    j["src_offset"] = -1
     dl.ensure(StoreMeta("EUR-USD", "BID", "fetch", kind=KIND_JOURNAL)).append(j)
     dl.touch("EUR-USD/BID/fetch")
     dl.commit()
@@ -131,6 +133,7 @@ def test_checkpoint_store_id_mismatch(data_dir: Path, capsys: pytest.CaptureFixt
     ck = data_dir / "resampler" / "checkpoint.json"
     point = json.loads(ck.read_text())
     point["stores"]["EUR-USD/BID/1m"]["store_id"] = "00" * 16
+    del point["crc32"]  # a hand edit drops the checksum (else: "checksum mismatch")
     ck.write_text(json.dumps(point))
     code, out = run_verify(data_dir, capsys)
     assert code == 1 and "!= checkpoint's 0000" in out

@@ -68,6 +68,12 @@ def test_exit_codes(tmp_path: Path, ipc_dir: Path) -> None:
             "stopped on error: demo.bars: record 3: demo failure",
         ),
         ("fail-os", errors.EXIT_ERROR, "stopped on I/O error: [Errno 28] No space left on device"),
+        (
+            "fail-store",
+            errors.EXIT_NEEDS_OPERATOR,
+            "FATAL: aggregator needs an operator, it will not be restarted: demo.bars: record 3: "
+            "demo damage",
+        ),
     ]:
         proc = spawn(mode, cfg)
         _, err = proc.communicate(timeout=20)
