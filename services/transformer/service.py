@@ -23,6 +23,7 @@ in ``barstream_held_streams`` (also right after a restart), in the checkpoint's
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from barstream.shared.config import Config
 from barstream.shared.errors import PayloadInvalid, UpstreamInvalid
 from barstream.shared.header import StoreMeta
 from barstream.shared.metrics import TransformerMetrics, stream_labels
+from barstream.shared.ratelog import RateLimitedLog
 from barstream.shared.record import (
     JOURNAL_DAY,
     JOURNAL_GAP,
@@ -68,6 +70,9 @@ class Transformer(Service):
         for stream in self.held:
             self.held_gauge.labels(*stream_labels(stream, strict=False)).set(1)
         self.payload_errors = self.metrics.errors.labels("payload_invalid")
+        # A cache full of bad days must not be a log line per day: the first per stream in
+        # full, then a summary per stream every 10 s (every one is counted above).
+        self.payload_log = RateLimitedLog(self.log, "rejected journal records", level=logging.ERROR)
         #: Helper process decoding part of each large batch on the other core (it splits
         #: the work between the two processes); one that hangs or dies is killed, counted
         #: and restarted, its work decoded here (decode_pool).
@@ -150,7 +155,12 @@ class Transformer(Service):
                 e = decoded
                 self.payloads_bad += 1
                 self.payload_errors.inc()
-                self.log.error("rejected journal record %d: %s", offset, e)
+                self.payload_log.event(
+                    "",
+                    batch.stream,
+                    f"journal record {offset}: {e}",
+                    f"rejected journal record {offset}: {e}",
+                )
                 if hold is None:
                     self._hold(batch.stream, day_ms, offset, e)
                     hold = self.held[batch.stream]

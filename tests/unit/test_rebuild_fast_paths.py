@@ -242,3 +242,40 @@ def test_decode_helper_gone_means_decode_in_process() -> None:
         assert not helper.submit("EUR-USD", "BID", items)
     finally:
         helper.close()
+
+
+def test_a_batch_of_bad_days_is_counted_each_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache full of bad days (here 40 in one batch, all rejected) is 40 counted errors and
+    one ERROR line for the stream, not 40 lines: the log cannot be flooded through payloads."""
+    import logging
+
+    from barstream.services.transformer.service import Transformer
+    from barstream.shared import protocol as p
+    from barstream.shared.config import from_dict
+    from barstream.shared.record import JOURNAL_DAY, JOURNAL_DTYPE, KIND_JOURNAL
+
+    days = _bodies(40)
+    entries = [(d, b.replace(b'"shift":60000', b'"shift":60001')) for d, b in days]
+    journal = np.zeros(len(entries), JOURNAL_DTYPE)
+    journal["ts_ms"] = [d for d, _ in entries]
+    journal["kind"] = JOURNAL_DAY
+    cfg = from_dict({"pipeline": {"data_dir": str(tmp_path / "data")}})
+    service = Transformer(cfg, serve_metrics=False)
+    try:
+        batch = p.Batch(
+            conn=1, stream="EUR-USD/BID/fetch", store_id="00", generation=0, start=0,
+            count=len(entries), end=len(entries), kind=KIND_JOURNAL, attachments=len(entries),
+        )  # fmt: skip
+        with caplog.at_level(logging.ERROR, logger=service.log.name):
+            service.apply(service.handle(batch, journal, [b for _, b in entries]))
+        lines = [r for r in caplog.records if "rejected journal record" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert "rejected journal record 0: EUR-USD/BID/" in lines[0].getMessage()
+        assert service.payloads_bad == 40 and service.payload_log.events == 40
+        assert "EUR-USD/BID/fetch" in service.held
+    finally:
+        service.stores.close()
+        service.helper.close()
+        service.ctx.destroy(linger=0)
