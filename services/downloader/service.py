@@ -35,11 +35,11 @@ from barstream.shared.record import (
 from barstream.shared.service import Change, Service
 
 #: Bytes of raw bodies per feed batch at most (a batch never splits a record from its body).
-BATCH_BODY_BYTES = 8 << 20
+BATCH_BODY_BYTES = 2 << 20
 #: Bodies of recently journaled days kept in memory for the feed's attachments (bytes at
 #: most): a backfill's bodies are sent right after their commit, without reading the raw
 #: cache again. Older bodies are read back from the raw cache (and their digest checked).
-RECENT_BODY_BYTES = 256 << 20
+RECENT_BODY_BYTES = 32 << 20
 
 
 class Downloader(Service):
