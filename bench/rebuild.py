@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -200,17 +201,9 @@ def run_pipeline(
             finally:
                 done.set()
             exited_s = time.monotonic() - began
-            for name, proc in procs.items():
-                if proc.returncode != 0:
-                    tail = (work / f"{name}.log").read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"{name} exited {proc.returncode}:\n{tail}")
+            check_exits(procs, work)
         finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            for log in logs.values():
-                log.close()
+            reap(procs, logs)
         points = {name: Checkpoint(data / name / "checkpoint.json").load() for name in STAGES}
         for name, point in points.items():
             if point is None:
@@ -267,6 +260,24 @@ def _timeline(
             cols.append(f"{name[:5]} {(cpu - last.get(name, 0.0)) / 0.25 * 100:4.0f}% {n:>9}")
             last[name] = cpu
         print(f"{time.monotonic() - began:6.2f}s  " + "  ".join(cols), file=sys.stderr)
+
+
+def check_exits(procs: dict[str, subprocess.Popen[bytes]], work: Path) -> None:
+    """Every process exited 0, else the tail of the first failed one's log (``work/NAME.log``)."""
+    for name, proc in procs.items():
+        if proc.returncode != 0:
+            tail = (work / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{name} exited {proc.returncode}:\n{tail}")
+
+
+def reap(procs: dict[str, subprocess.Popen[bytes]], logs: dict[str, Any]) -> None:
+    """Kill what still runs (a failed or timed-out run) and close the logs."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for log in logs.values():
+        log.close()
 
 
 def _wait_all(procs: dict[str, subprocess.Popen[bytes]], deadline: float) -> dict[str, float]:

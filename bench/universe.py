@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.rebuild import OUT, REPO, TIMEFRAMES, _wait_all
+from bench.rebuild import OUT, REPO, TIMEFRAMES, _wait_all, check_exits, reap
 
 STAGES = ("downloader", "transformer", "aggregator", "resampler", "gateway")
 #: Instruments in the order N takes them: kinds mixed early (forex, metal, index, crypto,
@@ -215,17 +215,9 @@ def run_once(n: int, years: int, all_raw: Path, base: Path) -> Run:
                 cpu = _wait_all(procs, began + TIMEOUT_S)
             finally:
                 done.set()
-            for name, proc in procs.items():
-                if proc.returncode != 0:
-                    tail = (work / f"{name}.log").read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"{name} exited {proc.returncode}:\n{tail}")
+            check_exits(procs, work)
         finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            for log in logs.values():
-                log.close()
+            reap(procs, logs)
         points = {name: Checkpoint(data / name / "checkpoint.json").load() for name in STAGES}
         if any(p is None for p in points.values()):
             raise RuntimeError(f"no checkpoint after the run: {points}")
