@@ -113,7 +113,8 @@ def response(api: Api, q: StreamQuery, resume: Position | None) -> StreamingResp
             yield b"retry: 1000\n\n"
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), keepalive_s)
+                    async with asyncio.timeout(keepalive_s):  # not wait_for (see pool.py)
+                        item = await queue.get()
                 except TimeoutError:
                     yield b": keepalive\n\n"
                     continue

@@ -46,7 +46,8 @@ class Pool:
         """Borrow a request connection; a refusal (GatewayError) leaves it usable, anything
         else (timeout, cancellation) replaces it."""
         try:
-            gw = await asyncio.wait_for(self._idle.get(), WAIT_S)
+            async with asyncio.timeout(WAIT_S):  # not wait_for (3.11 cancel swallowing)
+                gw = await self._idle.get()
         except TimeoutError:
             raise ApiError(
                 503,

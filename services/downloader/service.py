@@ -120,8 +120,11 @@ class Downloader(Service):
 
     async def sleep(self, seconds: float) -> None:
         assert self.stopping is not None
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that lands as the awaited event completes (the task then never ends at stop).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
 
     def commit(self) -> None:
         """Commit, then drop the live bodies no committed journal tail names any more."""
