@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,13 +52,6 @@ class RebuildResult:
         return self.bars_1m / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def drain_config(source: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str, Any]:
     """The configuration of a rebuild: the same pipeline, cache-only, private endpoints."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in source.items()}
@@ -73,7 +65,7 @@ def drain_config(source: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str
         ep["feed"] = f"ipc://{run_dir}/{name}.feed"
         ep["upstream"] = prev
         ep["metrics_host"] = "127.0.0.1"
-        ep["metrics_port"] = free_port()
+        ep["metrics_port"] = 0  # any free port, chosen at bind: never one another took
         section["endpoints"] = ep
         prev = ep["feed"]
     data["downloader"]["endpoints"].pop("upstream")

@@ -28,7 +28,8 @@ from barstream.shared.header import StoreMeta
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_DTYPE, KIND_JOURNAL, RECORD_DTYPE
 from barstream.shared.store import Store
 from barstream.shared.storeset import StoreSet
-from tests.support.pipeline import REPO, free_port
+from tests.support.ops import free_port
+from tests.support.pipeline import REPO
 from tests.support.wait import wait_for
 from tests.unit.test_transform import BAD, DAY_MS0, GOOD
 

@@ -38,6 +38,7 @@ from barstream.shared.header import StoreMeta
 from barstream.shared.record import FLAG_PROVISIONAL, FLAG_REVISED, RECORD_DTYPE
 from barstream.shared.storeset import StoreSet
 from barstream.shared.timeframe import DAY_MS, HOUR_MS, MINUTE_MS, WEEK_MS
+from tests.support.ops import free_port  # one allocator: ports never repeat
 from tests.support.wait import wait_for
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -168,14 +169,6 @@ if __name__ == "__main__":
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv" / "bin" / "python")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Procs:

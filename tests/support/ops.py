@@ -18,11 +18,22 @@ from barstream.status import Samples, parse_metrics
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: Ports free_port() handed out in this process: the kernel may give a port that was
+#: just released again, so two keys of one configuration could get the same one (a flaky
+#: "two keys on one port" in CI).
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port free on 127.0.0.1 now and not handed out before by this process."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 1000 tries")
 
 
 def pipeline_config(

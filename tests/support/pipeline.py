@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,16 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from barstream.shared.timeframe import DAY_MS
+from tests.support.ops import free_port  # one allocator: ports never repeat
 from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("downloader", "transformer", "aggregator", "resampler", "gateway")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
