@@ -33,13 +33,20 @@ import threading
 import time
 import urllib.parse
 from collections import defaultdict
-from collections.abc import Mapping
 from typing import Final
 
 from barstream.services.downloader.http_body import Deadline
 from barstream.shared.errors import NotFound, SourceError, TransientSourceError
 
-__all__ = ["ConnectionPool", "Origin", "http_date_ms", "origin_of", "retry_after_s", "status_error"]
+__all__ = [
+    "ConnectionPool",
+    "Origin",
+    "http_date_ms",
+    "origin_of",
+    "printable",
+    "retry_after_s",
+    "status_error",
+]
 
 #: (scheme, host, port) of a URL.
 Origin = tuple[str, str, int]
@@ -170,24 +177,38 @@ def status_error(
     phrase: str,
     retry_after: float | None,
     server_ms: int | None,
-    where: Mapping[str, str],
+    *,
+    symbol: str,
+    side: str,
+    day: str,
+    url: str,
 ) -> SourceError:
     """The error of a non-2xx answer: 5xx and ``RETRY_STATUSES`` transient (with their
     ``Retry-After``), 404 ``NotFound``, the rest ``SourceError``; ``server_ms`` is the
     upstream's clock (its ``Date``)."""
     if status >= 500 or status in RETRY_STATUSES:
         return TransientSourceError(
-            f"http: HTTP {status}", status=status, retry_after_s=retry_after, **where
+            f"http: HTTP {status}",
+            status=status,
+            retry_after_s=retry_after,
+            symbol=symbol,
+            side=side,
+            day=day,
+            url=url,
         )
     err = (
-        NotFound("HTTP 404: no such instrument or day", **where)
+        NotFound("HTTP 404: no such instrument or day", symbol=symbol, side=side, day=day, url=url)
         if status == 404
-        else SourceError(f"HTTP {status}: {_printable(phrase)}", **where)
+        else SourceError(
+            f"HTTP {status}: {printable(phrase)}", symbol=symbol, side=side, day=day, url=url
+        )
     )
     err.server_ms = server_ms
     return err
 
 
-def _printable(text: str, limit: int = 200) -> str:
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` as it may go into a log line: a peer's garbage (a bad status line) quoted
+    and cut, never raw bytes or line breaks."""
     text = text.strip()
     return text if text.isprintable() and len(text) <= limit else repr(text[:limit])

@@ -61,11 +61,12 @@ from barstream.services.downloader.http_body import (
 )
 from barstream.services.downloader.http_pool import (
     ConnectionPool,
+    http_date_ms,
     origin_of,
+    printable,
+    retry_after_s,
     status_error,
 )
-from barstream.services.downloader.http_pool import http_date_ms as _http_date_ms
-from barstream.services.downloader.http_pool import retry_after_s as _retry_after_s
 from barstream.shared.config import DownloaderConfig
 from barstream.shared.errors import (
     HostUnresolved,
@@ -251,6 +252,15 @@ class HttpSource:
         url = instrument_url(self.settings.base_url, code)
         return await self._fetch(code, "META", utc_today(), url, live=True, meta=True)
 
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections made so far (each carries many requests: ``http_pool``)."""
+        return self._pool.opened_total
+
+    def close(self) -> None:
+        """Close the idle connections (a later request opens new ones)."""
+        self._pool.close()
+
     def __repr__(self) -> str:
         return (
             f"<HttpSource {self.settings.base_url} attempts={self.attempts_total} "
@@ -348,15 +358,15 @@ class HttpSource:
                 response = conn.getresponse()
                 status = int(response.status)
                 encoding = response.getheader("Content-Encoding", "") or ""
-                server_ms = _http_date_ms(response.getheader("Date"))
-                retry_after = _retry_after_s(response.getheader("Retry-After"))
+                server_ms = http_date_ms(response.getheader("Date"))
+                retry_after = retry_after_s(response.getheader("Retry-After"))
                 raw = read_body(response, limit)
                 if deadline.expired:  # a body sent until close, cut by the deadline
                     raise TimeoutError("deadline")
                 keep = not response.will_close and response.isclosed()
                 self.statuses[status] += 1
                 if status >= 300:
-                    raise status_error(status, response.reason, retry_after, server_ms, dict(where))
+                    raise status_error(status, response.reason, retry_after, server_ms, **where)
                 body = decode_body(raw, encoding, limit)
             except BodyRefused as exc:
                 keep = False
@@ -381,7 +391,7 @@ class HttpSource:
                 if deadline.expired or isinstance(exc, TimeoutError):
                     raise self._timed_out(where, timeout_s) from None
                 raise TransientSourceError(
-                    f"connection: {type(exc).__name__}: {_printable(str(exc))}", **where
+                    f"connection: {type(exc).__name__}: {printable(str(exc))}", **where
                 ) from None
             finally:
                 if not keep:
@@ -399,10 +409,3 @@ class HttpSource:
         return TransientSourceError(
             f"timeout: no complete response in {timeout_s:g} s (downloader.timeout_s)", **where
         )
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """``text`` as it may go into a log line: a peer's garbage (a bad status line) quoted
-    and cut, never raw bytes or line breaks."""
-    text = text.strip()
-    return text if text.isprintable() and len(text) <= limit else repr(text[:limit])
