@@ -146,7 +146,7 @@ async def backfill(
 
     def show_eta() -> None:
         left = len(todo) - bar.n
-        eta = budget_eta_s(left, rate, budget.burst if bar.n == 0 else 0.0)
+        eta = budget_eta_s(left, rate)
         bar.set_postfix_str(f"budget {rate:g} req/s, ETA {_hms(eta)}, failed {len(res.failed)}")
 
     show_eta()
