@@ -144,13 +144,13 @@ async def backfill(
     bar = tqdm(total=len(todo), unit="day", desc="backfill", disable=not progress)
     rate = budget.rate_per_s
 
-    def show_eta() -> None:
-        left = len(todo) - bar.n
-        eta = budget_eta_s(left, rate)
-        bar.set_postfix_str(f"budget {rate:g} req/s, ETA {_hms(eta)}, failed {len(res.failed)}")
+    def show_eta(done: int, *, refresh: bool) -> None:
+        eta = budget_eta_s(len(todo) - done, rate)
+        bar.set_postfix_str(
+            f"budget {rate:g} req/s, ETA {_hms(eta)}, failed {len(res.failed)}", refresh=refresh
+        )
 
-    show_eta()
-    bar.refresh()
+    show_eta(0, refresh=True)  # before the first response: the budget's ETA for them all
     queue: asyncio.Queue[tuple[str, str, dt.date]] = asyncio.Queue()
     for item in todo:
         queue.put_nowait(item)
@@ -193,7 +193,7 @@ async def backfill(
                         res.unchanged += 1
                     elif old is not None:
                         res.replaced.append(Missing(sym, side, day, "replaced by a new version"))
-            show_eta()
+            show_eta(bar.n + 1, refresh=False)
             bar.update(1)
 
     try:
