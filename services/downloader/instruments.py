@@ -9,6 +9,9 @@ UTC day of that candle is the first day worth asking for; no request asks for a 
   does not name (the configuration wins): from the cached document
   ``{raw}/_meta/{CODE}.json`` when it is there, else fetched once (with the budget and
   retries of a day), checked (it must parse and name a MINUTE start) and cached atomically.
+- ``cached_starts`` is the same from the cached documents only, never asking: the
+  downloader service uses it at start (a backfill caches the documents; a service starting
+  while the upstream is down must not wait on metadata before following the live day).
 - A document that cannot be had or does not parse is logged as a warning naming the symbol,
   the URL or file, the reason and what follows (no start: days before the first candle are
   asked for and answer 404) — never silently; a bad cached document is fetched again.
@@ -26,7 +29,7 @@ from barstream.services.downloader.source import HttpSource
 from barstream.shared import fsio
 from barstream.shared.errors import SourceError
 
-__all__ = ["META_DIR", "history_start_of", "history_starts", "meta_path"]
+__all__ = ["META_DIR", "cached_starts", "history_start_of", "history_starts", "meta_path"]
 
 log = logging.getLogger("barstream.downloader.instruments")
 
@@ -94,4 +97,27 @@ async def history_starts(
             continue
         fsio.atomic_write(path, result.body, durable=True)
         starts[code] = start
+    return starts
+
+
+def cached_starts(
+    raw_root: Path, symbols: Iterable[str], configured: Mapping[str, dt.date]
+) -> dict[str, dt.date]:
+    """``configured``, plus the start of every other symbol whose metadata document is
+    cached (``raw/_meta``); a cached document that does not parse is logged and skipped."""
+    starts = dict(configured)
+    for code in dict.fromkeys(symbols):
+        path = meta_path(raw_root, code)
+        if code in starts or not path.is_file():
+            continue
+        try:
+            starts[code] = history_start_of(path.read_bytes())
+        except (OSError, ValueError) as e:
+            log.warning(
+                "%s: cached instrument metadata %s unusable (%s): no history start; "
+                "barstream backfill fetches it again",
+                code,
+                path,
+                e,
+            )
     return starts

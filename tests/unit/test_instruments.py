@@ -149,3 +149,33 @@ def test_an_idle_connection_closed_by_the_server_is_replaced_not_a_failed_attemp
     assert len(accepted) == 3
     assert source.failures == {}
     assert source.connections_opened == 3
+
+
+def test_the_downloader_service_takes_the_cached_starts_and_asks_nothing_before(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    from barstream.services.downloader.service import Downloader
+    from barstream.shared.config import from_dict
+    from barstream.shared.errors import NotFound
+
+    raw = tmp_path / "data" / "raw"
+    asyncio.run(history_starts(_source(fake.url), raw, ["GBP-USD"], {}))  # as a backfill does
+    cfg = from_dict(
+        {
+            "pipeline": {"data_dir": str(tmp_path / "data"), "symbols": ["EUR-USD", "GBP-USD"]},
+            "downloader": {"base_url": fake.url, "history_start": {"EUR-USD": "2010-01-04"}},
+        }
+    )
+    dl = Downloader(cfg, serve_metrics=False)
+    try:
+        assert isinstance(dl.source, HttpSource)
+        assert dl.source.settings.history_start == {
+            "EUR-USD": dt.date(2010, 1, 4),  # configured: it wins, no document read
+            "GBP-USD": GBP_START,  # from raw/_meta
+        }
+        before = GBP_START - dt.timedelta(days=1)
+        with pytest.raises(NotFound, match="before the history start 2011-07-04"):
+            asyncio.run(dl.source.fetch_day("GBP-USD", "BID", before))
+    finally:
+        dl.stores.close()
+    assert list(fake.requests_by_path()) == ["/v1/instruments/GBP-USD"]
