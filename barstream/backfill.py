@@ -8,6 +8,21 @@ revised day — how a bad day gets a good version); the current day (by the upst
 from its HTTP ``Date``) and later days are never cached. Safe while the downloader runs
 (cache writes are atomic). A later ``barstream rebuild`` turns the cache into stores.
 
+Polite and resumable:
+
+- One ``RequestBudget`` (``downloader.requests_per_second``, ``burst``) for every request of
+  the run, whatever the number of instrument-sides; requests go over keep-alive
+  connections (``http_pool``): a handful of TCP connections, not one per day.
+- Each symbol's first day is ``downloader.history_start`` when set, else the first minute
+  candle of its instrument metadata (``instruments``: asked once, cached under
+  ``raw/_meta``); no request asks for a day before it (those days are counted as
+  ``before_start``, not asked).
+- A day counts as fetched only once its body is in the raw cache (an atomic write): after a
+  kill -9 the next run skips every day fetched; only the days whose requests were in flight
+  at the kill (at most ``CONCURRENCY``, none of them written) are asked again.
+- The progress bar shows, from the start, the ETA the budget allows (``budget_eta_s``:
+  requests left at ``requests_per_second``), beside tqdm's own from the observed rate.
+
 A one-shot command: a day whose fetch fails (after the source's retries) is reported, not
 retried later — ``report`` lists the days left missing and the command that asks for them
 again. A host that does not resolve stops the backfill at once (every day would fail alike).
@@ -16,6 +31,7 @@ again. A host that does not resolve stops the backfill at once (every day would 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 from dataclasses import dataclass, field
@@ -24,6 +40,7 @@ from typing import Final
 from tqdm import tqdm
 
 from barstream.configs import data_root
+from barstream.services.downloader.instruments import history_starts
 from barstream.services.downloader.raw_cache import RawCache
 from barstream.services.downloader.source import (
     HttpSource,
@@ -63,6 +80,10 @@ class BackfillResult:
     elapsed_s: float = 0.0
     replaced: list[Missing] = field(default_factory=list)  # refetch: cached days that changed
     unchanged: int = 0  # refetch: cached days fetched again, the same
+    before_start: int = 0  # days before the symbol's history start: not asked for
+    starts: dict[str, dt.date] = field(default_factory=dict)  # each symbol's first day
+    requests: int = 0  # HTTP requests sent (retries and metadata included)
+    connections: int = 0  # TCP connections opened for them
 
     @property
     def missing(self) -> list[Missing]:
@@ -72,6 +93,17 @@ class BackfillResult:
 
 def days(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def budget_eta_s(requests_left: int, rate_per_s: float, tokens: float = 0.0) -> float:
+    """Seconds the budget needs for ``requests_left`` more requests (``tokens`` in hand):
+    the least the rest can take, known before the first response."""
+    return max(requests_left - tokens, 0.0) / rate_per_s
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 async def backfill(
@@ -93,17 +125,32 @@ async def backfill(
         now = time.time() * 1000 + clock_ms[0]
         return dt.datetime.fromtimestamp(now / 1000, dt.UTC).date()
 
-    cache = RawCache(data_root(cfg) / "raw", today=today)
+    raw_root = data_root(cfg) / "raw"
+    cache = RawCache(raw_root, today=today)
     res = BackfillResult()
+    res.starts = await history_starts(source, raw_root, symbols, d.history_start)
+    source.settings = dataclasses.replace(source.settings, history_start=res.starts)
     todo = []
     for sym in symbols:
+        first = res.starts.get(sym)
         for side in sides:
             for day in days(start, end):
-                if cache.has(sym, side, day) and not refetch:
+                if first is not None and day < first:
+                    res.before_start += 1
+                elif cache.has(sym, side, day) and not refetch:
                     res.cached_already += 1
                 else:
                     todo.append((sym, side, day))
     bar = tqdm(total=len(todo), unit="day", desc="backfill", disable=not progress)
+    rate = budget.rate_per_s
+
+    def show_eta(done: int, *, refresh: bool) -> None:
+        eta = budget_eta_s(len(todo) - done, rate)
+        bar.set_postfix_str(
+            f"budget {rate:g} req/s, ETA {_hms(eta)}, failed {len(res.failed)}", refresh=refresh
+        )
+
+    show_eta(0, refresh=True)  # before the first response: the budget's ETA for them all
     queue: asyncio.Queue[tuple[str, str, dt.date]] = asyncio.Queue()
     for item in todo:
         queue.put_nowait(item)
@@ -146,13 +193,16 @@ async def backfill(
                         res.unchanged += 1
                     elif old is not None:
                         res.replaced.append(Missing(sym, side, day, "replaced by a new version"))
+            show_eta(bar.n + 1, refresh=False)
             bar.update(1)
-            bar.set_postfix(failed=len(res.failed), refresh=False)
 
     try:
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     finally:
         bar.close()
+        source.close()
+    res.requests = source.attempts_total
+    res.connections = source.connections_opened
     res.elapsed_s = time.monotonic() - began
     return res
 
@@ -169,6 +219,7 @@ def report(res: BackfillResult, *, rerun: str) -> list[str]:
         f"backfill: {res.fetched} days fetched ({res.bytes / 1e6:.1f} MB in {res.elapsed_s:.1f}s), "
         f"{res.cached_already} already cached, {res.not_final} not final yet, "
         f"{len(res.not_found)} not found, {len(res.failed)} failed"
+        + (f", {res.before_start} before the history start (not asked)" if res.before_start else "")
         + (f", {len(res.not_tried)} not tried" if res.not_tried else "")
         + (
             f"; of the cached days fetched again, {len(res.replaced)} changed, "
@@ -177,6 +228,11 @@ def report(res: BackfillResult, *, rerun: str) -> list[str]:
             else ""
         )
     ]
+    if res.requests:
+        lines.append(
+            f"backfill: {res.requests} requests over {res.connections} connection(s), "
+            f"{res.requests / max(res.elapsed_s, 1e-9):.1f} req/s"
+        )
     lines += [f"  {m}" for m in res.replaced[:LISTED]]
     if res.replaced:
         lines.append(

@@ -230,8 +230,11 @@ COMMANDS: Final = (
         cmd_backfill,
         "fetch a date range into the raw cache (progress bar)",
         "Fetch final days START..END (inclusive) for the symbols into the raw "
-        "cache with the configuration's base URL and request budget. Cached days are skipped "
-        "unless --refetch.",
+        "cache with the configuration's base URL and request budget (one budget for every "
+        "symbol and side, over keep-alive connections). Each symbol starts at "
+        "downloader.history_start, else at the first candle of its instrument metadata "
+        "(asked once, kept in raw/_meta): no earlier day is asked for. Cached days are "
+        "skipped unless --refetch, so a killed backfill run again resumes.",
         (
             LIVE,
             arg("--start", type=_date, required=True, help="first day, e.g. 2026-01-05"),

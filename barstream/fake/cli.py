@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated time at startup, ISO date/datetime UTC (default: now)",
     )
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    p.add_argument(
+        "--instrument-start",
+        type=_symbol_date,
+        action="append",
+        default=[],
+        metavar="SYMBOL=DATE",
+        help="first day of SYMBOL (its /v1/instruments document and its 404s); default 2000-01-01",
+    )
     _data_args(p)
     p.add_argument(
         "--fault",
@@ -158,6 +166,15 @@ def _real_dir(given: Path | None) -> Path | None:
 # -- serve -------------------------------------------------------------------------------
 
 
+def _symbol_date(text: str) -> tuple[str, dt.date]:
+    symbol, sep, day = text.partition("=")
+    if not sep or not symbol:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give SYMBOL=YYYY-MM-DD, e.g. GBP-USD=2004-01-05"
+        )
+    return symbol, _date(day)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     start_ms = args.start if args.start is not None else int(time.time() * 1000)
     upstream = FakeUpstream(
@@ -166,6 +183,7 @@ def run_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         real_dir=_real_dir(args.real_dir),
+        instrument_starts=dict(args.instrument_start),
     )
     for spec in args.fault:
         upstream.add_fault(spec)

@@ -64,7 +64,14 @@ def make_handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             if self.path.startswith("/_control/"):
                 self._control("GET")
                 return
-            route = "live" if "?" in self.path else "day"
+            route = (
+                "instrument"
+                if self.path.startswith("/v1/instruments/")
+                else "live"
+                if "?" in self.path
+                else "day"
+            )
+            upstream.count_path(self.path)
             upstream.count_user_agent(self.headers.get("User-Agent", ""))
             fault = upstream.faults.pick(self.path)
             if fault is not None:
@@ -159,6 +166,7 @@ def make_handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
 
         def setup(self) -> None:
             super().setup()
+            upstream.count_connection()  # one handler per accepted TCP connection
             # Answers of BaseHTTPRequestHandler itself (send_error: a malformed request line,
             # an unsupported method) still write headers and body separately.
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -4,6 +4,7 @@ API (the same URLs as Dukascopy; month and day 1-based, not zero padded)::
 
     GET /v1/candles/minute/{SYMBOL}/{SIDE}/{Y}/{M}/{D}   a final past day
     GET /v1/candles/minute/{SYMBOL}/{SIDE}?from={ms}      bars from `from` up to the simulated now
+    GET /v1/instruments/{SYMBOL}                          the instrument's metadata (``instruments``)
 
 Behaviour, decided and kept stable:
 
@@ -17,11 +18,12 @@ Behaviour, decided and kept stable:
   in-progress minute growing (open, then its extremes, then its close) as simulated time
   passes. A request by ``/{Y}/{M}/{D}`` for the simulated today or a later day answers
   **404** (the client then never caches a partial day as final); ``?from=`` beyond now
-  answers an empty day. Zero-padded months/days, unknown symbols and days before
-  ``history_start`` also answer 404; an impossible date or a bad ``from`` answers 400.
+  answers an empty day. Zero-padded months/days, unknown symbols and days before the
+  symbol's start (``instrument_starts[symbol]``, else ``history_start``) also answer 404; an impossible date or a bad ``from`` answers 400.
 - Faults (``faults``) are applied by the HTTP handler (``handler``) around ``reply``; the
   ``revise`` fault is asked here, per request.
-- Control plane (JSON): ``GET /_control/stats``, ``GET|POST /_control/clock`` (``sim_ms``,
+- Control plane (JSON): ``GET /_control/stats`` (``connections_total``: TCP connections
+  accepted), ``GET /_control/requests`` (data requests per target, to see a URL asked twice), ``GET|POST /_control/clock`` (``sim_ms``,
   ``iso``, ``advance_ms``, ``speed``), ``GET|POST|DELETE /_control/faults`` (POST a
   ``{"spec": …}`` or the Fault fields), ``POST /_control/reset`` (statistics and faults).
 
@@ -37,7 +39,7 @@ import json
 import re
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -50,6 +52,7 @@ from barstream.fake.encoding import decode_points, encode_candles
 from barstream.fake.faults import Fault, FaultPlan
 from barstream.fake.generators import BarGenerator, make_generator
 from barstream.fake.handler import Reply, make_handler
+from barstream.fake.instruments import instrument_document
 from barstream.services.downloader.source import day_start_ms
 from barstream.shared.timeframe import DAY_MS
 
@@ -65,6 +68,7 @@ _DAY_RE: Final = re.compile(
     r"^/v1/candles/minute/([A-Za-z0-9.]+-[A-Za-z0-9]+)/(BID|ASK)/(\d+)/(\d+)/(\d+)$"
 )
 _LIVE_RE: Final = re.compile(r"^/v1/candles/minute/([A-Za-z0-9.]+-[A-Za-z0-9]+)/(BID|ASK)$")
+_INSTRUMENT_RE: Final = re.compile(r"^/v1/instruments/([A-Za-z0-9.]+-[A-Za-z0-9]+)$")
 
 
 class FakeUpstream:
@@ -82,6 +86,7 @@ class FakeUpstream:
         real_dir: Path | None = None,
         symbols: Sequence[str] = SYMBOLS,
         history_start: dt.date = DEFAULT_HISTORY_START,
+        instrument_starts: Mapping[str, dt.date] | None = None,
     ) -> None:
         self.clock = clock
         self.generator = generator if generator is not None else make_generator(seed, real_dir)
@@ -91,12 +96,16 @@ class FakeUpstream:
         self.json_dir = real_dir / "dukascopy-json" if real_dir is not None else None
         self.symbols = frozenset(symbols)
         self.history_start = history_start
+        #: Per-symbol first day (its instrument document and its 404s); else history_start.
+        self.instrument_starts = dict(instrument_starts or {})
         self.faults = FaultPlan(seed)
         self._stats_lock = threading.Lock()
         self.by_status: Counter[int] = Counter()
         self.by_route: Counter[str] = Counter()
         self.faults_fired: Counter[str] = Counter()
         self.user_agents: Counter[str] = Counter()
+        self.connections_total = 0  # TCP connections accepted
+        self.by_path: Counter[str] = Counter()  # data requests per target (GET /_control/requests)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -146,6 +155,7 @@ class FakeUpstream:
                 "by_route": dict(self.by_route),
                 "faults_fired": dict(self.faults_fired),
                 "user_agents": dict(self.user_agents),
+                "connections_total": self.connections_total,
                 "sim_now_ms": self.clock.now_ms(),
             }
 
@@ -155,6 +165,8 @@ class FakeUpstream:
             self.by_route.clear()
             self.faults_fired.clear()
             self.user_agents.clear()
+            self.connections_total = 0
+            self.by_path.clear()
 
     def count(self, route: str, status: int | None = None) -> None:
         """One request served on ``route`` with ``status`` (0 = connection reset, no status)."""
@@ -162,6 +174,22 @@ class FakeUpstream:
             self.by_route[route] += 1
             if status is not None:
                 self.by_status[status] += 1
+
+    def count_connection(self) -> None:
+        with self._stats_lock:
+            self.connections_total += 1
+
+    def count_path(self, target: str) -> None:
+        with self._stats_lock:
+            self.by_path[target] += 1
+
+    def requests_by_path(self) -> dict[str, int]:
+        with self._stats_lock:
+            return dict(self.by_path)
+
+    def instrument_start(self, symbol: str) -> dt.date:
+        """The first day served for ``symbol`` (its document's ``histories`` start)."""
+        return self.instrument_starts.get(symbol, self.history_start)
 
     def fired(self, kind: str) -> None:
         with self._stats_lock:
@@ -228,7 +256,7 @@ class FakeUpstream:
                 day = dt.date(int(y), int(mo), int(d))
             except ValueError:
                 return Reply(400, b'{"error":"invalid date"}')
-            if day < self.history_start or day >= self.clock.today():
+            if day < self.instrument_start(symbol) or day >= self.clock.today():
                 return _not_found(target)
             return Reply(200, self.day_body(symbol, side, day, revised=revised))
         if m := _LIVE_RE.match(path):
@@ -239,15 +267,23 @@ class FakeUpstream:
             if len(values) != 1 or not values[0].lstrip("-").isdigit():
                 return Reply(400, b'{"error":"from must be ms since the epoch"}')
             from_ms = int(values[0])
-            if from_ms < day_start_ms(self.history_start):
+            if from_ms < day_start_ms(self.instrument_start(symbol)):
                 return _not_found(target)
             return Reply(200, self.live_body(symbol, side, from_ms, revised=revised))
+        if m := _INSTRUMENT_RE.match(path):
+            code = m.group(1)
+            if code not in self.symbols:
+                return _not_found(target)
+            start = self.instrument_start(code)
+            return Reply(200, instrument_document(code, start, self.json_dir))
         return _not_found(target)
 
     def control(self, method: str, target: str, payload: dict[str, Any]) -> Reply:
         path = urlsplit(target).path
         if path == "/_control/stats" and method == "GET":
             return _json_reply(self.stats())
+        if path == "/_control/requests" and method == "GET":
+            return _json_reply(self.requests_by_path())
         if path == "/_control/reset" and method == "POST":
             self.reset_stats()
             self.clear_faults()

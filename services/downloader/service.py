@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from barstream.services.downloader.fetcher import Clock, Fetcher, StreamState, date_of
+from barstream.services.downloader.instruments import cached_starts
 from barstream.services.downloader.journal import Entry, Journal, first_unsealed
 from barstream.services.downloader.raw_cache import RawCache
 from barstream.services.downloader.source import HttpSource, RequestBudget, Source
@@ -66,6 +68,10 @@ class Downloader(Service):
         self.fetch_metrics = DownloaderMetrics(self.metrics)
         if isinstance(self.source, HttpSource) and self.source.on_failure is None:
             self.source.on_failure = self._count_failure
+        if isinstance(self.source, HttpSource):  # history starts of cached metadata too
+            symbols = [symbol for symbol, _ in config.streams()]
+            starts = cached_starts(self.cache.root, symbols, d.history_start)
+            self.source.settings = dataclasses.replace(self.source.settings, history_start=starts)
         self.fetcher = Fetcher(
             self, config, self.source, self.cache, clock, budget, self.fetch_metrics
         )

@@ -40,15 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import email.utils
 import hashlib
 import http.client
 import random
 import socket
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,15 +56,21 @@ from barstream.services.downloader.http_body import (
     DEFAULT_MAX_BODY_BYTES,
     BodyRefused,
     Deadline,
-    connections,
     decode_body,
     read_body,
+)
+from barstream.services.downloader.http_pool import (
+    ConnectionPool,
+    http_date_ms,
+    origin_of,
+    printable,
+    retry_after_s,
+    status_error,
 )
 from barstream.shared.config import DownloaderConfig
 from barstream.shared.errors import (
     HostUnresolved,
     NotFound,
-    SourceError,
     TransientSourceError,
 )
 from barstream.shared.timeframe import DAY_MS
@@ -86,6 +89,7 @@ __all__ = [
     "body_digest",
     "day_start_ms",
     "day_url",
+    "instrument_url",
     "live_url",
     "utc_today",
 ]
@@ -93,8 +97,6 @@ __all__ = [
 DEFAULT_BASE_URL: Final = "https://jetta.dukascopy.com"
 USER_AGENT: Final = "barstream/0.1 (+https://github.com/barstream)"
 SIDES: Final = ("BID", "ASK")
-#: Statuses worth another try besides 5xx.
-RETRY_STATUSES: Final = frozenset({408, 425, 429})
 _EPOCH: Final = dt.date(1970, 1, 1)
 
 
@@ -157,6 +159,13 @@ def day_url(base_url: str, symbol: str, side: str, day: dt.date) -> str:
     return f"{_candles_base(base_url, symbol, side)}/{day.year}/{day.month}/{day.day}"
 
 
+def instrument_url(base_url: str, code: str) -> str:
+    """The instrument metadata document of ``code`` (``histories``: its first candles)."""
+    if not code or "/" in code:
+        raise ValueError(f"symbol = {code!r}: not a Dukascopy instrument code like EUR-USD")
+    return f"{base_url.rstrip('/')}/v1/instruments/{urllib.parse.quote(code, safe='-.')}"
+
+
 def live_url(base_url: str, symbol: str, side: str, day: dt.date) -> str:
     return f"{_candles_base(base_url, symbol, side)}?from={day_start_ms(day)}"
 
@@ -189,8 +198,9 @@ class _Where(TypedDict):
 
 
 class HttpSource:
-    """The real client: standard-library HTTP in worker threads, one shared budget, one
-    retry loop (``RetryPolicy``) around every request of a fetch."""
+    """The real client: ``http.client`` in worker threads over keep-alive connections
+    (``http_pool``), one shared budget, one retry loop (``RetryPolicy``) around every
+    request of a fetch."""
 
     def __init__(
         self,
@@ -204,7 +214,7 @@ class HttpSource:
         self.budget = budget
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
-        self._opener = urllib.request.build_opener(*connections())
+        self._pool = ConnectionPool()
         self.attempts_total = 0
         self.retries_total = 0
         self.statuses: Counter[int] = Counter()
@@ -236,6 +246,21 @@ class HttpSource:
         url = live_url(self.settings.base_url, symbol, side, day)
         return await self._fetch(symbol, side, day, url, live=True)
 
+    async def fetch_instrument(self, code: str) -> FetchResult:
+        """The instrument's metadata document (``instrument_url``; ``instruments``), with
+        the budget and retries of a day (its ``side`` is ``META``, its ``day`` today)."""
+        url = instrument_url(self.settings.base_url, code)
+        return await self._fetch(code, "META", utc_today(), url, live=True, meta=True)
+
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections made so far (each carries many requests: ``http_pool``)."""
+        return self._pool.opened_total
+
+    def close(self) -> None:
+        """Close the idle connections (a later request opens new ones)."""
+        self._pool.close()
+
     def __repr__(self) -> str:
         return (
             f"<HttpSource {self.settings.base_url} attempts={self.attempts_total} "
@@ -251,9 +276,10 @@ class HttpSource:
         *,
         live: bool,
         refuse: Refuse | None = None,
+        meta: bool = False,
     ) -> FetchResult:
         where = _Where(symbol=symbol, side=side, day=day.isoformat(), url=url)
-        start = self.settings.history_start.get(symbol)
+        start = None if meta else self.settings.history_start.get(symbol)
         if start is not None and day < start:
             raise NotFound(f"before the history start {start.isoformat()} of {symbol}", **where)
         policy = self.settings.retry
@@ -310,50 +336,45 @@ class HttpSource:
         return status, body, server_ms
 
     def _get(self, where: _Where, timeout_s: float) -> tuple[int, bytes, int | None]:
-        """One blocking GET (runs in a worker thread), bounded in time (``Deadline``: the
-        whole request in ``timeout_s``) and in bytes (``max_body_bytes``, before and after
-        decompression: ``http_body``). A failed attempt worth another raises
-        ``TransientSourceError``; 404 ``NotFound``, any other 4xx ``SourceError`` (each
-        with the response's ``Date`` as ``server_ms``); a host that does not resolve
-        ``HostUnresolved``."""
+        """One blocking GET (runs in a worker thread) on a keep-alive connection of the pool
+        (``http_pool``), bounded in time (``Deadline``: the whole request in ``timeout_s``)
+        and in bytes (``max_body_bytes``, before and after decompression: ``http_body``). A
+        failed attempt worth another raises ``TransientSourceError``; 404 ``NotFound``, any
+        other 4xx (or a 3xx: redirects are not followed) ``SourceError`` (each with the
+        response's ``Date`` as ``server_ms``); a host that does not resolve
+        ``HostUnresolved``. The connection goes back to the pool only after a complete
+        response that leaves it open; any error or expired deadline closes it."""
         headers = {"User-Agent": self.settings.user_agent, "Accept": "application/json"}
         if self.settings.gzip:
             headers["Accept-Encoding"] = "gzip"
-        request = urllib.request.Request(where["url"], headers=headers)
+        origin, target = origin_of(where["url"])
         limit = self.settings.max_body_bytes
+        status = 0
+        keep = False
         with Deadline(timeout_s) as deadline:
+            conn = self._pool.take(origin, timeout_s)
             try:
-                with self._opener.open(request, timeout=timeout_s) as response:
-                    status = int(response.status)
-                    encoding = response.headers.get("Content-Encoding", "")
-                    server_ms = _http_date_ms(response.headers.get("Date"))
-                    raw = read_body(response, limit)
+                conn.request("GET", target, headers=headers)
+                response = conn.getresponse()
+                status = int(response.status)
+                encoding = response.getheader("Content-Encoding", "") or ""
+                server_ms = http_date_ms(response.getheader("Date"))
+                retry_after = retry_after_s(response.getheader("Retry-After"))
+                raw = read_body(response, limit)
                 if deadline.expired:  # a body sent until close, cut by the deadline
                     raise TimeoutError("deadline")
+                keep = not response.will_close and response.isclosed()
+                self.statuses[status] += 1
+                if status >= 300:
+                    raise status_error(status, response.reason, retry_after, server_ms, **where)
                 body = decode_body(raw, encoding, limit)
             except BodyRefused as exc:
+                keep = False
                 if deadline.expired:
                     raise self._timed_out(where, timeout_s) from None
                 raise TransientSourceError(str(exc), status=status, **where) from None
-            except urllib.error.HTTPError as exc:
-                self.statuses[exc.code] += 1
-                with exc:
-                    retry_after = _retry_after_s(exc.headers.get("Retry-After"))
-                if exc.code >= 500 or exc.code in RETRY_STATUSES:
-                    raise TransientSourceError(
-                        f"http: HTTP {exc.code}",
-                        status=exc.code,
-                        retry_after_s=retry_after,
-                        **where,
-                    ) from None
-                err = (
-                    NotFound("HTTP 404: no such instrument or day", **where)
-                    if exc.code == 404
-                    else SourceError(f"HTTP {exc.code}: {exc.reason}", **where)
-                )
-                err.server_ms = _http_date_ms(exc.headers.get("Date"))  # the upstream's clock
-                raise err from None
             except http.client.IncompleteRead as exc:
+                keep = False
                 if deadline.expired:
                     raise self._timed_out(where, timeout_s) from None
                 raise TransientSourceError(
@@ -361,17 +382,24 @@ class HttpSource:
                 ) from None
             except (TimeoutError, OSError, http.client.HTTPException, ValueError) as exc:
                 # ValueError: http.client on a garbled status line or chunk size
-                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-                if isinstance(reason, socket.gaierror):  # the next request would fail alike
-                    host = urllib.parse.urlsplit(where["url"]).hostname
+                keep = False
+                if isinstance(exc, socket.gaierror):  # the next request would fail alike
+                    host = origin[1]
                     raise HostUnresolved(
-                        f"dns: host {host!r} does not resolve: {reason}", **where
+                        f"dns: host {host!r} does not resolve: {exc}", **where
                     ) from None
-                if deadline.expired or isinstance(reason, TimeoutError):
+                if deadline.expired or isinstance(exc, TimeoutError):
                     raise self._timed_out(where, timeout_s) from None
                 raise TransientSourceError(
-                    f"connection: {type(reason).__name__}: {_printable(str(reason))}", **where
+                    f"connection: {type(exc).__name__}: {printable(str(exc))}", **where
                 ) from None
+            finally:
+                if not keep:
+                    self._pool.discard(conn)
+        if keep and not deadline.expired:
+            self._pool.give_back(origin, conn)
+        else:
+            self._pool.discard(conn)
         if not body:
             raise TransientSourceError("empty: HTTP 200 with an empty body", status=status, **where)
         return status, body, server_ms
@@ -381,34 +409,3 @@ class HttpSource:
         return TransientSourceError(
             f"timeout: no complete response in {timeout_s:g} s (downloader.timeout_s)", **where
         )
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """``text`` as it may go into a log line: a peer's garbage (a bad status line) quoted
-    and cut, never raw bytes or line breaks."""
-    text = text.strip()
-    return text if text.isprintable() and len(text) <= limit else repr(text[:limit])
-
-
-def _http_date_ms(value: str | None) -> int | None:
-    """An HTTP ``Date`` header as ms since the epoch (None if absent or unparsable)."""
-    if not value:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000)
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    when_ms = _http_date_ms(value)
-    return None if when_ms is None else max(when_ms / 1000 - time.time(), 0.0)

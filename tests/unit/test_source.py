@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from barstream.services.downloader import source
+from barstream.services.downloader import http_pool
 from barstream.services.downloader.raw_cache import RawCache
 from barstream.services.downloader.source import (
     FetchResult,
@@ -73,11 +73,11 @@ def test_backoff_is_full_jitter_within_the_exponential_cap() -> None:
 
 
 def test_retry_after_parsing() -> None:
-    assert source._retry_after_s("7") == 7.0
-    assert source._retry_after_s(None) is None
-    assert source._retry_after_s("soon") is None
+    assert http_pool.retry_after_s("7") == 7.0
+    assert http_pool.retry_after_s(None) is None
+    assert http_pool.retry_after_s("soon") is None
     future = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
-    parsed = source._retry_after_s(future.strftime("%a, %d %b %Y %H:%M:%S GMT"))
+    parsed = http_pool.retry_after_s(future.strftime("%a, %d %b %Y %H:%M:%S GMT"))
     assert parsed is not None and 25 <= parsed <= 31
 
 
