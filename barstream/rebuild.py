@@ -32,7 +32,7 @@ from tqdm import tqdm
 from barstream import configs, missing, paths
 from barstream.services.downloader.raw_cache import RawCache
 from barstream.shared.checkpoint import Checkpoint
-from barstream.shared.config import SERVICES, Config
+from barstream.shared.config import SERVICES, UPSTREAM_OF, Config, section
 from barstream.shared.errors import CheckpointCorrupt, RebuildError
 from barstream.supervise import Supervisor, program
 from barstream.verify import plan, verify_store
@@ -58,17 +58,16 @@ def drain_config(source: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str
     data.setdefault("pipeline", {})["data_dir"] = cfg.pipeline.data_dir
     data["pipeline"]["port_offset"] = 0  # its ports below are private and free as they are
     data.setdefault("downloader", {})["cache_only"] = True
-    prev = ""
     for name in SERVICES:
-        section = data.setdefault(name, {})
-        ep = dict(section.get("endpoints", {}))
+        table = data.setdefault(section(name), {})
+        ep = dict(table.get("endpoints", {}))
         ep["feed"] = f"ipc://{run_dir}/{name}.feed"
-        ep["upstream"] = prev
+        ep["upstream"] = f"ipc://{run_dir}/{UPSTREAM_OF[name]}.feed" if name in UPSTREAM_OF else ""
         ep["metrics_host"] = "127.0.0.1"
         ep["metrics_port"] = 0  # any free port, chosen at bind: never one another took
-        section["endpoints"] = ep
-        prev = ep["feed"]
+        table["endpoints"] = ep
     data["downloader"]["endpoints"].pop("upstream")
+    data["gateway"]["features_upstream"] = f"ipc://{run_dir}/features.feed"
     data["gateway"]["publish"] = f"ipc://{run_dir}/gateway.pub"
     data["gateway"]["requests"] = f"ipc://{run_dir}/gateway.req"
     return data

@@ -28,7 +28,38 @@ import msgspec
 
 from barstream.shared.errors import ConfigError
 
-SERVICES: Final = ("downloader", "transformer", "aggregator", "resampler", "gateway")
+#: The stages, upstream before downstream. Each follows ``UPSTREAM_OF`` its own (the
+#: features stage and the gateway both follow the resampler; the gateway also follows the
+#: features stage when feature sets are configured).
+SERVICES: Final = ("downloader", "transformer", "aggregator", "resampler", "features", "gateway")
+UPSTREAM_OF: Final = {
+    "transformer": "downloader",
+    "aggregator": "transformer",
+    "resampler": "aggregator",
+    "features": "resampler",
+    "gateway": "resampler",
+}
+#: The configuration table of a service's settings where it is not the service's name
+#: (``[[features]]`` is the list of feature sets; the stage's own settings are
+#: ``[features_stage]``).
+SECTIONS: Final = {"features": "features_stage"}
+#: Each service's default port slot: feed 7101 + slot, metrics 9101 + slot (the features
+#: stage came after the gateway's ports were known to users, so it has slot 5).
+PORT_SLOTS: Final = {
+    "downloader": 0,
+    "transformer": 1,
+    "aggregator": 2,
+    "resampler": 3,
+    "gateway": 4,
+    "features": 5,
+}
+
+
+def section(service: str) -> str:
+    """The configuration table holding ``service``'s settings (``endpoints`` …)."""
+    return SECTIONS.get(service, service)
+
+
 SIDES: Final = ("BID", "ASK")
 DEFAULT_TIMEFRAMES: Final = ("5m", "15m", "30m", "1h", "4h", "1d", "1W", "1M", "1Y")
 _SYMBOL = re.compile(r"^[A-Z0-9]+(\.[A-Z0-9]+)?-[A-Z0-9]+$")
@@ -114,6 +145,13 @@ class ResamplerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
 
 
+class FeaturesStageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[features_stage]``: where the features stage binds and follows (its work is the
+    ``[[features]]`` sets)."""
+
+    endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
+
+
 class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     publish: str = ""  # PUB endpoint for live bar updates
     requests: str = ""  # ROUTER endpoint for history/snapshot/list/status requests
@@ -121,6 +159,9 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Live messages queued per consumer before the publish socket drops (the consumer's
     #: client then sees a sequence gap and resyncs).
     publish_hwm: int = 10_000
+    #: Connect address of the features stage's feed (feature stores), followed when
+    #: ``[[features]]`` sets are configured; "" = derived from features_stage.endpoints.feed.
+    features_upstream: str = ""
     endpoints: Endpoints = msgspec.field(default_factory=Endpoints)
 
 
@@ -178,6 +219,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     transformer: TransformerConfig = msgspec.field(default_factory=TransformerConfig)
     aggregator: AggregatorConfig = msgspec.field(default_factory=AggregatorConfig)
     resampler: ResamplerConfig = msgspec.field(default_factory=ResamplerConfig)
+    features_stage: FeaturesStageConfig = msgspec.field(default_factory=FeaturesStageConfig)
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     fake_upstream: FakeUpstreamConfig = msgspec.field(default_factory=FakeUpstreamConfig)
@@ -187,7 +229,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     source: str = ""
 
     def endpoints(self, service: str) -> Endpoints:
-        ep: Endpoints = getattr(self, service).endpoints
+        ep: Endpoints = getattr(self, section(service)).endpoints
         return ep
 
     def data_dir(self, service: str) -> Path:
@@ -197,23 +239,25 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return [(s, side) for s in self.pipeline.symbols for side in self.pipeline.sides]
 
 
-#: Default ports: feed 7101.., metrics 9101.. in pipeline order; gateway consumers 7110/7111.
+#: Default ports: feed 7101.., metrics 9101.. by ``PORT_SLOTS``; gateway consumers 7110/7111.
 BASE_FEED_PORT: Final = 7101
 BASE_METRICS_PORT: Final = 9101
 
 
 def _fill_defaults(cfg: Config) -> None:
     host = cfg.pipeline.host
-    prev = ""
-    for i, name in enumerate(SERVICES):
+    for name in SERVICES:
         ep = cfg.endpoints(name)
         if not ep.feed:
-            ep.feed = f"tcp://{host}:{BASE_FEED_PORT + i}"
-        if not ep.upstream and prev:
-            ep.upstream = connect_address(cfg.endpoints(prev).feed)
+            ep.feed = f"tcp://{host}:{BASE_FEED_PORT + PORT_SLOTS[name]}"
         if ep.metrics_port is None:
-            ep.metrics_port = BASE_METRICS_PORT + i
-        prev = name
+            ep.metrics_port = BASE_METRICS_PORT + PORT_SLOTS[name]
+    for name, up in UPSTREAM_OF.items():
+        ep = cfg.endpoints(name)
+        if not ep.upstream:
+            ep.upstream = connect_address(cfg.endpoints(up).feed)
+    if not cfg.gateway.features_upstream:
+        cfg.gateway.features_upstream = connect_address(cfg.endpoints("features").feed)
     if not cfg.gateway.publish:
         cfg.gateway.publish = f"tcp://{host}:7110"
     if not cfg.gateway.requests:
@@ -341,7 +385,7 @@ def _check(cfg: Config) -> None:
     for name in SERVICES:
         port = cfg.endpoints(name).metrics_port
         if port is None or not 0 <= port <= MAX_PORT:
-            raise bad(f"{name}.endpoints.metrics_port", port, "must be a TCP port")
+            raise bad(f"{section(name)}.endpoints.metrics_port", port, "must be a TCP port")
     if not 0 <= cfg.fake_upstream.port <= MAX_PORT:
         raise bad("fake_upstream.port", cfg.fake_upstream.port, "must be a TCP port")
     if p.port_offset < 0:
@@ -438,14 +482,15 @@ def _apply_port_offset(cfg: Config) -> None:
         ep.metrics_port = offset_port(ep.metrics_port or 0, n)
     cfg.gateway.publish = _shift_address(cfg.gateway.publish, n)
     cfg.gateway.requests = _shift_address(cfg.gateway.requests, n)
+    cfg.gateway.features_upstream = _shift_address(cfg.gateway.features_upstream, n)
     if cfg.api.port:
         cfg.api.port = offset_port(cfg.api.port, n)
     cfg.api.gateway_publish = _shift_address(cfg.api.gateway_publish, n)
     cfg.api.gateway_requests = _shift_address(cfg.api.gateway_requests, n)
     connects = [
-        (f"{name}.endpoints.upstream", _address_port(cfg.endpoints(name).upstream))
+        (f"{section(name)}.endpoints.upstream", _address_port(cfg.endpoints(name).upstream))
         for name in SERVICES
-    ]
+    ] + [("gateway.features_upstream", _address_port(cfg.gateway.features_upstream))]
     ports = [(x.key, x.port) for x in tcp_listens(cfg)] + [
         (key, hp[1]) for key, hp in connects if hp is not None
     ]
@@ -478,9 +523,9 @@ def tcp_listens(cfg: Config, *, fake: bool = True) -> list[Listen]:
         ep = cfg.endpoints(name)
         hp = _address_port(ep.feed)
         if hp is not None and hp[1]:
-            out.append(Listen(f"{name}.endpoints.feed", hp[0], hp[1], ep.feed))
+            out.append(Listen(f"{section(name)}.endpoints.feed", hp[0], hp[1], ep.feed))
         if ep.metrics_port:
-            key = f"{name}.endpoints.metrics_port"
+            key = f"{section(name)}.endpoints.metrics_port"
             out.append(Listen(key, ep.metrics_host, ep.metrics_port, ep.metrics_port))
     for key, address in (
         ("gateway.publish", cfg.gateway.publish),

@@ -137,7 +137,9 @@ ERROR_CODES: Final = (
     "internal",  # a bug: the gateway logged it and keeps serving
 )
 
-_TOPIC = re.compile(r"^[A-Z0-9]+(\.[A-Z0-9]+)?-[A-Z0-9]+/(BID|ASK)/[0-9]+[a-zA-Z]+$")
+_TOPIC = re.compile(
+    r"^[A-Z0-9]+(\.[A-Z0-9]+)?-[A-Z0-9]+/(BID|ASK)/[0-9]+[a-zA-Z]+(\.[a-z][a-z0-9_]*)?$"
+)
 
 
 def topic_of(symbol: str, side: str, timeframe: str) -> str:
@@ -145,7 +147,8 @@ def topic_of(symbol: str, side: str, timeframe: str) -> str:
 
 
 def valid_topic(topic: str) -> bool:
-    """True for ``SYMBOL/SIDE/TIMEFRAME`` topic names (e.g. ``EUR-USD/BID/1h``)."""
+    """True for ``SYMBOL/SIDE/TIMEFRAME`` topic names (e.g. ``EUR-USD/BID/1h``) and feature
+    topics ``SYMBOL/SIDE/TIMEFRAME.SET`` (``EUR-USD/BID/1h.core``)."""
     return len(topic) <= 80 and _TOPIC.match(topic) is not None
 
 
@@ -199,6 +202,18 @@ class Records(msgspec.Struct, tag="records", tag_field="t"):
     v: int = PROTOCOL_VERSION
 
 
+class FeatureInfo(msgspec.Struct):
+    """What a feature topic's records hold (docs/FORMAT.md §11): per bar the bar record and
+    ``groups`` feature records of the set's ``columns`` (six a record), written for the
+    definition whose crc32 is ``crc``; ``outputs`` are the columns shown to consumers."""
+
+    name: str
+    columns: list[str]
+    outputs: list[str]
+    groups: int
+    crc: int
+
+
 class TopicInfo(msgspec.Struct):
     topic: str
     epoch: str
@@ -206,6 +221,8 @@ class TopicInfo(msgspec.Struct):
     count: int
     first_ms: int | None
     last_ms: int | None
+    #: A feature topic (``SYMBOL/SIDE/TF.SET``): its set; None for bars.
+    features: FeatureInfo | None = None
 
 
 class Listing(msgspec.Struct, tag="listing", tag_field="t"):

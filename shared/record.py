@@ -106,8 +106,12 @@ for _name in ("src_offset", "src_count", "flags", "session", "reserved"):
 #: Store kinds (header ``kind`` field), which dtype a store holds.
 KIND_BARS: Final = 1
 KIND_JOURNAL: Final = 2
+#: A feature store (docs/FORMAT.md §11): each bar record followed by its feature records
+#: (``services/features/layout.py``), viewed here as bar records — the fields every kind
+#: shares (``ts_ms``, ``flags``) are where a bar has them.
+KIND_FEATURES: Final = 3
 
-DTYPES: Final = {KIND_BARS: RECORD_DTYPE, KIND_JOURNAL: JOURNAL_DTYPE}
+DTYPES: Final = {KIND_BARS: RECORD_DTYPE, KIND_JOURNAL: JOURNAL_DTYPE, KIND_FEATURES: RECORD_DTYPE}
 
 
 def empty(n: int = 0) -> np.ndarray:

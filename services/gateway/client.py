@@ -49,16 +49,19 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import numpy as np
 import zmq
 
+from barstream.services.features.layout import Described
 from barstream.services.gateway.driver import REQUEST_TIMEOUT_S, Driver
 from barstream.services.gateway.follower import KEEP_RECORDS, BarUpdate, Follower, Position
 from barstream.services.gateway.frames import Answer, Call, HistoryPages, expect
+from barstream.services.gateway.joined import Joiner, described, joined, whole_bars
 from barstream.shared import gateway_protocol as gp
+from barstream.shared.errors import GatewayError
 from barstream.shared.record import FLAG_PROVISIONAL
 from barstream.shared.sockets import wait_readable
 
@@ -145,12 +148,26 @@ class _Base(Generic[_Stream]):
         *,
         timeout_s: float | None = None,
         resume: Position | None = None,
+        features: str | None = None,
     ) -> _Stream:
         """The last ``history`` bars, then every change, gap-free (see the module doc).
         ``timeout_s``: raise TimeoutError when no item comes for that long (None: wait).
         ``resume``: the ``position`` of the last item a consumer applied (saved across its
         restart): continue from there with no gap and no duplicate instead of a history
-        item (a store rebuilt since gives a "reset" item of the last ``history`` bars)."""
+        item (a store rebuilt since gives a "reset" item of the last ``history`` bars).
+        ``features``: a configured feature set's name — items are ``FeatureBarUpdate``s
+        whose records are the bars joined with the set's outputs (``joined.joined_dtype``),
+        each bar with its own features, under the same guarantees."""
+        if features is not None:
+            topic = feature_topic(symbol, side, timeframe, features)
+            return self.stream_topics(
+                [topic],
+                history,
+                closed_only,
+                timeout_s=timeout_s,
+                resume=None if resume is None else {topic: resume},
+                features=True,
+            )
         topic = gp.topic_of(symbol, side, timeframe)
         return self.stream_topics(
             [topic],
@@ -168,9 +185,11 @@ class _Base(Generic[_Stream]):
         *,
         timeout_s: float | None = None,
         resume: Mapping[str, Position] | None = None,
+        features: bool = False,
     ) -> _Stream:
         """``stream`` over several topics on one connection (items carry ``topic``);
-        ``resume``: topic → position to continue from (see ``stream``)."""
+        ``resume``: topic → position to continue from (see ``stream``); ``features``: the
+        topics are feature topics (``SYMBOL/SIDE/TF.SET``), items joined rows."""
         raise NotImplementedError
 
     # -- internals ----------------------------------------------------------------------
@@ -182,10 +201,21 @@ class _Base(Generic[_Stream]):
         closed_only: bool,
         timeout_s: float | None,
         resume: Mapping[str, Position] | None = None,
+        joiners: dict[str, Joiner] | None = None,
     ) -> Generator[_Step, None, None]:
         """A stream as steps either facade carries out: items to hand on, or the sockets
-        to wait on (and for how long) before the next step."""
-        followers = [Follower(t, history, closed_only, keep=self.keep_records) for t in topics]
+        to wait on (and for how long) before the next step. ``joiners``: feature topics'
+        items become joined rows (the follower asks for one bar more than ``history``:
+        the first may come cut)."""
+        followers = [
+            Follower(
+                t,
+                (history + 1) * joiners[t].stride if joiners and history else history,
+                closed_only,
+                keep=self.keep_records,
+            )
+            for t in topics
+        ]
         if not followers:
             raise ValueError("stream of no topic")
         for f in followers:
@@ -197,6 +227,10 @@ class _Base(Generic[_Stream]):
             last_item = time.monotonic()
             while True:
                 items = driver.pump()
+                if joiners:
+                    items = [
+                        j for item in items for j in joiners[item.topic].on_item(item, history)
+                    ]
                 if items:
                     yield items
                     last_item = time.monotonic()
@@ -212,6 +246,19 @@ class _Base(Generic[_Stream]):
             self.drivers.remove(driver)
             counts = (driver.resyncs, driver.gaps, driver.reconnects)
             self._ended = [a + b for a, b in zip(self._ended, counts, strict=True)]
+
+    def _joiners(
+        self,
+        topics: list[str],
+        listing: Callable[[str], list[gp.TopicInfo]],
+        resume: Mapping[str, Position] | None,
+    ) -> dict[str, Joiner]:
+        out = {}
+        for t in topics:
+            out[t] = Joiner(t, schema_of(t, listing(t)), self.keep_records)
+            if resume and t in resume:
+                out[t].resume(resume[t])
+        return out
 
     def _socket(self) -> zmq.Socket[bytes]:
         if self._req is None:
@@ -264,9 +311,19 @@ class GatewayClient(_Base[Iterator[BarUpdate]]):
         side: str = "BID",
         *,
         last: int | None = None,
+        features: str | None = None,
     ) -> np.ndarray:
         """Bars with start <= ts_ms < end (None: open) — or the ``last`` N — as a (read-only
-        when one page) numpy array of RECORD_DTYPE. Pages are fetched and joined."""
+        when one page) numpy array of RECORD_DTYPE. Pages are fetched and joined.
+        ``features``: a configured feature set's name — rows of the bars joined with the
+        set's outputs (``joined.joined_dtype``; NaN where a value is still warming up)."""
+        if features is not None:
+            topic = feature_topic(symbol, side, timeframe, features)
+            schema = schema_of(topic, self.list_topics(topic))
+            pages = feature_pages(symbol, side, timeframe, schema, start, end, last)
+            while pages.next is not None:
+                pages.add(self.request(pages.next))
+            return joined_history(schema, pages.records(), last)
         pages = HistoryPages(symbol, timeframe, start, end, side, last)
         while pages.next is not None:
             pages.add(self.request(pages.next))
@@ -288,8 +345,11 @@ class GatewayClient(_Base[Iterator[BarUpdate]]):
         *,
         timeout_s: float | None = None,
         resume: Mapping[str, Position] | None = None,
+        features: bool = False,
     ) -> Iterator[BarUpdate]:
-        steps_ = self._steps(topics, history, closed_only, timeout_s, resume)
+        topics = list(topics)
+        joiners = self._joiners(topics, self.list_topics, resume) if features else None
+        steps_ = self._steps(topics, history, closed_only, timeout_s, resume, joiners)
         with contextlib.closing(steps_) as steps:
             for step in steps:
                 if isinstance(step, list):
@@ -326,7 +386,15 @@ class AsyncGatewayClient(_Base[AsyncIterator[BarUpdate]]):
         side: str = "BID",
         *,
         last: int | None = None,
+        features: str | None = None,
     ) -> np.ndarray:
+        if features is not None:
+            topic = feature_topic(symbol, side, timeframe, features)
+            schema = schema_of(topic, await self.list_topics(topic))
+            pages = feature_pages(symbol, side, timeframe, schema, start, end, last)
+            while pages.next is not None:
+                pages.add(await self.request(pages.next))
+            return joined_history(schema, pages.records(), last)
         pages = HistoryPages(symbol, timeframe, start, end, side, last)
         while pages.next is not None:
             pages.add(await self.request(pages.next))
@@ -348,8 +416,14 @@ class AsyncGatewayClient(_Base[AsyncIterator[BarUpdate]]):
         *,
         timeout_s: float | None = None,
         resume: Mapping[str, Position] | None = None,
+        features: bool = False,
     ) -> AsyncIterator[BarUpdate]:
-        steps_ = self._steps(topics, history, closed_only, timeout_s, resume)
+        topics = list(topics)
+        joiners = None
+        if features:
+            listed = {t: await self.list_topics(t) for t in topics}
+            joiners = self._joiners(topics, listed.__getitem__, resume)
+        steps_ = self._steps(topics, history, closed_only, timeout_s, resume, joiners)
         with contextlib.closing(steps_) as steps:
             for step in steps:
                 if isinstance(step, list):
@@ -358,6 +432,51 @@ class AsyncGatewayClient(_Base[AsyncIterator[BarUpdate]]):
                     continue
                 socks, wait_s = step
                 await wait_readable(socks, wait_s + 0.001)
+
+
+# -- feature topics ------------------------------------------------------------------------
+
+
+def feature_topic(symbol: str, side: str, timeframe: str, features: str) -> str:
+    """The topic of ``symbol``'s ``timeframe`` bars joined with feature set ``features``."""
+    return gp.topic_of(symbol, side, f"{timeframe}.{features}")
+
+
+def schema_of(topic: str, listed: list[gp.TopicInfo]) -> Described:
+    """The set a feature topic holds, from the gateway's listing of it; GatewayError
+    ``unknown-topic`` when the gateway has no such feature topic."""
+    for info in listed:
+        if info.topic == topic and info.features is not None:
+            return described(info.features)
+    raise GatewayError(
+        "unknown-topic",
+        f"the gateway serves no feature topic {topic!r}: is the feature set configured "
+        "([[features]] name and timeframes) and the gateway following the features stage?",
+    )
+
+
+def feature_pages(
+    symbol: str,
+    side: str,
+    timeframe: str,
+    schema: Described,
+    start: int | str | dt.datetime | dt.date | None,
+    end: int | str | dt.datetime | dt.date | None,
+    last: int | None,
+) -> HistoryPages:
+    """The history request of a feature topic (``last`` bars: one bar's records more, as
+    the newest bar may be cut)."""
+    g1 = 1 + schema.n_groups
+    wanted = None if last is None else (last + 1) * g1
+    return HistoryPages(symbol, f"{timeframe}.{schema.name}", start, end, side, wanted)
+
+
+def joined_history(schema: Described, records: np.ndarray, last: int | None) -> np.ndarray:
+    g1 = 1 + schema.n_groups
+    lo, hi = whole_bars(records, g1)
+    if last is not None:
+        lo = max(lo, hi - last * g1)
+    return joined(schema, records[lo:hi])
 
 
 # -- DataFrames (optional extras, imported lazily) ----------------------------------------

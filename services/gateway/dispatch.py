@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -26,6 +27,9 @@ from barstream.shared.metrics import GatewayMetrics, Metrics
 from barstream.shared.names import printable
 from barstream.shared.ratelog import RateLimitedLog
 from barstream.shared.storeset import StoreSet
+
+if TYPE_CHECKING:
+    from barstream.services.features.spec import FeatureSet
 
 
 class Dispatcher:
@@ -43,6 +47,7 @@ class Dispatcher:
         *,
         upstream_endpoint: str,
         upstream: Callable[[], FeedClient | None],
+        feature_sets: Mapping[str, FeatureSet] | None = None,
     ) -> None:
         self.router = router
         self.stores = stores
@@ -52,6 +57,11 @@ class Dispatcher:
         self.gmetrics = gmetrics
         self.log = log
         self.upstream_endpoint = upstream_endpoint
+        #: feature topic → its set (listed with the topic: a client decodes by it)
+        self.feature_infos = {
+            key: gp.FeatureInfo(fs.name, list(fs.columns), list(fs.outputs), fs.n_groups, fs.crc)
+            for key, fs in (feature_sets or {}).items()
+        }
         self.upstream = upstream
         self.peers: dict[bytes, float] = {}  # request peer → when last seen
         self.requests: dict[str, int] = {}
@@ -172,6 +182,7 @@ class Dispatcher:
                     count=n,
                     first_ms=int(times[0]) if n else None,
                     last_ms=int(times[-1]) if n else None,
+                    features=self.feature_infos.get(key),
                 )
             )
         return gp.Listing(id=req.id, topics=topics)

@@ -38,7 +38,9 @@ class Span:
 def resolve_history(req: History, times_ms: np.ndarray, max_records: int) -> Span:
     """The span of ``times_ms`` (the committed bars' open times, ascending) a history
     request gets: ``[start_ms, end_ms)`` (open bounds when None) or the last ``last`` bars.
-    A range over ``max_records`` is cut to its first ``max_records`` bars with ``more``."""
+    A range over ``max_records`` is cut to its first ``max_records`` bars with ``more`` —
+    at a change of open time, so the records of one bar (a feature store's bar and its
+    feature records share its ``ts_ms``) are never split between pages."""
     n = len(times_ms)
     if req.last is not None:
         if req.start_ms is not None or req.end_ms is not None:
@@ -52,7 +54,8 @@ def resolve_history(req: History, times_ms: np.ndarray, max_records: int) -> Spa
     lo = 0 if req.start_ms is None else int(np.searchsorted(times_ms, req.start_ms, "left"))
     hi = n if req.end_ms is None else int(np.searchsorted(times_ms, req.end_ms, "left"))
     if hi - lo > max_records:
-        return Span(lo, lo + max_records, more=True)
+        cut = int(np.searchsorted(times_ms, times_ms[lo + max_records], "left"))
+        return Span(lo, cut if cut > lo else lo + max_records, more=True)
     return Span(lo, hi)
 
 

@@ -28,22 +28,23 @@ from typing import Final
 import numpy as np
 import zmq
 
+from barstream.services.features.layout import feature_records_problem
+from barstream.services.features.service import feature_keys
 from barstream.services.gateway.dispatch import Dispatcher
 from barstream.services.gateway.publish import Publisher
-from barstream.services.resampler.resample import plan
+from barstream.services.resampler.service import served_timeframes
 from barstream.shared import gateway_protocol as gp
 from barstream.shared import protocol as feed_protocol
 from barstream.shared import sockets
-from barstream.shared.alignment import PRESETS
 from barstream.shared.config import Config
 from barstream.shared.errors import UpstreamInvalid
+from barstream.shared.feed_client import FeedClient
 from barstream.shared.header import StoreMeta
 from barstream.shared.inbound import bars_problem
 from barstream.shared.metrics import GatewayMetrics
 from barstream.shared.names import RejectedName, StreamNames, printable
-from barstream.shared.record import KIND_BARS
+from barstream.shared.record import KIND_BARS, KIND_FEATURES
 from barstream.shared.service import Change, Changes, Service
-from barstream.shared.sessions import sessions_of
 
 #: Replies queued per request peer before the gateway drops further replies to it.
 REPLY_HWM: Final = 1000
@@ -82,6 +83,12 @@ class Gateway(Service):
         for symbol, side in config.streams():
             for tf in ("1m", *config.resampler.timeframes):
                 self.stores.ensure(StoreMeta(symbol, side, tf))
+        #: feature store key → its set: the features stage's stores (bars joined with their
+        #: features, docs/FORMAT.md §11), followed from its feed when sets are configured.
+        self.feature_sets = feature_keys(config)
+        for key in self.feature_sets:
+            self.stores.ensure(StoreMeta.from_key(key, kind=KIND_FEATURES))
+        self.features_upstream: FeedClient | None = None
         self.gmetrics = GatewayMetrics(self.metrics)
         self.pub: zmq.Socket[bytes] = self.ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -105,19 +112,14 @@ class Gateway(Service):
             self.log,
             upstream_endpoint=self.endpoints.upstream,
             upstream=lambda: self.upstream,
+            feature_sets=self.feature_sets,
         )
 
     def take_names(self) -> StreamNames:
         """The resampler's stores of the configured symbols and sides: 1m and every
         timeframe its cascade makes (the configured ones and the steps they need)."""
-        rc = self.config.resampler
-        alignment = PRESETS[rc.alignment]
-        tfs = {"1m"}
-        for symbol in self.config.pipeline.symbols:
-            sessions = sessions_of(rc.sessions.get(symbol, [])) or None
-            tfs.update(str(tf) for tf in plan(rc.timeframes, alignment, sessions))
         p_cfg = self.config.pipeline
-        return StreamNames(p_cfg.symbols, p_cfg.sides, tfs)
+        return StreamNames(p_cfg.symbols, p_cfg.sides, served_timeframes(self.config))
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -128,6 +130,12 @@ class Gateway(Service):
             self.commit()
         self.follow_upstream()
         assert self.upstream is not None
+        follows = [asyncio.create_task(self.upstream.run(until_caught_up=self.drain))]
+        if self.feature_sets:
+            self.features_upstream = self._follow_features()
+            follows.append(
+                asyncio.create_task(self.features_upstream.run(until_caught_up=self.drain))
+            )
         self.log.info(
             "publishing on %s, requests on %s, upstream %s",
             self.gw.publish,
@@ -135,7 +143,6 @@ class Gateway(Service):
             self.endpoints.upstream,
         )
         hb_s = gp.HEARTBEAT_INTERVAL_S
-        follow = asyncio.create_task(self.upstream.run(until_caught_up=self.drain))
         serving = [
             asyncio.create_task(
                 sockets.serve(self.router, self.dispatch.on_request, timeout_s=hb_s)
@@ -147,19 +154,45 @@ class Gateway(Service):
         ]
         try:
             if self.drain:
-                await follow
+                await asyncio.gather(*follows)
                 self.maybe_commit(idle=True)
             else:
-                await self.serve_until_stopped(follow, *serving)
+                await self.serve_until_stopped(*follows, *serving)
         finally:
-            for t in (follow, *serving):
+            for t in (*follows, *serving):
                 t.cancel()
-            for t in (follow, *serving):
+            for t in (*follows, *serving):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
 
+    def _follow_features(self) -> FeedClient:
+        """The client of the features stage's feed: its stores go through ``handle`` too."""
+        upstream = self.upstream
+        assert upstream is not None
+        p_cfg = self.config.pipeline
+        names = StreamNames(
+            p_cfg.symbols, p_cfg.sides, {key.split("/")[2] for key in self.feature_sets}
+        )
+        return FeedClient(
+            self.ctx,
+            self.gw.features_upstream,
+            self.stores.upstream,  # its keys are not the resampler's: one map holds both
+            upstream.handler,
+            name=f"{self.name}.features",
+            metrics=self.metrics,
+            on_idle=self.idle,
+            names=names,
+        )
+
+    def stop(self) -> None:
+        super().stop()
+        if self.features_upstream is not None:
+            self.features_upstream.close()
+
     async def close(self) -> None:
         try:
+            if self.features_upstream is not None:
+                self.features_upstream.close()
             await super().close()  # commits (and so publishes) what is pending
         finally:
             self.pub.close(linger=0)
@@ -170,8 +203,11 @@ class Gateway(Service):
     def handle(
         self, batch: feed_protocol.Batch, records: np.ndarray, attachments: list[bytes]
     ) -> Changes:
-        """From offset ``batch.start`` on, the resampler's store now reads ``records``: so
-        does the replica (rewritten only from the first record that differs)."""
+        """From offset ``batch.start`` on, the resampler's (or the features stage's) store
+        now reads ``records``: so does the replica (rewritten only from the first record
+        that differs)."""
+        if batch.kind == KIND_FEATURES and batch.stream in self.feature_sets:
+            return self._handle_features(batch, records)
         if batch.kind != KIND_BARS:
             self.dispatch.count_error("upstream-kind")
             stream = printable(batch.stream)
@@ -208,6 +244,20 @@ class Gateway(Service):
             return ()
         self.publisher.topic(key)
         return (Change(key, batch.start, (records,), diff=True),)
+
+    def _handle_features(self, batch: feed_protocol.Batch, records: np.ndarray) -> Changes:
+        """A batch of a feature store: each bar record keeps the bar invariants, each
+        feature record is the group its offset says, written for the configured set."""
+        fs = self.feature_sets[batch.stream]
+        store = self.stores.ensure(StoreMeta.from_key(batch.stream, kind=KIND_FEATURES))
+        why = feature_records_problem(fs, store.records, batch.start, records)
+        if why is not None:
+            self.metrics.rejected.labels("feed_client", "bad-records").inc()
+            self.dispatch.count_error("upstream-records")
+            self.reject(batch, UpstreamInvalid(why, stream=batch.stream, offset=batch.start))
+            return ()
+        self.publisher.topic(batch.stream)
+        return (Change(batch.stream, batch.start, (records,), diff=True),)
 
     def changed(self, key: str, first: int) -> None:
         self.publisher.changed(key, first)

@@ -19,7 +19,7 @@ import numpy as np
 from prometheus_client import Counter
 
 from barstream.services.resampler.cascade import Cascade
-from barstream.services.resampler.resample import M1
+from barstream.services.resampler.resample import M1, plan
 from barstream.shared import protocol as p
 from barstream.shared.alignment import PRESETS
 from barstream.shared.config import Config
@@ -32,6 +32,18 @@ from barstream.shared.service import Change, Changes, Service
 from barstream.shared.sessions import sessions_of
 from barstream.shared.store import Store
 from barstream.shared.timeframe import Timeframe
+
+
+def served_timeframes(config: Config) -> set[str]:
+    """The timeframes of the stores the resampler serves: 1m and every one its cascade
+    makes for the configured symbols (the configured ones and the steps they need)."""
+    rc = config.resampler
+    alignment = PRESETS[rc.alignment]
+    tfs = {"1m"}
+    for symbol in config.pipeline.symbols:
+        sessions = sessions_of(rc.sessions.get(symbol, [])) or None
+        tfs.update(str(tf) for tf in plan(rc.timeframes, alignment, sessions))
+    return tfs
 
 
 class Resampler(Service):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from barstream import tomlw
-from barstream.shared.config import SERVICES
+from barstream.shared.config import SERVICES, UPSTREAM_OF, section
 from barstream.status import Samples, parse_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,13 +74,12 @@ def pipeline_config(
         "fake_upstream": {"port": fake_port, "speed": speed, "seed": 1, "start": sim_start},
         "api": {"port": free_port()},
     }
-    prev = ""
     for name in SERVICES:
         ep: dict[str, Any] = {"feed": f"ipc://{run_dir}/{name}.feed", "metrics_port": free_port()}
-        if prev:
-            ep["upstream"] = prev
-        data.setdefault(name, {})["endpoints"] = ep
-        prev = ep["feed"]
+        if name in UPSTREAM_OF:
+            ep["upstream"] = f"ipc://{run_dir}/{UPSTREAM_OF[name]}.feed"
+        data.setdefault(section(name), {})["endpoints"] = ep
+    data["gateway"]["features_upstream"] = f"ipc://{run_dir}/features.feed"
     return data
 
 

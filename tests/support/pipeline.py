@@ -43,6 +43,8 @@ class Pipeline:
     )
     alignment: str = "utc"
     extra: str = ""
+    #: ``[[features]]`` tables (TOML): the features stage runs, the gateway follows it too.
+    features: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -83,6 +85,7 @@ class Pipeline:
             "[gateway]",
             f'publish = "ipc://{self.ipc}/gw-pub"',
             f'requests = "ipc://{self.ipc}/gw-req"',
+            f'features_upstream = "ipc://{self.ipc}/features"',
         ]
         prev = ""
         for name in SERVICES:
@@ -95,7 +98,14 @@ class Pipeline:
             if prev:
                 lines.append(f'upstream = "ipc://{self.ipc}/{prev}"')
             prev = name
-        text = "\n".join(lines) + "\n" + self.extra
+        lines += [
+            "",
+            "[features_stage.endpoints]",
+            f'feed = "ipc://{self.ipc}/features"',
+            f'upstream = "ipc://{self.ipc}/resampler"',
+            "metrics_port = 0",
+        ]
+        text = "\n".join(lines) + "\n" + self.extra + "\n" + self.features
         self.config_path.write_text(text)
         return self.config_path
 

@@ -28,10 +28,11 @@ STORES = {
     "transformer": ["days"],
     "aggregator": ["1m"],
     "resampler": TIMEFRAMES,
+    "features": ["1m.core", "1h.core"],
     "gateway": TIMEFRAMES,
 }
 UPSTREAM = {"transformer": ["fetch"], "aggregator": ["days"], "resampler": ["1m"]}
-UPSTREAM["gateway"] = TIMEFRAMES
+UPSTREAM["gateway"] = UPSTREAM["features"] = TIMEFRAMES
 
 
 def keys(tfs: list[str]) -> list[str]:
@@ -79,6 +80,7 @@ def statuses() -> list[status.ServiceStatus]:
         scraped("transformer", held=("S05-USD/BID/days",)),
         scraped("aggregator", silent_s=45.0),
         scraped("resampler", stale=("S09-USD/BID/1h",)),
+        scraped("features"),
         scraped("gateway", behind={"S01-USD/BID/1m": 7, "S02-USD/ASK/1d": 1}, lag_s=12.0),
     ]
 
@@ -118,6 +120,7 @@ def test_default_view_stays_one_screen_when_every_stream_needs_attention() -> No
         scraped("transformer", held=tuple(keys(["days"]))),
         scraped("aggregator"),
         scraped("resampler"),
+        scraped("features"),
         scraped("gateway"),
     ]
     text = status_view.render(many)

@@ -17,7 +17,11 @@ def test_defaults_are_valid_and_wired() -> None:
     assert cfg.endpoints("transformer").upstream == "tcp://127.0.0.1:7101"
     assert cfg.endpoints("gateway").upstream == "tcp://127.0.0.1:7104"
     assert cfg.endpoints("downloader").upstream == ""
-    assert [cfg.endpoints(s).metrics_port for s in config.SERVICES] == list(range(9101, 9106))
+    ports = {s: cfg.endpoints(s).metrics_port for s in config.SERVICES}
+    assert sorted(p or 0 for p in ports.values()) == list(range(9101, 9107))
+    assert ports["gateway"] == 9105 and ports["features"] == 9106  # the gateway's kept its port
+    assert cfg.endpoints("features").upstream == "tcp://127.0.0.1:7104"  # the resampler
+    assert cfg.gateway.features_upstream == "tcp://127.0.0.1:7106"
     assert cfg.data_dir("aggregator") == Path("var/data/aggregator")
     assert cfg.streams() == [("EUR-USD", "BID")]
 
@@ -163,13 +167,16 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
 
 def test_port_offset_moves_every_default_tcp_port() -> None:
     cfg = config.from_dict({"pipeline": {"port_offset": 100}})
-    assert [cfg.endpoints(s).feed for s in config.SERVICES] == [
-        f"tcp://127.0.0.1:{p}" for p in range(7201, 7206)
+    assert sorted(cfg.endpoints(s).feed for s in config.SERVICES) == [
+        f"tcp://127.0.0.1:{p}" for p in range(7201, 7207)
     ]
+    assert cfg.gateway.features_upstream == "tcp://127.0.0.1:7206"
     assert cfg.endpoints("transformer").upstream == "tcp://127.0.0.1:7201"
     assert cfg.endpoints("gateway").upstream == "tcp://127.0.0.1:7204"
     assert cfg.endpoints("downloader").upstream == ""
-    assert [cfg.endpoints(s).metrics_port for s in config.SERVICES] == list(range(9201, 9206))
+    assert sorted(cfg.endpoints(s).metrics_port or 0 for s in config.SERVICES) == list(
+        range(9201, 9207)
+    )
     assert (cfg.gateway.publish, cfg.gateway.requests) == (
         "tcp://127.0.0.1:7210",
         "tcp://127.0.0.1:7211",
@@ -248,7 +255,7 @@ def test_tcp_listens_lists_every_port_a_run_binds_with_its_key() -> None:
     assert listens["fake_upstream.port"] == ("127.0.0.1", 8788)
     assert listens["api.port"] == ("127.0.0.1", 8791)  # the HTTP API (barstream serve)
     assert "fake_upstream.port" not in {x.key for x in config.tcp_listens(cfg, fake=False)}
-    assert len(listens) == 4 + 5 + 2 + 1 + 1
+    assert len(listens) == 5 + 6 + 2 + 1 + 1  # feeds (not the ipc one), metrics, gw, api, fake
 
 
 def test_api_follows_the_gateway_and_the_port_offset() -> None:
