@@ -9,8 +9,11 @@ the same compiled code over the bars kept in the tail plus the new one. Hence on
 and bit-identical values: same operations on the same operands in the same order.
 
 Rolling windows are recomputed from the window's values each bar (``window_sum``: a fixed
-summation order), never kept as running sums, so nothing drifts and no running total is state. ``c`` is close, ``lr``
-the log return ``log(c[i] / c[i-1])`` (engine.py, computed once per bar).
+summation order), never kept as running sums, so nothing drifts and no running total is state.
+The kernels get them from ``window_sums`` / ``window_devs``: each bar's sums exactly as
+``window_sum`` / ``window_dev`` add them, only many bars at a time (one SIMD lane a bar), so
+the values are the same bit for bit. ``c`` is close, ``lr`` the log return
+``log(c[i] / c[i-1])`` (engine.py, computed once per bar).
 """
 
 from __future__ import annotations
@@ -102,26 +105,162 @@ def window_std(x, i, n, mean, ddof):  # type: ignore[no-untyped-def]
     return math.sqrt(window_dev(x, i, n, mean, True) / (n - ddof))
 
 
+#: bars a vectorised window pass keeps in flight (its partial sums stay in L1)
+CHUNK = 512
+
+
 @njit(cache=True)
-def returns(pi, c, base, start, end, out, ok, col):  # type: ignore[no-untyped-def]
+def first_at(start, end, base, g0):  # type: ignore[no-untyped-def]
+    """The first array index in ``start .. end`` whose global index ``base + i`` is >= g0."""
+    return min(max(start, g0 - base), end)
+
+
+@njit(cache=True)
+def window_sums(x, n, lo, end):  # type: ignore[no-untyped-def]
+    """``r[i - lo] = window_sum(x, i, n)`` for lo <= i < end (``lo - n + 1 >= 0``), bit for
+    bit: the same four partial sums per bar, the same order, only many bars at a time (each
+    SIMD lane is one bar, so the operations of a bar are those of ``window_sum``)."""
+    m = max(end - lo, 0)
+    r = np.empty(m)
+    w0 = min(CHUNK, m)
+    s0 = np.empty(w0)
+    s1 = np.empty(w0)
+    s2 = np.empty(w0)
+    s3 = np.empty(w0)
+    first = lo - n + 1
+    g4 = n // 4 * 4
+    for a in range(0, m, CHUNK):
+        w = min(CHUNK, m - a)
+        for k in range(w):
+            s0[k] = 0.0
+            s1[k] = 0.0
+            s2[k] = 0.0
+            s3[k] = 0.0
+        for t in range(0, g4, 4):
+            b = first + a + t
+            x0 = x[b : b + w]
+            x1 = x[b + 1 : b + 1 + w]
+            x2 = x[b + 2 : b + 2 + w]
+            x3 = x[b + 3 : b + 3 + w]
+            for k in range(w):
+                s0[k] += x0[k]
+                s1[k] += x1[k]
+                s2[k] += x2[k]
+                s3[k] += x3[k]
+        rr = r[a : a + w]
+        for k in range(w):
+            rr[k] = (s0[k] + s1[k]) + (s2[k] + s3[k])
+        for t in range(g4, n):
+            b = first + a + t
+            xx = x[b : b + w]
+            for k in range(w):
+                rr[k] += xx[k]
+    return r
+
+
+@njit(cache=True)
+def window_means(x, n, lo, end):  # type: ignore[no-untyped-def]
+    """``window_mean(x, i, n)`` for lo <= i < end, as ``window_sums``."""
+    r = window_sums(x, n, lo, end)
+    for k in range(r.shape[0]):
+        r[k] = r[k] / n
+    return r
+
+
+@njit(cache=True)
+def window_devs(x, n, lo, end, mean, square):  # type: ignore[no-untyped-def]
+    """``window_dev(x, i, n, mean[i - lo], square)`` for lo <= i < end, bit for bit (the
+    order of ``window_dev``, many bars at a time as ``window_sums``)."""
+    m = max(end - lo, 0)
+    r = np.empty(m)
+    w0 = min(CHUNK, m)
+    s0 = np.empty(w0)
+    s1 = np.empty(w0)
+    s2 = np.empty(w0)
+    s3 = np.empty(w0)
+    first = lo - n + 1
+    g4 = n // 4 * 4
+    for a in range(0, m, CHUNK):
+        w = min(CHUNK, m - a)
+        mm = mean[a : a + w]
+        for k in range(w):
+            s0[k] = 0.0
+            s1[k] = 0.0
+            s2[k] = 0.0
+            s3[k] = 0.0
+        for t in range(0, g4, 4):
+            b = first + a + t
+            x0 = x[b : b + w]
+            x1 = x[b + 1 : b + 1 + w]
+            x2 = x[b + 2 : b + 2 + w]
+            x3 = x[b + 3 : b + 3 + w]
+            if square:
+                for k in range(w):
+                    d0 = x0[k] - mm[k]
+                    d1 = x1[k] - mm[k]
+                    d2 = x2[k] - mm[k]
+                    d3 = x3[k] - mm[k]
+                    s0[k] += d0 * d0
+                    s1[k] += d1 * d1
+                    s2[k] += d2 * d2
+                    s3[k] += d3 * d3
+            else:
+                for k in range(w):
+                    s0[k] += abs(x0[k] - mm[k])
+                    s1[k] += abs(x1[k] - mm[k])
+                    s2[k] += abs(x2[k] - mm[k])
+                    s3[k] += abs(x3[k] - mm[k])
+        rr = r[a : a + w]
+        for k in range(w):
+            rr[k] = (s0[k] + s1[k]) + (s2[k] + s3[k])
+        for t in range(g4, n):
+            b = first + a + t
+            xx = x[b : b + w]
+            if square:
+                for k in range(w):
+                    d = xx[k] - mm[k]
+                    rr[k] += d * d
+            else:
+                for k in range(w):
+                    rr[k] += abs(xx[k] - mm[k])
+    return r
+
+
+@njit(cache=True)
+def window_stds(x, n, lo, end, mean, ddof):  # type: ignore[no-untyped-def]
+    """``window_std(x, i, n, mean[i - lo], ddof)`` for lo <= i < end."""
+    r = window_devs(x, n, lo, end, mean, True)
+    for k in range(r.shape[0]):
+        r[k] = math.sqrt(r[k] / (n - ddof))
+    return r
+
+
+@njit(cache=True)
+def returns(pi, c, lr, base, start, end, out, ok, col):  # type: ignore[no-untyped-def]
     """Returns over ``period`` p bars: simple ``c[i]/c[i-p] - 1``, log ``log(c[i]/c[i-p])``.
-    Valid from index p."""
+    Valid from index p. For p = 1 the log return is ``lr[i]``, already that same expression
+    (engine.py), so the log is not taken twice."""
     p = pi[0]
     for i in range(start, end):
         j = i - start
         v = base + i >= p
         r = c[i] / c[i - p] if v else NAN
         put(out, ok, col, j, r - 1.0, v)
-        put(out, ok, col + 1, j, math.log(r) if v else NAN, v)
+        if p == 1:
+            put(out, ok, col + 1, j, lr[i] if v else NAN, v)
+        else:
+            put(out, ok, col + 1, j, math.log(r) if v else NAN, v)
 
 
 @njit(cache=True)
 def sma(pi, c, base, start, end, out, ok, col):  # type: ignore[no-untyped-def]
     """Simple moving average: the mean of the last ``period`` closes. Valid from n-1."""
     n = pi[0]
+    v0 = first_at(start, end, base, n - 1)
+    mean = window_means(c, n, v0, end)
     for i in range(start, end):
-        v = base + i >= n - 1
-        put(out, ok, col, i - start, window_mean(c, i, n) if v else NAN, v)
+        v = i >= v0
+        put(out, ok, col, i - start, mean[i - v0] if v else NAN, v)
 
 
 @njit(cache=True)
@@ -214,11 +353,14 @@ def bbands(pi, pf, c, base, start, end, out, ok, col):  # type: ignore[no-untype
     not valid when upper == lower (a flat window). Valid from n-1."""
     n = pi[0]
     k = pf[0]
+    v0 = first_at(start, end, base, n - 1)
+    mean = window_means(c, n, v0, end)
+    sds = window_stds(c, n, v0, end, mean, 0)
     for i in range(start, end):
         j = i - start
-        v = base + i >= n - 1
-        mid = window_mean(c, i, n) if v else NAN
-        sd = window_std(c, i, n, mid, 0) if v else NAN
+        v = i >= v0
+        mid = mean[i - v0] if v else NAN
+        sd = sds[i - v0] if v else NAN
         up = mid + k * sd
         lo = mid - k * sd
         put(out, ok, col, j, mid, v)
@@ -245,10 +387,11 @@ def volatility(pi, lr, base, start, end, out, ok, col):  # type: ignore[no-untyp
     """Rolling volatility: standard deviation of the last n one-bar log returns, sample
     (ddof = 1, default) or population (ddof = 0); not annualised. Valid from n."""
     n, ddof = pi[0], pi[1]
+    v0 = first_at(start, end, base, n)
+    sds = window_stds(lr, n, v0, end, window_means(lr, n, v0, end), ddof)
     for i in range(start, end):
-        v = base + i >= n
-        x = window_std(lr, i, n, window_mean(lr, i, n), ddof) if v else NAN
-        put(out, ok, col, i - start, x, v)
+        v = i >= v0
+        put(out, ok, col, i - start, sds[i - v0] if v else NAN, v)
 
 
 @njit(cache=True)
@@ -257,12 +400,15 @@ def zscore(pi, lr, base, start, end, out, ok, col):  # type: ignore[no-untyped-d
     ``(lr[i] - mean) / sd``, sd as ``volatility`` (ddof 1 default); not valid when sd = 0.
     Valid from n."""
     n, ddof = pi[0], pi[1]
+    v0 = first_at(start, end, base, n)
+    mean = window_means(lr, n, v0, end)
+    sds = window_stds(lr, n, v0, end, mean, ddof)
     for i in range(start, end):
-        v = base + i >= n
+        v = i >= v0
         z = NAN
         if v:
-            m = window_mean(lr, i, n)
-            sd = window_std(lr, i, n, m, ddof)
+            m = mean[i - v0]
+            sd = sds[i - v0]
             v = sd > 0.0
             z = (lr[i] - m) / sd if v else NAN
         put(out, ok, col, i - start, z, v)

@@ -70,7 +70,7 @@ def _run(  # type: ignore[no-untyped-def]
     for k in range(codes.shape[0]):
         code, pi, pf, col, s = codes[k], pint[k], pflt[k], cols[k], st[slots[k] :]
         if code == 1:
-            A.returns(pi, c, base, start, end, out, ok, col)
+            A.returns(pi, c, lr, base, start, end, out, ok, col)
         elif code == 2:
             A.sma(pi, c, base, start, end, out, ok, col)
         elif code == 3:

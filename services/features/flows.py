@@ -122,10 +122,10 @@ def obv(c, v, base, start, end, st, out, ok, col):  # type: ignore[no-untyped-de
     for i in range(start, end):
         if base + i == 0:
             x = 0.0
-        elif c[i] > c[i - 1]:
-            x = x + v[i]
-        elif c[i] < c[i - 1]:
-            x = x - v[i]
+        else:  # both sums, then a select: no branch on the (random) direction of the close
+            up = x + v[i]
+            dn = x - v[i]
+            x = up if c[i] > c[i - 1] else (dn if c[i] < c[i - 1] else x)
         put(out, ok, col, i - start, x, True)
     st[0] = x
 

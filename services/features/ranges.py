@@ -9,14 +9,64 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from barstream.services.features.averages import NAN, put, window_dev, window_mean
+from barstream.services.features.averages import (
+    CHUNK,
+    NAN,
+    first_at,
+    put,
+    window_devs,
+    window_means,
+)
+
+#: windows up to this many bars are scanned (vectorised across bars) instead of a deque
+SCAN_MAX = 64
 
 
 @njit(cache=True)
 def rolling_extreme(x, n, lo, end, is_max):  # type: ignore[no-untyped-def]
     """``r[i - lo]`` = the max (``is_max``) or min of ``x[i-n+1 .. i]`` for lo <= i < end
-    (clipped at index 0), with a monotonic deque: O(1) a bar. A max or min is exact, the same
-    value however it is found, so this equals a scan of the window bit for bit."""
+    (clipped at index 0). Both ways below give the value at the newest index holding the
+    extreme (a later equal value wins: the same bits, +0.0 / -0.0 included): a scan of the
+    window oldest to newest, many bars at a time (short windows without NaN), else a monotonic
+    deque (O(1) a bar; NaN anywhere in the span read takes this path, as it always did)."""
+    first = max(lo - n + 1, 0)
+    if n > SCAN_MAX:
+        return _deque_extreme(x, n, lo, end, is_max)
+    for q in range(first, end):
+        if x[q] != x[q]:
+            return _deque_extreme(x, n, lo, end, is_max)
+    m = max(end - lo, 0)
+    r = np.empty(m)
+    full = min(max(n - 1, lo), end)  # from here the window is not clipped
+    for i in range(lo, full):
+        e = x[max(i - n + 1, 0)]
+        for q in range(max(i - n + 2, 0), i + 1):
+            v = x[q]
+            e = v if (v >= e if is_max else v <= e) else e
+        r[i - lo] = e
+    for a in range(full, end, CHUNK):
+        w = min(CHUNK, end - a)
+        rr = r[a - lo : a - lo + w]
+        b = a - n + 1
+        xx = x[b : b + w]
+        for k in range(w):
+            rr[k] = xx[k]
+        for t in range(1, n):
+            xx = x[b + t : b + t + w]
+            if is_max:
+                for k in range(w):
+                    v = xx[k]
+                    rr[k] = v if v >= rr[k] else rr[k]
+            else:
+                for k in range(w):
+                    v = xx[k]
+                    rr[k] = v if v <= rr[k] else rr[k]
+    return r
+
+
+@njit(cache=True)
+def _deque_extreme(x, n, lo, end, is_max):  # type: ignore[no-untyped-def]
+    """``rolling_extreme`` with a monotonic deque (pops the older of equal values)."""
     first = max(lo - n + 1, 0)
     r = np.empty(max(end - lo, 0))
     dq = np.empty(max(end - first, 1), np.int64)
@@ -129,11 +179,14 @@ def cci(pi, pf, tp, base, start, end, out, ok, col):  # type: ignore[no-untyped-
     not valid when the deviation is 0. Valid from n-1."""
     n = pi[0]
     k = pf[0]
+    v0 = first_at(start, end, base, n - 1)
+    mean = window_means(tp, n, v0, end)
+    dev = window_devs(tp, n, v0, end, mean, False)
     for i in range(start, end):
         x = NAN
-        if base + i >= n - 1:
-            m = window_mean(tp, i, n)
-            md = window_dev(tp, i, n, m, False) / n
+        if i >= v0:
+            m = mean[i - v0]
+            md = dev[i - v0] / n
             if md > 0.0:
                 x = (tp[i] - m) / (k * md)
         put(out, ok, col, i - start, x, x == x)
