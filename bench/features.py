@@ -12,6 +12,12 @@
 - incremental: ``Stream.apply`` of one new closed bar on top of the 20-year state
   (``state_at`` from the stored row), and ``Stream.peek`` of a provisional bar; µs per bar
   for the whole set (one topic = one symbol, side, timeframe, set). Target: <= 50 µs.
+- live latency: a real FeedServer over a StoreSet playing the resampler (bench.gateway's
+  ``Upstream``), ``python -m barstream.services.features`` and the gateway as child
+  processes, a consumer ``stream(..., features="core")``: from the upstream commit of a new
+  1m bar having been durable to the consumer holding that bar joined with its features
+  (resampler feed → features stage → its commit → its feed → gateway → its commit → XPUB →
+  client joiner). Stores on tmpfs and on the disk. Target: p50 <= 2 ms, p99 <= 10 ms.
 
     python -m bench.features
 """
@@ -70,6 +76,133 @@ def blocks(prog: Program, m1: np.ndarray, block: int = 65_536, pack: bool = Fals
     return made
 
 
+def bench_live_latency(
+    tmpfs: bool, samples: int = 300, interval_s: float = 0.01
+) -> list[tuple[str, float, str]]:
+    import shutil
+    import subprocess
+    import threading
+
+    from barstream.services.gateway.client import GatewayClient
+    from barstream.shared.header import StoreMeta
+    from bench.gateway import PYTHON, Upstream, _dirs, bars
+
+    ipc, data = _dirs(tmpfs)
+    up = Upstream(data / "up", f"ipc://{ipc}/up")
+    where = "tmpfs" if tmpfs else "disk"
+    text = (REPO / "config" / "demo.toml").read_text()
+    cfg = ipc / "features.toml"
+    cfg.write_text(
+        f'[pipeline]\ndata_dir = "{data}"\n[resampler]\ntimeframes = ["5m"]\n'
+        f'[gateway]\npublish = "ipc://{ipc}/pub"\nrequests = "ipc://{ipc}/req"\n'
+        f'features_upstream = "ipc://{ipc}/feat"\n'
+        f'[gateway.endpoints]\nupstream = "{up.endpoint}"\nmetrics_port = 0\n'
+        f'[features_stage.endpoints]\nfeed = "ipc://{ipc}/feat"\nupstream = "{up.endpoint}"\n'
+        "metrics_port = 0\n"
+        + text[text.index("[[features]]") :].replace(
+            'timeframes = ["1m", "5m", "1h"]', 'timeframes = ["1m"]'
+        )
+    )
+    procs = []
+    try:
+        n0 = 200
+
+        def seed() -> None:
+            store = up.stores.ensure(StoreMeta("EUR-USD", "BID", "1m"))
+            store.append(priced(bars(0, n0)))
+            up.stores.touch("EUR-USD/BID/1m")
+            up.stores.commit()
+
+        up.call(seed)
+        log = open(ipc / "procs.log", "ab")  # noqa: SIM115 - lives with the processes
+        for name in ("features", "gateway"):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        PYTHON,
+                        "-m",
+                        f"barstream.services.{name}",
+                        "--config",
+                        str(cfg),
+                        "--log-level",
+                        "WARNING",
+                    ],
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        committed = up.stamps
+
+        def one(i: int) -> None:
+            store = up.stores.stores["EUR-USD/BID/1m"]
+            rec = priced(bars(n0 + i, n0 + i + 1))
+            store.append(rec)
+            up.stores.touch("EUR-USD/BID/1m")
+            up.stamp_key = int(rec["ts_ms"][0])
+            up.stores.commit()
+
+        lat: list[float] = []
+        with GatewayClient(f"ipc://{ipc}/pub", f"ipc://{ipc}/req", timeout_s=10) as c:
+            deadline = time.monotonic() + 120
+            while True:  # until the gateway serves the whole seeded feature topic
+                try:
+                    if len(c.history("EUR-USD", "1m", features="core")) == n0:
+                        break
+                except Exception:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"features/gateway did not start; see {ipc}/procs.log")
+                time.sleep(0.1)
+            stream = c.stream("EUR-USD", "1m", history=1, timeout_s=10, features="core")
+            next(stream)
+
+            def producer() -> None:
+                for i in range(samples):
+                    up.call(one, i)
+                    time.sleep(interval_s)
+
+            t = threading.Thread(target=producer)
+            t.start()
+            for item in stream:
+                now = time.perf_counter_ns()
+                for ts in item.records["ts_ms"]:
+                    if int(ts) in committed:
+                        lat.append((now - committed.pop(int(ts))) / 1e6)
+                if len(lat) >= samples:
+                    break
+            t.join()
+        p50 = float(np.percentile(lat, 50))
+        p99 = float(np.percentile(lat, 99))
+        return [
+            (f"features live latency p50, stores on {where}", p50,
+             "ms (upstream commit -> consumer has bar + features; target <= 2)"),
+            (f"features live latency p99, stores on {where}", p99,
+             f"ms ({len(lat)} bars; target <= 10)"),
+        ]  # fmt: skip
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        up.close()
+        shutil.rmtree(ipc, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def priced(rows: np.ndarray) -> np.ndarray:
+    """Bars with moving prices (bench.gateway's are flat): a deterministic wave."""
+    k = rows["src_offset"].astype(np.float64)
+    rows["close"] = 1.1 + 0.001 * np.sin(k / 7.0)
+    rows["open"] = 1.1 + 0.001 * np.sin((k - 1) / 7.0)
+    rows["high"] = np.maximum(rows["open"], rows["close"]) + 0.0002
+    rows["low"] = np.minimum(rows["open"], rows["close"]) - 0.0002
+    rows["volume"] = 1.0 + k % 5
+    return rows
+
+
 def run() -> list[tuple[str, float, str]]:
     m1, source = load_series()
     fs = core_set()
@@ -90,6 +223,8 @@ def run() -> list[tuple[str, float, str]]:
         (f"{name}: incremental apply, one bar, cpu", apply_us, "µs"),
         (f"{name}: provisional peek, one bar, cpu", peek_us, "µs"),
         (f"features series: {source}", len(m1), "records"),
+        *bench_live_latency(tmpfs=True),
+        *bench_live_latency(tmpfs=False, samples=200),
     ]
 
 
