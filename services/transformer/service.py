@@ -33,7 +33,7 @@ from barstream.shared.config import Config
 from barstream.shared.errors import PayloadInvalid, UpstreamInvalid
 from barstream.shared.header import StoreMeta
 from barstream.shared.metrics import TransformerMetrics, stream_labels
-from barstream.shared.ratelog import RateLimitedLog
+from barstream.shared.ratelog import MAX_NEW_PER_INTERVAL, MAX_PEERS, RateLimitedLog
 from barstream.shared.record import (
     JOURNAL_DAY,
     JOURNAL_GAP,
@@ -72,7 +72,17 @@ class Transformer(Service):
         self.payload_errors = self.metrics.errors.labels("payload_invalid")
         # A cache full of bad days must not be a log line per day: the first per stream in
         # full, then a summary per stream every 10 s (every one is counted above).
-        self.payload_log = RateLimitedLog(self.log, "rejected journal records", level=logging.ERROR)
+        # Its peers are the configured streams (names are checked before they get here):
+        # each stream's first rejection is logged in full, however many streams have one
+        # at once (84 in the full universe) — the operator needs the file and day of each.
+        n_streams = len(config.streams())
+        self.payload_log = RateLimitedLog(
+            self.log,
+            "rejected journal records",
+            level=logging.ERROR,
+            max_peers=max(MAX_PEERS, n_streams),
+            max_new=max(MAX_NEW_PER_INTERVAL, n_streams),
+        )
         #: Helper process decoding part of each large batch on the other core (it splits
         #: the work between the two processes); one that hangs or dies is killed, counted
         #: and restarted, its work decoded here (decode_pool).
