@@ -3,7 +3,8 @@
 The client library of the gateway (``barstream.services.gateway.client``, with its
 ``follower``, ``driver`` and ``frames`` modules; ``GatewayError`` from ``shared.errors``),
 under the name a consumer writes: a sync and an asyncio client that follow topics gap-free
-(the Clone pattern), history requests, and numpy → pandas/Polars conversions. See the
+(the Clone pattern), history requests (bars, or bars joined with a feature set's outputs:
+``FeatureBarUpdate`` items), and numpy → pandas/Polars conversions. See the
 README's "Client in ten lines".
 """
 
@@ -16,11 +17,13 @@ from barstream.services.gateway.client import (
     to_polars,
 )
 from barstream.services.gateway.follower import BarUpdate, Position
+from barstream.services.gateway.joined import FeatureBarUpdate
 from barstream.shared.errors import GatewayError
 
 __all__ = [
     "AsyncGatewayClient",
     "BarUpdate",
+    "FeatureBarUpdate",
     "GatewayClient",
     "GatewayError",
     "Position",

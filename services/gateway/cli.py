@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from barstream.export import write_csv
+from barstream.export import csv_lines, num, write_csv
 from barstream.services.gateway.client import (
     DEFAULT_PUBLISH,
     DEFAULT_REQUESTS,
@@ -26,6 +26,7 @@ from barstream.services.gateway.client import (
     to_pandas,
 )
 from barstream.services.gateway.follower import BarUpdate
+from barstream.services.gateway.joined import BAR_FIELDS
 from barstream.shared.errors import EXIT_ERROR as EXIT_ERROR  # the exit codes it documents
 from barstream.shared.errors import EXIT_OK as EXIT_OK
 from barstream.shared.errors import EXIT_USAGE as EXIT_USAGE
@@ -43,12 +44,40 @@ def _endpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="request timeout, seconds")
 
 
+def _feature_args(p: argparse.ArgumentParser, how: str) -> None:
+    p.add_argument(
+        "--features",
+        metavar="SET",
+        help=f"a configured feature set (e.g. core): each bar with the set's outputs, {how} "
+        "(the feature topic SYMBOL/SIDE/TF.SET; nan while an output warms up)",
+    )
+    p.add_argument(
+        "--columns",
+        metavar="A,B",
+        help="with --features: only these outputs (comma-separated, e.g. rsi_14.value,sma_20)",
+    )
+
+
+def feature_columns(records: np.ndarray, columns: str | None) -> list[str]:
+    """The feature outputs of joined ``records`` to show: all of them, or the ``--columns``
+    ones (ValueError naming the unknown ones and what the set has)."""
+    outputs = list((records.dtype.names or ())[len(BAR_FIELDS) :])
+    if not columns:
+        return outputs
+    wanted = [c.strip() for c in columns.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in outputs]
+    if unknown:
+        raise ValueError(f"no output {', '.join(unknown)} in the set; it has {', '.join(outputs)}")
+    return wanted
+
+
 def add_tail_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "tail",
         help="print live bars of one symbol/timeframe",
         description="Print the last bars, then every bar update as it is published. "
-        "Provisional (still open) bars are marked '~', revised bars 'R'.",
+        "Provisional (still open) bars are marked '~', revised bars 'R'. With --features SET, "
+        "each bar goes on with its feature outputs as name=value.",
     )
     p.add_argument("symbol", help="e.g. EUR-USD")
     p.add_argument("timeframe", help="e.g. 1m, 1h, 1d")
@@ -56,6 +85,7 @@ def add_tail_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--history", "-n", type=int, default=10, help="bars to print first")
     p.add_argument("--closed-only", action="store_true", help="only closed bars, each once")
     p.add_argument("--count", type=int, default=0, help="stop after this many updates (0: never)")
+    _feature_args(p, "after its OHLCV, as name=value")
     _endpoint_args(p)
     p.set_defaults(func=run_tail)
     return p
@@ -74,6 +104,7 @@ def add_history_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--end", help="end, exclusive (default: after the last bar)")
     p.add_argument("--format", choices=("csv", "parquet"), default="csv")
     p.add_argument("--output", "-o", type=Path, help="file to write (default: stdout; csv only)")
+    _feature_args(p, "as extra columns after the bar's")
     _endpoint_args(p)
     p.set_defaults(func=run_history)
     return p
@@ -123,19 +154,29 @@ def format_bar(record: np.void | np.ndarray, offset: int) -> str:
     )
 
 
-def print_update(item: BarUpdate, out: TextIO) -> None:
+def format_features(record: np.void | np.ndarray, columns: Sequence[str]) -> str:
+    """`` name=value`` for each feature output of a joined row (``nan`` while warming up)."""
+    return "".join(f" {c}={float(record[c]):.6g}" for c in columns)
+
+
+def print_update(item: BarUpdate, out: TextIO, columns: Sequence[str] | None = None) -> None:
+    """The lines of one item; ``columns``: the feature outputs to append (joined rows)."""
     if item.replaces:
         out.write(
             f"# {item.topic}: from offset {item.start_offset} ({item.replaces} bars replaced)\n"
         )
     for i, record in enumerate(item.records):
-        out.write(format_bar(record, item.start_offset + i) + "\n")
+        extra = format_features(record, columns) if columns else ""
+        out.write(format_bar(record, item.start_offset + i) + extra + "\n")
     out.flush()
 
 
 def run_tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if args.history < 0:
         print("tail: --history must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    if args.columns and not args.features:
+        print("tail: --columns needs --features SET", file=sys.stderr)
         return EXIT_USAGE
     try:
         with _client(args) as client:
@@ -144,10 +185,22 @@ def run_tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
             lacking.warn_tail(args.config, args.symbol, args.side, args.timeframe)
             updates = 0
+            columns: list[str] | None = None
             for item in client.stream(
-                args.symbol, args.timeframe, args.side, args.history, args.closed_only
+                args.symbol,
+                args.timeframe,
+                args.side,
+                args.history,
+                args.closed_only,
+                features=args.features,
             ):
-                print_update(item, out)
+                if args.features and columns is None:
+                    try:
+                        columns = feature_columns(item.records, args.columns)
+                    except ValueError as e:
+                        print(f"tail: --columns: {e}", file=sys.stderr)
+                        return EXIT_USAGE
+                print_update(item, out, columns)
                 if item.kind != "history":
                     updates += 1
                 if args.count and updates >= args.count:
@@ -165,10 +218,18 @@ def run_history(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.format == "parquet" and args.output is None:
         print("history: --format parquet needs --output FILE", file=sys.stderr)
         return EXIT_USAGE
+    if args.columns and not args.features:
+        print("history: --columns needs --features SET", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with _client(args) as client:
             records = client.history(
-                args.symbol, args.timeframe, _time(args.start), _time(args.end), args.side
+                args.symbol,
+                args.timeframe,
+                _time(args.start),
+                _time(args.end),
+                args.side,
+                features=args.features,
             )
             source = answered_by(client, args)
     except ValueError as e:
@@ -180,8 +241,15 @@ def run_history(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except (BarstreamError, TimeoutError) as e:
         print(f"history: {e}", file=sys.stderr)
         return EXIT_ERROR
+    try:
+        columns = feature_columns(records, args.columns) if args.features else []
+    except ValueError as e:
+        print(f"history: --columns: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if args.format == "parquet":
         frame = to_pandas(records)
+        for c in columns:
+            frame[c] = np.asarray(records[c])
         frame.index = frame.index.strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             frame.to_parquet(args.output)
@@ -189,14 +257,27 @@ def run_history(args: argparse.Namespace, out: TextIO | None = None) -> int:
             print(f"history: parquet needs pyarrow: {e}", file=sys.stderr)
             return EXIT_ERROR
     elif args.output is None:
-        write_csv(records, out)  # the one CSV format (barstream.export), as `export` writes
+        write_history_csv(records, columns, out)
         out.flush()
     else:
         with args.output.open("w", newline="") as f:
-            write_csv(records, f)
+            write_history_csv(records, columns, f)
     where = "stdout" if args.output is None else str(args.output.resolve())
     print(f"history: wrote {len(records)} bars to {where}, from {source}", file=sys.stderr)
     return EXIT_OK
+
+
+def write_history_csv(records: np.ndarray, columns: Sequence[str], out: TextIO) -> None:
+    """The one CSV format (barstream.export), as `export` writes it; with feature
+    ``columns``, each line goes on with them (shortest round-trip floats, ``nan`` while
+    an output warms up)."""
+    if not columns:
+        write_csv(records, out)
+        return
+    values = [np.asarray(records[c]).tolist() for c in columns]
+    for i, line in enumerate(csv_lines(records)):
+        tail = ",".join(columns) if i == 0 else ",".join(num(v[i - 1]) for v in values)
+        out.write(f"{line[:-1]},{tail}\n")
 
 
 def _standalone(add: Any, argv: Sequence[str] | None) -> int:
