@@ -62,7 +62,7 @@ from barstream.services.gateway.frames import Answer, Call, HistoryPages, expect
 from barstream.services.gateway.joined import Joiner, described, joined, whole_bars
 from barstream.shared import gateway_protocol as gp
 from barstream.shared.errors import GatewayError
-from barstream.shared.record import FLAG_PROVISIONAL
+from barstream.shared.record import FLAG_PROVISIONAL, RECORD_DTYPE
 from barstream.shared.sockets import wait_readable
 
 if TYPE_CHECKING:
@@ -486,7 +486,7 @@ _COLUMNS: Final = ("open", "high", "low", "close", "volume")
 
 def to_pandas(records: np.ndarray) -> Any:
     """A pandas DataFrame indexed by UTC bar open time, with OHLCV, ``provisional`` and
-    ``flags`` columns. Needs pandas (``pip install barstream[frames]``)."""
+    ``flags`` columns (then the feature columns of joined rows, ``features=``). Needs pandas (``pip install barstream[frames]``)."""
     try:
         import pandas as pd
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -495,11 +495,14 @@ def to_pandas(records: np.ndarray) -> Any:
     data = {c: np.asarray(records[c]) for c in _COLUMNS}
     data["provisional"] = (np.asarray(records["flags"]) & FLAG_PROVISIONAL) != 0
     data["flags"] = np.asarray(records["flags"])
+    for c in _feature_columns(records):
+        data[c] = np.asarray(records[c])
     return pd.DataFrame(data, index=pd.Index(index, name="time"))
 
 
 def to_polars(records: np.ndarray) -> Any:
-    """A Polars DataFrame with a UTC ``time`` column, OHLCV, ``provisional`` and ``flags``.
+    """A Polars DataFrame with a UTC ``time`` column, OHLCV, ``provisional`` and ``flags``
+    (then the feature columns of joined rows, ``features=``).
     Needs polars (``pip install barstream[frames]``)."""
     try:
         import polars as pl
@@ -512,4 +515,12 @@ def to_polars(records: np.ndarray) -> Any:
         cols[c] = np.asarray(records[c])
     cols["provisional"] = (np.asarray(records["flags"]) & FLAG_PROVISIONAL) != 0
     cols["flags"] = np.asarray(records["flags"])
+    for c in _feature_columns(records):
+        cols[c] = np.asarray(records[c])
     return pl.DataFrame(cols)
+
+
+def _feature_columns(records: np.ndarray) -> list[str]:
+    """The feature columns of joined rows (``history(..., features=)``), in order: the
+    fields that are no bar record field."""
+    return [n for n in records.dtype.names or () if n not in RECORD_DTYPE.names]
