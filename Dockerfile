@@ -11,7 +11,7 @@ COPY config ./config
 # constraints.txt: the versions `make venv` installs (README, "Dependencies")
 RUN pip install -c constraints.txt . \
     && useradd --system --uid 10001 --home-dir /app barstream \
-    && mkdir -p /data/downloader /data/raw /data/transformer /data/aggregator /data/resampler /data/gateway \
+    && mkdir -p /data/downloader /data/raw /data/transformer /data/aggregator /data/resampler /data/features /data/gateway \
     && chown -R barstream /data
 USER barstream
 # Each container runs one service: python -m barstream.services.NAME --config config/compose.toml

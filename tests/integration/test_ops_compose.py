@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from barstream.shared import config as config_mod
-from barstream.shared.config import SERVICES
+from barstream.shared.config import SERVICES, UPSTREAM_OF
 from tests.support.docker import DockerIgnore, copy_sources
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is in the dev extras (pip install -e '.[dev]')")
@@ -87,7 +87,7 @@ def test_compose_ports_match_compose_config() -> None:
     for path in ("config/compose.toml", "config/compose-demo.toml"):
         cfg = config_mod.load(REPO / path)
         assert cfg.pipeline.host == "0.0.0.0"
-        for i, name in enumerate(SERVICES):
+        for name in SERVICES:
             ep = cfg.endpoints(name)
             assert ep.feed == f"tcp://0.0.0.0:{port_of(ep.feed)}", (path, name)
             assert ep.metrics_host == "0.0.0.0", (path, name)
@@ -95,9 +95,12 @@ def test_compose_ports_match_compose_config() -> None:
             assert exposed == {port_of(ep.feed), ep.metrics_port}, (path, name)
             published = {int(str(p).split(":")[0]) for p in services[name].get("ports", [])}
             assert ep.metrics_port in published, (path, name)
-            if i:  # connects to its upstream by service name
-                up = SERVICES[i - 1]
+            up = UPSTREAM_OF.get(name)
+            if up is not None:  # connects to its upstream by service name
                 assert ep.upstream == f"tcp://{up}:{port_of(cfg.endpoints(up).feed)}", (path, name)
+        # the gateway's second upstream, the features stage's feed, by service name too
+        features_feed = port_of(cfg.endpoints("features").feed)
+        assert cfg.gateway.features_upstream == f"tcp://features:{features_feed}", path
         assert {port_of(cfg.gateway.publish), port_of(cfg.gateway.requests)} <= {
             int(str(p).split(":")[0]) for p in services["gateway"]["ports"]
         }
