@@ -9,7 +9,11 @@ upstream it was built from and compared byte for byte (docs/FORMAT.md §12).
   ``src_offset``) equals ``decode_candles`` of the body its journal record names;
 - aggregator ``1m`` ← transformer ``days`` [0, consumed): ``aggregate.merge`` from empty;
 - resampler ``1m`` replica ← aggregator ``1m``, gateway replicas ← resampler stores: equal;
-- resampler timeframes ← its ``1m`` replica: one ``Cascade.update`` from empty.
+- resampler timeframes ← its ``1m`` replica: one ``Cascade.update`` from empty;
+- features ``SYM/SIDE/TF.SET`` ← the resampler's ``SYM/SIDE/TF``: ``layout.store_records`` of
+  ``engine.compute`` of the set (from the configuration: without one, or for a set it no
+  longer has, the store is checked for structure only, by verify), gateway replicas of
+  feature stores ← the features stage's stores: equal.
 
 "Consumed" is the downstream checkpoint's upstream mark: compared only while the upstream
 still has that store id and generation (else it moved on since: ``skipped``), and only when
@@ -24,17 +28,21 @@ import datetime as dt
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from barstream.shared.alignment import PRESETS
 from barstream.shared.checkpoint import Checkpoint, CheckpointState
-from barstream.shared.config import SessionConfig
+from barstream.shared.config import Config, SessionConfig
 from barstream.shared.errors import BarstreamError, PayloadInvalid, UpstreamInvalid
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_LIVE, RECORD_DTYPE
 from barstream.shared.store import Store
 from barstream.shared.timeframe import Timeframe
 from barstream.verify import MAX_EXAMPLES, Fault
+
+if TYPE_CHECKING:
+    from barstream.services.features.spec import FeatureSet
 
 _EMPTY = np.empty(0, RECORD_DTYPE)
 #: Retries when a downstream checkpoint changed while it was being compared.
@@ -157,17 +165,125 @@ def _stable(root: Path, service: str, check: Check, out: Recomputed) -> None:
 Sessions = Mapping[str, Sequence[SessionConfig]]
 
 
-def recompute(root: Path, sessions: Sessions | None = None) -> Recomputed:
+def recompute(
+    root: Path, sessions: Sessions | None = None, *, config: Config | None = None
+) -> Recomputed:
     """Every comparison of the module docstring under data directory ``root``.
     ``sessions``: the resampler's configured sessions per symbol (None: not known, so a
-    symbol's timeframes are compared only when the header says no sessions were used)."""
+    symbol's timeframes are compared only when the header says no sessions were used).
+    ``config``: the pipeline's configuration (its sessions when ``sessions`` is None, and
+    the ``[[features]]`` sets the feature stores are recomputed with; None: feature stores
+    are not recomputed, each listed as checked for structure only)."""
+    if sessions is None and config is not None:
+        sessions = config.resampler.sessions
     out = Recomputed()
     _stable(root, "downloader", lambda p: _journal(root, p), out)
     _stable(root, "transformer", lambda p: _transformer(root, p), out)
     _stable(root, "aggregator", lambda p: _aggregator(root, p), out)
     _stable(root, "resampler", lambda p: _resampler(root, p, sessions), out)
-    _stable(root, "gateway", lambda p: _replicas(root, "gateway", "resampler", p), out)
+    _stable(root, "features", lambda p: _features(root, p, config, sessions), out)
+    _stable(root, "gateway", lambda p: _gateway(root, p), out)
     return out
+
+
+def is_feature_key(key: str) -> bool:
+    """``SYM/SIDE/TF.SET`` (a feature store's key), not a bar store's ``SYM/SIDE/TF``."""
+    return "." in key.rsplit("/", 1)[-1]
+
+
+def _gateway(root: Path, point: CheckpointState) -> tuple[list[Fault], int, list[str]]:
+    """The gateway's replicas: of the resampler's bar stores and of the features stage's
+    stores (one checkpoint holds the upstream marks of both)."""
+    bars = [k for k in point.stores if not is_feature_key(k)]
+    feats = [k for k in point.stores if is_feature_key(k)]
+    f1, c1, s1 = _replicas(root, "gateway", "resampler", point, bars)
+    f2, c2, s2 = _replicas(root, "gateway", "features", point, feats) if feats else ([], 0, [])
+    return f1 + f2, c1 + c2, s1 + s2
+
+
+def _features(
+    root: Path, point: CheckpointState, config: Config | None, sessions: Sessions | None
+) -> tuple[list[Fault], int, list[str]]:
+    """Each feature store against its set's batch computation over the resampler's bars
+    the features stage consumed (its checkpoint's upstream mark of ``SYM/SIDE/TF``)."""
+    from barstream.services.features import layout
+    from barstream.services.features.engine import compute
+    from barstream.services.features.service import feature_keys
+    from barstream.shared.sessions import sessions_of
+
+    faults: list[Fault] = []
+    skipped: list[str] = []
+    compared = 0
+    sets = feature_keys(config) if config is not None else {}
+    for key in point.stores:
+        path = store_path(root, "features", key)
+        if config is None:
+            skipped.append(
+                f"features {key}: checked for structure only (no configuration: "
+                "verify --config FILE recomputes it with its [[features]] set)"
+            )
+            continue
+        fs = sets.get(key)
+        if fs is None:
+            skipped.append(
+                f"features {key}: checked for structure only (the configuration has no "
+                f"[[features]] set {key.rsplit('.', 1)[-1]!r} on this timeframe)"
+            )
+            continue
+        symbol, side, tf_set = key.split("/")
+        bar_key = f"{symbol}/{side}/{tf_set.rsplit('.', 1)[0]}"
+        stored = _committed(root, "features", key, point)
+        bars = _upstream(root, "resampler", bar_key, point)
+        if stored is None or bars is None:
+            skipped.append(f"features {key}: its store or its upstream moved on")
+            continue
+        compared += 1
+        symbol_sessions = sessions_of(sessions.get(symbol, [])) if sessions else []
+        try:
+            expected = layout.store_records(
+                fs, bars, compute(fs, bars, list(symbol_sessions) or None)
+            )
+        except (ValueError, TypeError, BarstreamError) as e:
+            where = store_path(root, "resampler", bar_key)
+            faults.append(Fault(str(where), None, f"cannot compute set {fs.name!r} on it: {e}"))
+            continue
+        fault = _feature_difference(
+            path,
+            stored,
+            expected,
+            fs,
+            f"set {fs.name!r} over {store_path(root, 'resampler', bar_key)}",
+        )
+        if fault is not None:
+            faults.append(fault)
+    return faults, compared, skipped
+
+
+def _feature_difference(
+    path: Path, stored: np.ndarray, expected: np.ndarray, fs: FeatureSet, what: str
+) -> Fault | None:
+    """``first_difference`` of two feature stores' records, a feature record's field named
+    as the feature layout has it (its column, for a value)."""
+    from barstream.services.features.layout import FEATURE_DTYPE
+    from barstream.services.features.spec import GROUP_VALUES
+
+    fault = first_difference(path, stored, expected, what)
+    if fault is None or fault.offset is None or fault.offset >= min(len(stored), len(expected)):
+        return fault
+    i = fault.offset
+    g1 = 1 + fs.n_groups
+    bar, pos = divmod(i, g1)
+    if pos == 0:
+        return Fault(fault.path, i, f"bar {bar}'s record: {fault.what}")
+    a, b = stored[i : i + 1].view(FEATURE_DTYPE), expected[i : i + 1].view(FEATURE_DTYPE)
+    inner = first_difference(path, a, b, what)
+    assert inner is not None
+    name = inner.what.split(" ", 1)[0]
+    column = ""
+    if name.startswith("v") and name[1:].isdigit():
+        col = (pos - 1) * GROUP_VALUES + int(name[1:])
+        column = f" (column {fs.columns[col]!r})" if col < len(fs.columns) else " (unused slot)"
+    return Fault(fault.path, i, f"bar {bar}'s feature record {pos - 1}{column}: {inner.what}")
 
 
 def _transformer(root: Path, point: CheckpointState) -> tuple[list[Fault], int, list[str]]:

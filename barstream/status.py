@@ -106,9 +106,10 @@ def split_key(key: str) -> tuple[str, str, str]:
 
 
 def timeframe_order(text: str) -> tuple[int, int, int, str]:
-    """Timeframes by duration (1m … 4h, 1d, 1W, 1M, 1Y); other words (``fetch``) first."""
+    """Timeframes by duration (1m … 4h, 1d, 1W, 1M, 1Y), a feature store's ``TF.SET`` after
+    its timeframe's bars; other words (``fetch``) first."""
     try:
-        rank = Timeframe.parse(text).sort_key
+        rank = Timeframe.parse(text.partition(".")[0]).sort_key
     except ConfigError:
         return (0, 0, 0, text)
     return (1, *rank, text)

@@ -122,11 +122,15 @@ def _overview(statuses: list[ServiceStatus]) -> str:
         return "streams: none"
     symbols = sorted({k[0] for k in keys})
     sides = sorted({k[1] for k in keys if k[1]}, key=lambda x: SIDES.index(x) if x in SIDES else 9)
-    tfs = sorted({k[2] for k in keys if timeframe_order(k[2])[0]}, key=timeframe_order)
+    tf_parts = [k[2].partition(".") for k in keys]
+    tfs = sorted({tf for tf, _, _ in tf_parts if timeframe_order(tf)[0]}, key=timeframe_order)
+    sets = sorted({name for tf, _, name in tf_parts if name and timeframe_order(tf)[0]})
     names = f" ({', '.join(symbols)})" if len(symbols) <= 4 else ""
     return (
         f"streams: {len(symbols)} symbol(s){names} × {len(sides)} side(s) ({', '.join(sides)}); "
-        f"timeframes {' '.join(tfs) or '-'}; {len(keys):,} stores"
+        f"timeframes {' '.join(tfs) or '-'}"
+        + (f"; feature sets {' '.join(sets)}" if sets else "")
+        + f"; {len(keys):,} stores"
     )
 
 

@@ -122,7 +122,9 @@ def _check_on_disk(root: Path, symbol: str, side: str, timeframe: str, key: str)
     level = root
     for name, value in (("symbol", symbol), ("side", side), ("timeframe", timeframe)):
         if name == "timeframe":
-            known = sorted(p.stem for p in level.glob("*.bars"))
+            # bar stores only: a feature store's TIMEFRAME.SET.bars holds bars and their
+            # feature records interleaved (docs/FORMAT.md §11), not bars in time order
+            known = sorted(p.stem for p in level.glob("*.bars") if "." not in p.stem)
         else:
             known = sorted(p.name for p in level.iterdir() if p.is_dir())
         if value not in known:

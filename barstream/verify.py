@@ -9,6 +9,12 @@ Per service directory (one with a ``checkpoint.json``) and per store file (``*.b
   day version), every price finite and > 0, ``low <= open, close <= high``, volume finite
   and >= 0;
 - bar stores: ``ts_ms`` on the minute, only known flag bits, the reserved byte zero;
+- feature stores (kind FEATURES, docs/FORMAT.md §11: each bar record, then its G feature
+  records): whole bars of ``1 + G`` records (G from the set when it is known, else from the
+  first bar: its records share its ``ts_ms``), the bar records as bar stores' above, every
+  feature record the group its offset says, with its bar's ``ts_ms`` and flags and one
+  ``set_crc`` throughout (the set's, when known), no ``valid`` bit of a slot past the set's
+  columns; the values themselves are recomputed (``barstream.recompute``, with --config);
 - journal stores (``fetch``): day-aligned ``ts_ms``, a known record kind, ``body_len >= 0``
   (0 for a gap), the version rule of ``journal.py`` (1 + the day's previous version; 1 for a
   live record), known flags matching the kind, an unset tail (``src_offset`` -1, count and
@@ -25,9 +31,10 @@ Each fault names the file, the record offset and what is wrong. Pure checks on a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,10 +53,14 @@ from barstream.shared.record import (
     JOURNAL_GAP,
     JOURNAL_LIVE,
     KIND_BARS,
+    KIND_FEATURES,
     KIND_JOURNAL,
     RECORD_SIZE,
 )
 from barstream.shared.timeframe import DAY_MS, MINUTE_MS
+
+if TYPE_CHECKING:
+    from barstream.services.features.layout import Schema
 
 #: Faults reported per check per store (the count says how many more).
 MAX_EXAMPLES = 3
@@ -139,6 +150,103 @@ def check_bars(records: np.ndarray, path: str, *, per_version: bool = False) -> 
     ]
 
 
+def check_features(records: np.ndarray, path: str, fs: Schema | None = None) -> list[Fault]:
+    """The structure of a feature store's records (bar records' dtype, docs/FORMAT.md §11):
+    each bar record then its G feature records. ``fs``: the set it was written for (from
+    the configuration), else G is read off the first bar (the records sharing its
+    ``ts_ms``) and the ``set_crc`` off its first feature record; values are not checked
+    here (recomputation compares them)."""
+    from barstream.services.features.layout import FEATURE_DTYPE
+    from barstream.services.features.spec import GROUP_VALUES
+
+    n = len(records)
+    if not n:
+        return []
+    ts = records["ts_ms"]
+    if fs is not None:
+        g1 = 1 + fs.n_groups
+    else:
+        differs = np.flatnonzero(ts != ts[0])
+        g1 = int(differs[0]) if len(differs) else n
+        if g1 < 2:
+            what = (
+                f"ts_ms {int(ts[1])} is not its bar's {int(ts[0])}: in a feature store "
+                "a bar's feature records follow it with its ts_ms"
+            )
+            return [Fault(path, 1, what)]
+    if n % g1:
+        how = "its set's" if fs is not None else "its first bar's"
+        return [
+            Fault(
+                path,
+                n - n % g1,
+                f"{n} records are not whole bars of {g1} records ({how} bar + "
+                f"{g1 - 1} feature records): the last bar is cut short",
+            )
+        ]
+    grid = records.reshape(n // g1, g1)
+    faults = check_bars(np.ascontiguousarray(grid[:, 0]), path)
+    # bar-record offsets as the store's: bar k is record k * g1
+    faults = [
+        Fault(f.path, f.offset * g1 if f.offset is not None else None, f.what) for f in faults
+    ]
+    feats = np.ascontiguousarray(grid[:, 1:]).view(FEATURE_DTYPE).reshape(n // g1, g1 - 1)
+    crc = int(fs.crc) if fs is not None else int(feats["set_crc"][0, 0])
+    offsets = np.arange(n).reshape(n // g1, g1)[:, 1:]
+    at = offsets.ravel()
+
+    def mask(bad: np.ndarray) -> np.ndarray:
+        out = np.zeros(n, dtype=bool)
+        out[at[bad.ravel()]] = True
+        return out
+
+    group = feats["group"]
+    want_group = np.arange(g1 - 1)[None, :]
+    cols = len(fs.columns) if fs is not None else (g1 - 1) * GROUP_VALUES
+    slots = np.clip(cols - want_group * GROUP_VALUES, 0, GROUP_VALUES)  # used slots per group
+    unused = (feats["valid"].astype(np.int64) >> slots) != 0
+    whose = "the set's" if fs is not None else "the store's first"
+    flat = feats.ravel()
+    faults += [
+        *_report(
+            path,
+            mask(group != want_group),
+            lambda i: (
+                f"feature record is group {int(records[i]['reserved'])}, its offset says "
+                f"{i % g1 - 1}"
+            ),
+            "group: {n} more",
+        ),
+        *_same(
+            path,
+            "ts_ms",
+            mask(feats["ts_ms"] != grid["ts_ms"][:, :1]),
+            "a feature record's ts_ms is not its bar's",
+        ),
+        *_same(
+            path,
+            "flags",
+            mask(feats["flags"] != grid["flags"][:, :1]),
+            "a feature record's flags are not its bar's",
+        ),
+        *_report(
+            path,
+            mask(feats["set_crc"] != crc),
+            lambda i: (
+                f"set_crc {int(flat['set_crc'][_nth(i, g1)]):#010x} is not {whose} {crc:#010x}"
+            ),
+            "set_crc: {n} more",
+        ),
+        *_same(path, "valid", mask(unused), "valid bits set for slots past the set's columns"),
+    ]
+    return faults
+
+
+def _nth(offset: int, g1: int) -> int:
+    """The index among the feature records of the store's record ``offset``."""
+    return offset // g1 * (g1 - 1) + offset % g1 - 1
+
+
 def check_journal(records: np.ndarray, path: str) -> list[Fault]:
     faults: list[Fault] = []
     kinds = (JOURNAL_DAY, JOURNAL_LIVE, JOURNAL_GAP, JOURNAL_EMPTY)
@@ -216,8 +324,13 @@ def _bad_versions(records: np.ndarray) -> np.ndarray:
     return bad
 
 
-def verify_store(path: Path, mark: StoreMark | None) -> StoreReport:
-    """Every check of one store file (read-only; never opens it for writing)."""
+def verify_store(
+    path: Path, mark: StoreMark | None, feature_sets: Mapping[str, Schema] | None = None
+) -> StoreReport:
+    """Every check of one store file (read-only; never opens it for writing).
+    ``feature_sets``: feature store key → its set (``features.service.feature_keys`` of the
+    configuration), so a feature store is checked against the set it was written for;
+    without it (or for a key it lacks) only the store's own structure is checked."""
     p = str(path)
     with path.open("rb") as f:
         head = f.read(HEADER_SIZE)
@@ -263,6 +376,9 @@ def verify_store(path: Path, mark: StoreMark | None) -> StoreReport:
         faults += check_bars(records, p, per_version=header.meta.timeframe == "days")
     elif header.meta.kind == KIND_JOURNAL:
         faults += check_journal(records, p)
+    elif header.meta.kind == KIND_FEATURES:
+        fs = (feature_sets or {}).get(header.meta.key)
+        faults += check_features(records, p, fs)
     return StoreReport(p, header.meta.key, committed, faults)
 
 
