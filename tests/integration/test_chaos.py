@@ -4,7 +4,7 @@ backfilled and live bars flow — and nothing is lost, duplicated or different.
 Setup: the repository's supervisord.conf, parameterised through its environment variables
 (temp config, run dir, data dir, ipc endpoints, free metrics ports); the fake Dukascopy
 upstream as the ``barstream:fake_upstream`` program (demo mode) with a fast simulated clock
-(10 simulated minutes per wall second, the live day rolls over mid-test); the five services;
+(10 simulated minutes per wall second, the live day rolls over mid-test); the six services;
 a consumer thread streaming a few topics from the gateway with the client library.
 
 Chaos: rounds of ``SIGKILL`` — each round kills every service once, in a seeded random order,
@@ -21,7 +21,9 @@ Checks:
 1. every store equals an uninterrupted computation over the same upstream data, byte for
    byte: the transformer store is the direct decoding of the journal's bodies in order, the
    aggregator's 1m is ``merge`` over it, the resampler's stores are ``resample_all`` over the
-   1m, the gateway's replicas equal the resampler's stores; and a second, clean pipeline
+   1m, the features stage's stores (a small ``[[features]]`` set, ``FEATURES``) are the
+   batch computation over those bars, the gateway's replicas equal the resampler's and the
+   features stage's stores; and a second, clean pipeline
    (drain mode, no kills, the downloader in ``cache_only`` over a copy of the raw cache and
    the same journal) produces the same stores;
 2. the consumer saw every bar once, in order: applying its items in order reproduces the
@@ -58,7 +60,7 @@ import pytest
 
 from barstream.services.downloader.source import body_digest
 from barstream.shared.checkpoint import Checkpoint, CheckpointState
-from barstream.shared.config import SERVICES
+from barstream.shared.config import SERVICES, UPSTREAM_OF
 from barstream.shared.record import JOURNAL_DAY, JOURNAL_GAP, JOURNAL_LIVE, RECORD_DTYPE
 from barstream.shared.store import Store
 from barstream.shared.timeframe import DAY_MS
@@ -74,13 +76,37 @@ TOPICS = ("EUR-USD/BID/1m", "EUR-USD/BID/5m", "USD-JPY/BID/1h")
 #: 2026-01-14 (a Wednesday) 21:00 UTC at 600x: the live day rolls over ~18 s in.
 SIM_START = "2026-01-14T21:00:00"
 SPEED = 600.0
-#: Upstream each service follows (the gateway follows the resampler).
-UPSTREAM = {
-    "transformer": "downloader",
-    "aggregator": "transformer",
-    "resampler": "aggregator",
-    "gateway": "resampler",
-}
+#: Upstream each service follows (the features stage and the gateway follow the resampler),
+#: and the gateway's second upstream, the features stage (its feature stores).
+UPSTREAM = [*UPSTREAM_OF.items(), ("gateway", "features")]
+#: A small feature set (``[[features]]``) on two timeframes: a recursive indicator (its state
+#: read back from the stored row after a kill), a window and a cumulative one, G = 2.
+FEATURE_SET = "chaos"
+FEATURE_TIMEFRAMES = ["1m", "1h"]
+FEATURES = [
+    {
+        "name": FEATURE_SET,
+        "timeframes": FEATURE_TIMEFRAMES,
+        "indicators": [
+            {"kind": "rsi", "params": {"period": 14}},
+            {"kind": "sma", "params": {"period": 20}},
+            {"kind": "macd", "params": {"fast": 12, "slow": 26, "signal": 9}},
+            {"kind": "obv"},
+        ],
+    }
+]
+
+
+def feature_keys(symbol: str) -> list[tuple[str, str]]:
+    """(feature store key, its bar store's key) of ``symbol``."""
+    return [(f"{symbol}/{SIDE}/{tf}.{FEATURE_SET}", f"{symbol}/{SIDE}/{tf}") for tf in FEATURE_TIMEFRAMES]  # fmt: skip
+
+
+def features_toml() -> str:
+    """``FEATURES`` as the ``[[features]]`` tables of a configuration file."""
+    from barstream import tomlw
+
+    return tomlw.dumps({"features": FEATURES})
 
 
 def _seed() -> int:
@@ -263,7 +289,7 @@ class Chaos:
     def lagging(self) -> list[str]:
         """Services whose checkpoint has not consumed every committed upstream record."""
         out = []
-        for service, up in UPSTREAM.items():
+        for service, up in UPSTREAM:
             have, want = self.checkpoint(service), self.checkpoint(up)
             if have is None or want is None:
                 out.append(f"{service}: no checkpoint yet")
@@ -415,6 +441,7 @@ def supervised(seed: int, *, history_days: int, rate: float) -> Iterator[Chaos]:
             symbols=SYMBOLS,
         )
         data["resampler"]["timeframes"] = TIMEFRAMES
+        data["features"] = FEATURES
         data["downloader"].update(
             requests_per_second=rate,
             burst=4,
@@ -620,6 +647,17 @@ def _check_reference(chaos: Chaos) -> None:
                 service,
             )
         expected = resample_all(m1, tfs, PRESETS["utc"])
+        for key, bar_key in feature_keys(symbol):
+            name = bar_key.rsplit("/", 1)[1]
+            bars = m1 if name == "1m" else expected[Timeframe.parse(name)]
+            want = _feature_store(chaos, key, bars)
+            for service in ("features", "gateway"):
+                got = chaos.store(service, key)
+                assert got.tobytes() == want.tobytes(), chaos.why(
+                    f"{key}: {service} store ({len(got)}) differs from the batch computation "
+                    f"over resample_all's bars ({len(want)}) at offset {_first_diff(got, want)}",
+                    service,
+                )
         for tf, bars in expected.items():
             for service in ("resampler", "gateway"):
                 got = chaos.store(service, f"{where}/{tf}")
@@ -630,6 +668,17 @@ def _check_reference(chaos: Chaos) -> None:
                 )
 
 
+def _feature_store(chaos: Chaos, key: str, bars: np.ndarray) -> np.ndarray:
+    """What the feature store ``key`` holds over ``bars``: its set's batch computation."""
+    from barstream.services.features import layout
+    from barstream.services.features.engine import compute
+    from barstream.services.features.service import feature_keys as configured
+    from barstream.shared import config as config_mod
+
+    fs = configured(config_mod.load(chaos.root / "pipeline.toml"))[key]
+    return layout.store_records(fs, bars, compute(fs, bars))
+
+
 def _first_diff(a: np.ndarray, b: np.ndarray) -> int:
     """The first offset where two record arrays differ (the shorter length if a prefix)."""
     n = min(len(a), len(b))
@@ -637,6 +686,11 @@ def _first_diff(a: np.ndarray, b: np.ndarray) -> int:
     rb = np.frombuffer(b[:n].tobytes(), np.uint8).reshape(n, -1)
     diff = np.flatnonzero((ra != rb).any(axis=1))
     return int(diff[0]) if len(diff) else n
+
+
+def _started(p: clean_pipeline.Pipeline, name: str) -> Callable[[], str]:
+    """What is still missing (nothing once ``name``'s log says it started)."""
+    return lambda: "" if "starting:" in p.log_tail(name, 200) else f"{name} not started"
 
 
 def _check_clean_run(chaos: Chaos) -> None:
@@ -656,10 +710,15 @@ def _check_clean_run(chaos: Chaos) -> None:
             start_date=start,
             end_date=None,
             timeframes=TIMEFRAMES,
+            features=features_toml(),
         ) as p:
             p.write_config(cache_only=True)
-            for name in SERVICES:
+            # Downstream first, each up before its upstream starts: a drain-mode service
+            # returns once the peers connected to it have everything, so a follower that
+            # connects late (the features stage imports numba) would find it gone.
+            for name in reversed(SERVICES):
                 p.start(name, "--drain")
+                _until_none_missing(chaos, f"clean run: {name} started", _started(p, name), 60)
             for name in SERVICES:
                 rc = p.wait(name, 120)
                 assert rc == 0, chaos.why(f"clean run: {name} exited {rc}:\n{p.log_tail(name)}")
@@ -670,6 +729,7 @@ def _check_clean_run(chaos: Chaos) -> None:
                 keys += [
                     (s, f"{where}/{tf}") for tf in TIMEFRAMES for s in ("resampler", "gateway")
                 ]
+                keys += [(s, k) for k, _ in feature_keys(symbol) for s in ("features", "gateway")]
                 for service, key in keys:
                     clean, chaotic = p.store_records(service, key), chaos.store(service, key)
                     assert clean.tobytes() == chaotic.tobytes(), chaos.why(
