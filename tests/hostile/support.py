@@ -15,7 +15,7 @@ import zmq
 
 from barstream import tomlw
 from barstream.shared import protocol as p
-from barstream.shared.config import SERVICES
+from barstream.shared.config import SERVICES, UPSTREAM_OF, section
 from barstream.shared.record import KIND_BARS, RECORD_DTYPE
 from barstream.shared.timeframe import MINUTE_MS
 from tests.support.ops import REPO, free_port
@@ -43,15 +43,14 @@ def config(run: Path, *, upstream: str) -> dict[str, Any]:
         "pipeline": {"data_dir": str(run / "data"), "commit_interval_s": 0.05},
         "gateway": {"publish": f"ipc://{run}/gw.pub", "requests": f"ipc://{run}/gw.req"},
     }
-    prev = ""
     for name in SERVICES:
         ep: dict[str, Any] = {"feed": f"ipc://{run}/{name}.feed", "metrics_port": free_port()}
         if name == upstream:
             ep["upstream"] = f"ipc://{run}/fake.feed"
-        elif prev:
-            ep["upstream"] = prev
-        data.setdefault(name, {})["endpoints"] = ep
-        prev = ep["feed"]
+        elif name in UPSTREAM_OF:
+            ep["upstream"] = f"ipc://{run}/{UPSTREAM_OF[name]}.feed"
+        data.setdefault(section(name), {})["endpoints"] = ep
+    data["gateway"]["features_upstream"] = f"ipc://{run}/features.feed"
     return data
 
 

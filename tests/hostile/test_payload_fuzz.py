@@ -36,8 +36,7 @@ from barstream.fake.clock import SimClock
 from barstream.fake.upstream import RECORDED, FakeUpstream
 from barstream.services.downloader.fetcher import StreamState, not_candles
 from barstream.services.downloader.raw_cache import RawCache
-from barstream.services.downloader.service import BATCH_BODY_BYTES, RECENT_BODY_BYTES
-from barstream.services.downloader.service import Downloader
+from barstream.services.downloader.service import BATCH_BODY_BYTES, RECENT_BODY_BYTES, Downloader
 from barstream.services.downloader.source import (
     FetchResult,
     HttpSource,
