@@ -273,10 +273,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not args.no_recompute:
         from barstream.recompute import recompute
 
-        sessions = (
-            None if args.data_dir is not None else configs.load(args.config).resampler.sessions
-        )
-        again = recompute(root, sessions)
+        # the configuration (when the stores are the configured ones): the resampler's
+        # sessions, and the feature sets the feature stores are recomputed with
+        conf = None if args.data_dir is not None else configs.load(args.config)
+        again = recompute(root, None if conf is None else conf.resampler.sessions, config=conf)
         for f in again.faults:
             print(f"FAULT {f}")
         faults += len(again.faults)

@@ -52,6 +52,16 @@ class RebuildResult:
         return self.bars_1m / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+def followers(name: str, cfg: Config) -> list[str]:
+    """The feed client names that follow service ``name`` in a rebuild: it waits for each
+    before it exits (a slow starter — the features stage imports numba — must not find its
+    upstream gone)."""
+    out = [n for n, up in UPSTREAM_OF.items() if up == name]
+    if name == "features" and cfg.features:
+        out.append("gateway.features")  # the gateway's second feed client
+    return out
+
+
 def drain_config(source: dict[str, Any], cfg: Config, run_dir: Path) -> dict[str, Any]:
     """The configuration of a rebuild: the same pipeline, cache-only, private endpoints."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in source.items()}
@@ -153,6 +163,8 @@ def rebuild(
                         "--config",
                         str(path),
                         "--drain",
+                        "--drain-peers",
+                        ",".join(followers(name, cfg)),
                     ],
                     cwd=paths.home(),
                     stdin=subprocess.DEVNULL,

@@ -21,7 +21,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -143,6 +143,8 @@ class FeedServer:
         self._ever_peered = False
         #: peer name → (when, how) it left before it had everything (``_drop``)
         self._owed: dict[str, tuple[float, str]] = {}
+        #: names of every peer that said hello (drain mode's expected followers)
+        self._hello_names: set[str] = set()
         self._hb_due = False
         self._next_hb = 0.0
         stores.on_commit(self.notify)
@@ -217,14 +219,23 @@ class FeedServer:
             await asyncio.sleep(0.005)
         return True
 
-    async def wait_drained(self, idle_s: float = 2.0, timeout_s: float = 60.0) -> bool:
+    async def wait_drained(
+        self, idle_s: float = 2.0, timeout_s: float = 60.0, expect: Collection[str] = ()
+    ) -> bool:
         """Drain mode (set ``done`` first): wait until every peer has everything and has
         left (a caught-up follower says bye once it saw ``done``); with no peer at all,
         wait ``idle_s`` for one to come. However long connected peers take is waited for
         (a slow downstream is still working); a peer that left before it had everything
         is waited for ``timeout_s`` to come back — then False (``owed`` names it). Peers
         that have everything but stay (not in drain mode themselves) are given
-        ``timeout_s`` to say bye, then True."""
+        ``timeout_s`` to say bye, then True. ``expect``: the names of the followers this
+        run has (a rebuild knows them): one that has not said hello yet is owed everything
+        — waited for ``timeout_s``, however soon the others are done (a follower that
+        starts slowly must not find its upstream gone)."""
+        start = time.monotonic()
+        for name in expect:
+            if name not in self._hello_names:
+                self._owed.setdefault(name, (start, "never connected"))
         idle_until = time.monotonic() + idle_s
         self._hb_due = True  # tell peers `done` now, not at the next heartbeat
         self.notify()
@@ -300,6 +311,7 @@ class FeedServer:
             self.peers[ident] = peer
             self._ever_peered = True
             self._owed.pop(msg.name, None)  # back: what it is owed is served again
+            self._hello_names.add(msg.name)
             log.info(
                 "%s: peer %s hello (connection %d, %d streams)",
                 self.endpoint,

@@ -140,6 +140,9 @@ class Service(abc.ABC):
         self._last_commit = time.monotonic()
         self._serve_metrics = serve_metrics
         self.metrics_port = 0
+        #: Drain mode: the downstream followers of this run (``--drain-peers``), waited for
+        #: even when they connect after the others are done (FeedServer.wait_drained).
+        self.drain_peers: tuple[str, ...] = ()
         #: main() ended on an error: close() commits nothing (a batch may be half applied;
         #: the restart resumes from the last checkpoint, DESIGN §6).
         self.failed = False
@@ -241,7 +244,7 @@ class Service(abc.ABC):
             if not self.failed:
                 self.commit()
         server.done = True
-        drained = await server.wait_drained(timeout_s=DRAIN_RETURN_S)
+        drained = await server.wait_drained(timeout_s=DRAIN_RETURN_S, expect=self.drain_peers)
         server.close()
         await serving
         if not drained:
@@ -463,6 +466,13 @@ def main(service_cls: type[Service], argv: Sequence[str] | None = None) -> int:
         "--drain", action="store_true", help="exit once the upstream is exhausted (tests, rebuilds)"
     )
     parser.add_argument(
+        "--drain-peers",
+        default="",
+        metavar="NAME,…",
+        help="drain mode: the followers of this run (their feed client names), each waited "
+        "for before this service exits, however late it connects (rebuild passes them)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)"
     )
     args = parser.parse_args(argv)
@@ -472,6 +482,7 @@ def main(service_cls: type[Service], argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_mod.load(args.config) if args.config else config_mod.default()
         service = service_cls(cfg, drain=args.drain)
+        service.drain_peers = tuple(n for n in args.drain_peers.split(",") if n)
     except BarstreamError as e:
         if own_file_damage(e):  # a damaged own store or checkpoint: a restart cannot help
             log.critical("%s", needs_operator(service_cls.name, e, config))

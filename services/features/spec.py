@@ -26,6 +26,7 @@ import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final
 
 from barstream.shared.errors import BarstreamError
@@ -201,37 +202,38 @@ class Indicator:
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """A validated feature set: its indicators and the column layout of its store."""
+    """A validated feature set: its indicators and the column layout of its store (the
+    derived values are computed once: they are read for every bar)."""
 
     name: str
     timeframes: tuple[str, ...]
     indicators: tuple[Indicator, ...]
 
-    @property
+    @cached_property
     def columns(self) -> tuple[str, ...]:
         return tuple(c for ind in self.indicators for c in ind.columns)
 
-    @property
+    @cached_property
     def outputs(self) -> tuple[str, ...]:
         """The feature columns a consumer sees (hidden state left out)."""
         return tuple(c for ind in self.indicators for c in ind.columns[: ind.n_outputs])
 
-    @property
+    @cached_property
     def n_groups(self) -> int:
         """64-byte records per bar (``GROUP_VALUES`` columns each)."""
         return max(1, -(-len(self.columns) // GROUP_VALUES))
 
-    @property
+    @cached_property
     def lookback(self) -> int:
         """Bars (the current one included) any indicator reads: the tail a state keeps."""
         return max([ind.spec.lookback(ind.params) for ind in self.indicators] + [2])
 
-    @property
+    @cached_property
     def horizon(self) -> int:
         """The first bar index from which every indicator's state is in its stored columns."""
         return max([ind.spec.horizon(ind.params) for ind in self.indicators] + [-1])
 
-    @property
+    @cached_property
     def crc(self) -> int:
         """crc32 of the canonical definition (stored in every record: which columns)."""
         text = ";".join(

@@ -523,4 +523,5 @@ def to_polars(records: np.ndarray) -> Any:
 def _feature_columns(records: np.ndarray) -> list[str]:
     """The feature columns of joined rows (``history(..., features=)``), in order: the
     fields that are no bar record field."""
-    return [n for n in records.dtype.names or () if n not in RECORD_DTYPE.names]
+    bar_fields = set(RECORD_DTYPE.names or ())
+    return [n for n in records.dtype.names or () if n not in bar_fields]
