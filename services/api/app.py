@@ -8,7 +8,8 @@ endpoints — so the API can run on another host than the pipeline.
 Routes (docs/PROTOCOL.md "HTTP API"; the OpenAPI document is ``GET /openapi.json``):
 ``/healthz`` (200 while the gateway answers; with the pipeline's ``health`` and the
 ``unhealthy`` services' reasons, as ``barstream status``), ``/v1/topics``, ``/v1/status``, ``/v1/bars/{symbol}/{side}/{timeframe}``,
-``/v1/stream/{symbol}/{side}/{timeframe}`` (Server-Sent Events), ``/metrics``, and the
+``/v1/stream/{symbol}/{side}/{timeframe}`` (Server-Sent Events; both with ``features=SET``:
+the bars joined with a feature set's outputs), ``/metrics``, and the
 chart page (``/``, ``/static/…``). Every error is JSON ``{"error", "message"}`` with a
 status that says what was wrong.
 
@@ -136,6 +137,19 @@ async def _gateway(api: Api) -> AsyncIterator[Any]:
         raise _gateway_down(api, e) from None
 
 
+def _outputs(series: history.Series) -> tuple[str, ...]:
+    """The feature outputs a series' rows carry; 422 when one is named as a bar column."""
+    clash = formats.clashes(series.outputs)
+    if clash:
+        raise ApiError(
+            422,
+            "feature-column-clash",
+            f"{series.topic}: output(s) {', '.join(clash)} are named as bar columns; give "
+            "the indicator another name in the [[features]] set",
+        )
+    return series.outputs
+
+
 async def _slices(chunks: list[bytes | memoryview]) -> AsyncIterator[bytes | memoryview]:
     """``chunks`` in slices of at most SEND_CHUNK bytes: the server copies each slice into
     its framing, and a slice at a time stays in cache (one 30 MB copy costs ~3x more)."""
@@ -189,10 +203,11 @@ def create_app(cfg: Config) -> Starlette:
             listing = await gw.list_topics(prefix)
         out = []
         for t in listing:
+            # a feature topic SYMBOL/SIDE/TF.SET: its bars' timeframe, and its set (features)
             symbol, side, tf = t.topic.split("/")
             out.append(
-                {"topic": t.topic, "symbol": symbol, "side": side, "timeframe": tf}
-                | msgspec.structs.asdict(t)
+                {"topic": t.topic, "symbol": symbol, "side": side, "timeframe": tf.split(".")[0]}
+                | msgspec.to_builtins(t)
             )
         return JSONResponse({"topics": out})
 
@@ -210,18 +225,19 @@ def create_app(cfg: Config) -> Starlette:
     async def bars(request: Request) -> Response:
         ref = params.topic_ref(cfg, **request.path_params)
         q = params.bars_query(cfg, ref, request.query_params, request.headers.get("accept", ""))
-        enc = formats.Encoder(q.fmt, ref.topic, q.tz, q.week_label)
         suffix = {"mt4": "csv", "ndjson": "ndjson", "arrow": "arrow"}.get(q.fmt, q.fmt)
-        name = f"{ref.symbol}_{ref.side}_{ref.timeframe}.{suffix}"
-        headers = {"X-Barstream-Topic": ref.topic}
+        tf_set = ref.timeframe if q.features is None else f"{ref.timeframe}.{q.features}"
+        name = f"{ref.symbol}_{ref.side}_{tf_set}.{suffix}"
+        headers = {"X-Barstream-Topic": q.topic}
         if q.fmt in ("csv", "mt4", "parquet", "arrow"):
             headers["Content-Disposition"] = f'inline; filename="{name}"'
         gw_cm = _gateway(api)
         gw = await gw_cm.__aenter__()
         try:
-            info = await history.topic_info(gw, ref.topic)
-            history.bound(q, info, cfg.api.max_records)
-            source = history.pages(gw, q, info)
+            series, info = await history.series_of(gw, ref, q.features)
+            enc = formats.Encoder(q.fmt, q.topic, q.tz, q.week_label, _outputs(series))
+            history.bound(q, info, cfg.api.max_records, series)
+            source = history.pages(gw, q, info, series)
             first = await anext(source, None)
             second = None if first is None else await anext(source, None)
             whole: list[bytes | memoryview] | None = None
@@ -272,7 +288,22 @@ def create_app(cfg: Config) -> Starlette:
                 f"{api.live_streams} live streams are open, the most api.max_streams allows; "
                 "retry later",
             )
-        return live.response(api, q, resume)
+        series = None
+        if q.features is not None:
+            async with _gateway(api) as gw:
+                series, _ = await history.series_of(gw, ref, q.features)
+            _outputs(series)
+            # the first event is one snapshot of (history + 1) bars' records
+            most = cfg.gateway.max_request_records // series.stride - 1
+            if q.history > most:
+                raise ApiError(
+                    413,
+                    "over-limit",
+                    f"history={q.history} is over the limit of {most} bars of {q.topic} "
+                    f"per stream (gateway.max_request_records records, {series.stride} a bar)",
+                    limit=most,
+                )
+        return live.response(api, q, resume, series)
 
     async def metrics(request: Request) -> Response:
         return Response(

@@ -14,6 +14,15 @@ asks the gateway for one page, encodes it and sends it before asking for the nex
   per page; ``parquet``: a Parquet file, one row group per page. Columns: ``ts_ms`` int64,
   ``time`` timestamp[ms, UTC], open … volume float64, ``flags`` uint16.
 
+``features=SET`` (bars joined with a feature set's outputs, ``joined.joined_dtype`` rows):
+every format but ``mt4`` (fixed columns; refused 400 by params.py) goes on with one column
+per output of the set, named as the output (``rsi_14.value``, ``sma_20``), in the set's
+order: json/ndjson BARs get a key per output after ``provisional``, its value a number or
+``null`` while the output warms up (NaN); csv gets a column per output after
+``provisional``, ``nan`` while warming up (as ``barstream history --features`` writes it,
+read back as NaN by Python's ``float``, pandas and polars); arrow/parquet get a float64
+column per output after ``flags``, NaN while warming up.
+
 Prices and volumes in the text formats are the shortest text that reads back as the same
 float64 (``barstream.export.num``) — volumes too, not rounded to 6 decimals as
 ``barstream export`` writes them; in json/ndjson they are JSON numbers (msgspec writes the
@@ -26,13 +35,14 @@ import datetime as dt
 import functools
 import io
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 from zoneinfo import ZoneInfo
 
 import msgspec
 import numpy as np
 
 from barstream import export
+from barstream.services.gateway.joined import BAR_FIELDS
 from barstream.shared.record import FLAG_PROVISIONAL, RECORD_DTYPE
 from barstream.shared.timeframe import HOUR_MS
 
@@ -125,24 +135,65 @@ def time_labels(ts_ms: np.ndarray, tz: ZoneInfo | None) -> list[str]:
     return [f"{t}{suffix[j]}" for t, j in zip(text.tolist(), inv.tolist(), strict=True)]
 
 
-def bars(records: np.ndarray, tz: ZoneInfo | None = None) -> list[Bar]:
-    """Records as JSON-ready bars."""
+#: Column names of a BAR (json/ndjson) and a csv row, which feature outputs may not reuse.
+BAR_COLUMNS: Final = frozenset(Bar.__struct_fields__) | {"time", "provisional"}
+
+
+@functools.cache
+def feature_bar(outputs: tuple[str, ...]) -> type[Bar]:
+    """A BAR with one float field per output (encoded under the output's name, after
+    ``provisional``; NaN is written as ``null``)."""
+    fields = [(f"f{i}", float) for i in range(len(outputs))]
+    rename = {f"f{i}": name for i, name in enumerate(outputs)}
+    return cast(type[Bar], msgspec.defstruct("FeatureBar", fields, bases=(Bar,), rename=rename))
+
+
+def clashes(outputs: tuple[str, ...]) -> list[str]:
+    """Outputs named as a bar column (a JSON key or CSV column would repeat)."""
+    return [c for c in outputs if c in BAR_COLUMNS]
+
+
+def bars(
+    records: np.ndarray, tz: ZoneInfo | None = None, outputs: tuple[str, ...] = ()
+) -> list[Bar]:
+    """Records (or joined rows with ``outputs``) as JSON-ready bars."""
     cols = [records[k].tolist() for k in ("ts_ms", "open", "high", "low", "close", "volume")]
     flags = records["flags"].tolist()
     labels = time_labels(records["ts_ms"], tz)
+    if outputs:
+        make = feature_bar(outputs)
+        feats = [records[c].tolist() for c in outputs]
+        return [
+            make(t, label, o, h, lo, c, v, f, bool(f & FLAG_PROVISIONAL), *x)
+            for t, label, o, h, lo, c, v, f, *x in zip(
+                *cols[:1], labels, *cols[1:], flags, *feats, strict=True
+            )
+        ]
     return [
         Bar(t, label, o, h, lo, c, v, f, bool(f & FLAG_PROVISIONAL))
         for t, label, o, h, lo, c, v, f in zip(*cols[:1], labels, *cols[1:], flags, strict=True)
     ]
 
 
+def empty(outputs: tuple[str, ...] = ()) -> np.ndarray:
+    """No bars: records, or joined rows with ``outputs``."""
+    if not outputs:
+        return np.zeros(0, RECORD_DTYPE)
+    fields: list[tuple[str, Any]] = [(f, RECORD_DTYPE.fields[f][0]) for f in BAR_FIELDS]  # type: ignore[index]
+    return np.zeros(0, np.dtype(fields + [(c, "<f8") for c in outputs]))
+
+
 _json = msgspec.json.Encoder()
 
 
-def _rows(records: np.ndarray) -> list[tuple[str, ...]]:
-    """OHLCV as the shortest texts that read back as the same float64s (no rounding)."""
+_PRICES: Final = ("open", "high", "low", "close", "volume")
+
+
+def _rows(records: np.ndarray, names: tuple[str, ...] = _PRICES) -> list[tuple[str, ...]]:
+    """OHLCV (or other float64 columns) as the shortest texts that read back as the same
+    float64s (no rounding; NaN as ``nan``)."""
     num = export.num
-    cols = [records[k].tolist() for k in ("open", "high", "low", "close", "volume")]
+    cols = [records[k].tolist() for k in names]
     return [tuple(num(x) for x in row) for row in zip(*cols, strict=True)]
 
 
@@ -172,30 +223,44 @@ def columns(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, flags
 
 
-def arrow_batch(records: np.ndarray) -> Any:
-    """Records as a pyarrow RecordBatch (the columns of the module docstring)."""
+def arrow_batch(records: np.ndarray, outputs: tuple[str, ...] = ()) -> Any:
+    """Records as a pyarrow RecordBatch (the columns of the module docstring); joined rows
+    with ``outputs``: then a float64 column per output."""
     import pyarrow as pa
 
-    words, flags = columns(records)
-    ts = pa.array(words[0], pa.int64())
+    names = ["ts_ms", "time", "open", "high", "low", "close", "volume", "flags", *outputs]
+    if not outputs:
+        words, flags = columns(records)
+        ts = pa.array(words[0], pa.int64())
+        arrays = [ts, ts.view(pa.timestamp("ms", tz="UTC"))]
+        arrays += [pa.array(words[i].view(np.float64), pa.float64()) for i in range(1, 6)]
+        arrays.append(pa.array(flags, pa.uint16()))
+        return pa.RecordBatch.from_arrays(arrays, names=names)
+    # joined rows are not 64-byte records: field by field (NaN stays NaN, not null)
+    ts = pa.array(np.ascontiguousarray(records["ts_ms"], dtype=np.int64), pa.int64())
     arrays = [ts, ts.view(pa.timestamp("ms", tz="UTC"))]
-    arrays += [pa.array(words[i].view(np.float64), pa.float64()) for i in range(1, 6)]
-    arrays.append(pa.array(flags, pa.uint16()))
-    names = ["ts_ms", "time", "open", "high", "low", "close", "volume", "flags"]
+    arrays += [
+        pa.array(np.ascontiguousarray(records[k], dtype=np.float64), pa.float64()) for k in _PRICES
+    ]
+    arrays.append(pa.array(np.ascontiguousarray(records["flags"], dtype=np.uint16), pa.uint16()))
+    arrays += [
+        pa.array(np.ascontiguousarray(records[c], dtype=np.float64), pa.float64()) for c in outputs
+    ]
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
 @functools.cache
-def _arrow_schema() -> bytes:
-    """The Arrow IPC schema message of every arrow body."""
-    return bytes(arrow_batch(np.zeros(0, RECORD_DTYPE)).schema.serialize().to_pybytes())
+def _arrow_schema(outputs: tuple[str, ...] = ()) -> bytes:
+    """The Arrow IPC schema message of every arrow body (of bars with ``outputs``)."""
+    batch = arrow_batch(empty(outputs), outputs)
+    return bytes(batch.schema.serialize().to_pybytes())
 
 
-def arrow_table(records: np.ndarray) -> Any:
+def arrow_table(records: np.ndarray, outputs: tuple[str, ...] = ()) -> Any:
     """Records as a pyarrow Table (the columns of the module docstring)."""
     import pyarrow as pa
 
-    return pa.Table.from_batches([arrow_batch(records)])
+    return pa.Table.from_batches([arrow_batch(records, outputs)])
 
 
 class Encoder:
@@ -203,15 +268,26 @@ class Encoder:
     — each returns the bytes to send next."""
 
     def __init__(
-        self, fmt: str, topic: str, tz: ZoneInfo | None = None, week_label: str = "monday"
+        self,
+        fmt: str,
+        topic: str,
+        tz: ZoneInfo | None = None,
+        week_label: str = "monday",
+        outputs: tuple[str, ...] = (),
     ) -> None:
+        """``outputs``: pages are joined rows of a feature topic with these outputs."""
         if fmt not in MEDIA_TYPES:
             raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+        if outputs and fmt == "mt4":
+            raise ValueError("mt4 has fixed columns: no feature outputs")
+        if clashes(outputs):
+            raise ValueError(f"outputs named as bar columns: {', '.join(clashes(outputs))}")
         self.fmt = fmt
         self.topic = topic
         self.tz = tz
         self.week_label = week_label  # mt4: 1W bars labelled by their Monday or Sunday
-        self._timeframe = topic.rsplit("/", 1)[-1]
+        self.outputs = outputs
+        self._timeframe = topic.rsplit("/", 1)[-1].split(".", 1)[0]
         self.count = 0
         self._sink = _Sink()
         self._writer: Any = None  # parquet's ParquetWriter
@@ -225,9 +301,9 @@ class Encoder:
         if self.fmt == "json":
             return b'{"topic":' + _json.encode(self.topic) + b',"bars":['
         if self.fmt == "csv":
-            return (export.CSV_HEADER + "\n").encode()
+            return ",".join([export.CSV_HEADER, *self.outputs]).encode() + b"\n"
         if self.fmt == "arrow":  # the schema message: the columns are always the same
-            return _arrow_schema()
+            return _arrow_schema(self.outputs)
         return b""
 
     def page(self, records: np.ndarray) -> bytes | memoryview:
@@ -242,7 +318,7 @@ class Encoder:
             return _ARROW_EOS
         if self.fmt == "parquet":
             if self._writer is None:  # no page at all: still a valid, empty file
-                self._open(arrow_table(np.zeros(0, dtype=RECORD_DTYPE)).schema)
+                self._open(arrow_table(empty(self.outputs), self.outputs).schema)
             self._writer.close()
             return self._drain()
         return b""
@@ -250,12 +326,14 @@ class Encoder:
     # -- formats ------------------------------------------------------------------------
 
     def _page_json(self, records: np.ndarray) -> bytes:
-        body = _json.encode(bars(records, self.tz))[1:-1]  # the list's items, no brackets
+        body = _json.encode(bars(records, self.tz, self.outputs))[
+            1:-1
+        ]  # the list's items, no brackets
         return (b"," + body) if self.count else body
 
     def _page_ndjson(self, records: np.ndarray) -> bytes:
         buf = bytearray()
-        for bar in bars(records, self.tz):
+        for bar in bars(records, self.tz, self.outputs):
             _json.encode_into(bar, buf, -1)
             buf += b"\n"
         return bytes(buf)
@@ -264,10 +342,17 @@ class Encoder:
         provisional = ((records["flags"] & FLAG_PROVISIONAL) != 0).tolist()
         labels = time_labels(records["ts_ms"], self.tz)
         rows = _rows(records)
-        lines = [
-            f"{when},{','.join(row)},{1 if p else 0}\n"
-            for when, row, p in zip(labels, rows, provisional, strict=True)
-        ]
+        if self.outputs:
+            feats = _rows(records, self.outputs)
+            lines = [
+                f"{when},{','.join(row)},{1 if p else 0},{','.join(x)}\n"
+                for when, row, p, x in zip(labels, rows, provisional, feats, strict=True)
+            ]
+        else:
+            lines = [
+                f"{when},{','.join(row)},{1 if p else 0}\n"
+                for when, row, p in zip(labels, rows, provisional, strict=True)
+            ]
         return "".join(lines).encode()
 
     def _page_mt4(self, records: np.ndarray) -> bytes:
@@ -281,10 +366,10 @@ class Encoder:
     def _page_arrow(self, records: np.ndarray) -> memoryview:
         # The IPC stream format is the schema message (start), a message per batch, the
         # end marker: each batch is serialized straight into an Arrow buffer, sent as is.
-        return memoryview(arrow_batch(records).serialize())
+        return memoryview(arrow_batch(records, self.outputs).serialize())
 
     def _page_parquet(self, records: np.ndarray) -> bytes:
-        table = arrow_table(records)
+        table = arrow_table(records, self.outputs)
         if self._writer is None:
             self._open(table.schema)
         self._writer.write_table(table)

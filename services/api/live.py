@@ -15,6 +15,14 @@ continues from there — what changed or came since, no gap and no duplicate —
 starting with a history event. Idle streams get a ``: keepalive`` comment every
 ``api.keepalive_s``; ``retry: 1000`` asks browsers to reconnect after a second.
 
+``features=SET``: the stream follows the feature topic ``SYMBOL/SIDE/TF.SET`` and each event
+is in bars as for plain bars — ``start_offset``/``replaces`` count bars, each BAR carries
+the set's outputs (keys named as the outputs, ``null`` while warming up) — made by the
+gateway client's ``Joiner`` (each bar with its own features; the last bar handed on only
+once all its records are there). The id is then the position in the topic's records,
+which ``Last-Event-ID`` resumes from as for bars. The set is checked against the
+gateway's listing before the stream starts (404 naming the sets it serves).
+
 The gateway stream runs in its own task feeding a small queue, so waiting for the next
 event can time out (keep-alive) without cancelling the stream itself; a client that goes
 away cancels both.
@@ -35,10 +43,12 @@ from starlette.responses import StreamingResponse
 from barstream.services.api import formats
 from barstream.services.api.params import StreamQuery
 from barstream.services.gateway.follower import BarUpdate, Position
+from barstream.services.gateway.joined import Joiner
 from barstream.shared.errors import ApiError
 
 if TYPE_CHECKING:
     from barstream.services.api.app import Api
+    from barstream.services.api.history import Series
 
 log = logging.getLogger("barstream.api")
 
@@ -68,14 +78,14 @@ def resume_position(header: str | None) -> Position | None:
         raise ApiError(422, "bad-event-id", f"Last-Event-ID: {e}; reconnect without it") from None
 
 
-def encode(item: BarUpdate, tz: ZoneInfo | None) -> bytes:
+def encode(item: BarUpdate, tz: ZoneInfo | None, outputs: tuple[str, ...] = ()) -> bytes:
     event = Event(
         item.topic,
         item.seq,
         item.start_offset,
         item.replaces,
         item.kind,
-        formats.bars(item.records, tz),
+        formats.bars(item.records, tz, outputs),
     )
     return (
         b"id: "
@@ -86,19 +96,39 @@ def encode(item: BarUpdate, tz: ZoneInfo | None) -> bytes:
     )
 
 
-def response(api: Api, q: StreamQuery, resume: Position | None) -> StreamingResponse:
-    topic = q.ref.topic
+def response(
+    api: Api, q: StreamQuery, resume: Position | None, series: Series | None = None
+) -> StreamingResponse:
+    """The SSE response of ``q``; ``series``: its feature topic's (``history.series_of``)."""
+    topic = q.topic
     keepalive_s = api.cfg.api.keepalive_s
+    outputs = () if series is None else series.outputs
+    joiner = None
+    history = q.history
+    if series is not None:
+        assert series.schema is not None and series.topic == topic
+        # As the client's stream(features=) does, without its listing request (the shared
+        # streaming client's request socket must not carry concurrent requests): the
+        # follower asks one bar's records more (the first may come cut), the joiner makes
+        # bars of them.
+        joiner = Joiner(topic, series.schema, api.pool.streams.keep_records)
+        if resume is not None:
+            joiner.resume(resume)
+        history = (q.history + 1) * series.stride if q.history else 0
 
     async def follow(queue: asyncio.Queue[BarUpdate | BaseException]) -> None:
         try:
             async for item in api.pool.streams.stream_topics(
                 [topic],
-                q.history,
+                history,
                 q.closed_only,
                 resume=None if resume is None else {topic: resume},
             ):
-                await queue.put(item)
+                if joiner is None:
+                    await queue.put(item)
+                    continue
+                for joined_item in joiner.on_item(item, q.history):
+                    await queue.put(joined_item)
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # handed to the writer, which ends the response
@@ -121,7 +151,7 @@ def response(api: Api, q: StreamQuery, resume: Position | None) -> StreamingResp
                 if isinstance(item, BaseException):
                     log.warning("api: live stream %s ended: %s", topic, item)
                     return
-                yield encode(item, q.tz)
+                yield encode(item, q.tz, outputs)
                 api.metrics.events.inc()
         finally:
             task.cancel()

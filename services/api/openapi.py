@@ -50,9 +50,20 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
+_FEATURES = {"type": "string", "pattern": "^[a-z][a-z0-9_]*$", "maxLength": params.MAX_PARAM_CHARS}
+_FEATURES_DOC = (
+    "a feature set ([[features]] name, e.g. core): the bars joined with the set's outputs "
+    "(topic SYMBOL/SIDE/TF.SET) — an extra column per output, named as the output "
+    "(rsi_14.value, sma_20), in the set's order: json/ndjson a key per output after "
+    "provisional, null while warming up (NaN); csv a column per output after provisional, "
+    "nan while warming up; arrow/parquet a float64 column per output after flags, NaN "
+    "while warming up; not with format=mt4 (400). limit, start/end, provisional and "
+    "api.max_records count bars, as without features. A set the gateway does not serve "
+    "for this topic: 404 naming the sets it serves; not a set name: 400"
+)
 _TIME = {"type": "string", "examples": ["2019-01-02", "2019-01-02T10:30:00Z", "1546300800000"]}
 _ERRORS = {
-    "404": _error("unknown symbol, side or timeframe"),
+    "404": _error("unknown symbol, side or timeframe, or a feature set the gateway does not serve"),
     "422": _error("a parameter is not valid (bad date, unknown parameter …)"),
     "503": _error("the gateway does not answer"),
 }
@@ -78,6 +89,10 @@ def document(cfg: Config) -> dict[str, Any]:
             **{k: {"type": "number"} for k in ("open", "high", "low", "close", "volume")},
             "flags": {"type": "integer", "description": "FLAG_* bits (docs/FORMAT.md)"},
             "provisional": {"type": "boolean", "description": "the bar may still change"},
+        },
+        "additionalProperties": {
+            "type": ["number", "null"],
+            "description": "features=SET: one key per output of the set (null: warming up)",
         },
     }
     bars_content = {
@@ -163,9 +178,11 @@ def document(cfg: Config) -> dict[str, Any]:
                             {"type": "string", "enum": ["monday", "sunday"], "default": "monday"},
                             "mt4: label 1W bars with their Monday or the Sunday before",
                         ),
+                        _query("features", _FEATURES, _FEATURES_DOC),
                     ],
                     "responses": {
                         "200": {"description": "bars", "content": bars_content},
+                        "400": _error("features= is not a set name, or with format=mt4"),
                         "406": _error("a format we do not write"),
                         "413": _error(f"more than api.max_records ({cfg.api.max_records}) bars"),
                         **_ERRORS,
@@ -188,6 +205,16 @@ def document(cfg: Config) -> dict[str, Any]:
                             "each closed bar once, no provisional bar",
                         ),
                         _query("tz", {"type": "string", "default": "UTC"}, "zone of time labels"),
+                        _query(
+                            "features",
+                            _FEATURES,
+                            "a feature set: each event's bars joined with the set's outputs "
+                            "(a key per output, null while warming up); start_offset, "
+                            "replaces and history in bars; the id is the position in the "
+                            "feature topic's records (resumable as for bars). A set the "
+                            "gateway does not serve: 404 naming those it serves; not a set "
+                            "name: 400",
+                        ),
                         {
                             "name": "Last-Event-ID",
                             "in": "header",
@@ -206,6 +233,8 @@ def document(cfg: Config) -> dict[str, Any]:
                                 }
                             },
                         },
+                        "400": _error("features= is not a set name"),
+                        "413": _error("history over the bars one snapshot holds"),
                         **_ERRORS,
                     },
                 }
@@ -279,6 +308,15 @@ def document(cfg: Config) -> dict[str, Any]:
                                         ("seq", "integer"),
                                         ("count", "integer"),
                                     )
+                                }
+                                | {
+                                    "features": {
+                                        "type": ["object", "null"],
+                                        "description": "a feature topic (SYMBOL/SIDE/TF.SET, "
+                                        "timeframe TF): its set — name, columns, outputs, "
+                                        "groups, crc; count is records (1 + groups a bar); "
+                                        "null for bars",
+                                    }
                                 },
                             },
                         }

@@ -10,6 +10,7 @@ what is accepted.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -24,9 +25,11 @@ from barstream.shared.errors import ApiError
 MAX_PARAM_CHARS: Final = 64
 #: The parameters each endpoint knows (any other is refused 422: a typo must not be ignored).
 BARS_PARAMS: Final = frozenset(
-    {"start", "end", "limit", "provisional", "tz", "format", "allow_utc", "week_label"}
+    {"start", "end", "limit", "provisional", "tz", "format", "allow_utc", "week_label", "features"}
 )
-STREAM_PARAMS: Final = frozenset({"history", "closed_only", "tz"})
+STREAM_PARAMS: Final = frozenset({"history", "closed_only", "tz", "features"})
+#: A feature set's name (as ``[[features]]`` names are checked, services/features/spec.py).
+_SET_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 #: Oldest / newest time accepted (years 1970 … 2200).
 _MIN_MS: Final = 0
 _MAX_MS: Final = 7_258_118_400_000
@@ -53,6 +56,12 @@ class BarsQuery:
     tz: ZoneInfo | None
     fmt: str
     week_label: str = "monday"  # mt4: the day 1W bars are labelled with
+    features: str | None = None  # a feature set: the bars joined with its outputs
+
+    @property
+    def topic(self) -> str:
+        """The gateway topic asked: the bars', or their feature topic ``SYMBOL/SIDE/TF.SET``."""
+        return feature_topic(self.ref, self.features)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,33 @@ class StreamQuery:
     history: int
     closed_only: bool
     tz: ZoneInfo | None
+    features: str | None = None
+
+    @property
+    def topic(self) -> str:
+        return feature_topic(self.ref, self.features)
+
+
+def feature_topic(ref: TopicRef, features: str | None) -> str:
+    """``ref``'s topic, or with a feature set its feature topic ``SYMBOL/SIDE/TF.SET``."""
+    return ref.topic if features is None else f"{ref.topic}.{features}"
+
+
+def feature_set(params: Mapping[str, str]) -> str | None:
+    """``features=SET``: a feature set's name (None when absent or empty); 400 when it
+    cannot be one. Whether the gateway serves it is asked of the gateway (404 there)."""
+    value = params.get("features")
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_PARAM_CHARS or not _SET_NAME.match(value):
+        raise ApiError(
+            400,
+            "bad-features",
+            f"features={value[:MAX_PARAM_CHARS]!r} is not a feature set name: lowercase "
+            "letters, digits and _, first a letter (a [[features]] name, e.g. core); "
+            "GET /v1/topics lists the feature topics",
+        )
+    return value
 
 
 def timeframes(cfg: Config) -> list[str]:
@@ -197,6 +233,15 @@ def bars_query(cfg: Config, ref: TopicRef, params: Mapping[str, str], accept: st
         raise ApiError(
             406, "unknown-format", f"format={fmt!r}: use one of {', '.join(formats.FORMATS)}"
         )
+    features = feature_set(params)
+    if fmt == "mt4" and features is not None:
+        raise ApiError(
+            400,
+            "mt4-no-features",
+            f"features={features}: format=mt4 has fixed columns (date, time, OHLCV) and cannot "
+            "carry feature outputs; drop features, or use format="
+            + "|".join(f for f in formats.FORMATS if f != "mt4"),
+        )
     if fmt == "mt4" and not flag(params, "allow_utc", False):
         from barstream import export
         from barstream.shared.header import StoreMeta
@@ -220,6 +265,7 @@ def bars_query(cfg: Config, ref: TopicRef, params: Mapping[str, str], accept: st
         zone(params),
         fmt,
         week_label,
+        features,
     )
 
 
@@ -229,4 +275,6 @@ def stream_query(cfg: Config, ref: TopicRef, params: Mapping[str, str]) -> Strea
     most = min(cfg.api.max_records, 100_000, cfg.gateway.max_request_records)
     history = count(params, "history", 0, most)
     assert history is not None
-    return StreamQuery(ref, history, flag(params, "closed_only", False), zone(params))
+    return StreamQuery(
+        ref, history, flag(params, "closed_only", False), zone(params), feature_set(params)
+    )
