@@ -77,7 +77,7 @@ def blocks(prog: Program, m1: np.ndarray, block: int = 65_536, pack: bool = Fals
 
 
 def bench_live_latency(
-    tmpfs: bool, samples: int = 300, interval_s: float = 0.01
+    tmpfs: bool, samples: int = 300, interval_s: float = 0.01, features: str | None = "core"
 ) -> list[tuple[str, float, str]]:
     import shutil
     import subprocess
@@ -154,7 +154,7 @@ def bench_live_latency(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"features/gateway did not start; see {ipc}/procs.log")
                 time.sleep(0.1)
-            stream = c.stream("EUR-USD", "1m", history=1, timeout_s=10, features="core")
+            stream = c.stream("EUR-USD", "1m", history=1, timeout_s=10, features=features)
             next(stream)
 
             def producer() -> None:
