@@ -81,11 +81,10 @@ def bench_live_latency(
 ) -> list[tuple[str, float, str]]:
     import shutil
     import subprocess
-    import threading
 
     from barstream.services.gateway.client import GatewayClient
     from barstream.shared.header import StoreMeta
-    from bench.gateway import PYTHON, Upstream, _dirs, bars
+    from bench.gateway import PYTHON, Upstream, _dirs, bars, stream_latencies
 
     ipc, data = _dirs(tmpfs)
     up = Upstream(data / "up", f"ipc://{ipc}/up")
@@ -142,7 +141,6 @@ def bench_live_latency(
             up.stamp_key = int(rec["ts_ms"][0])
             up.stores.commit()
 
-        lat: list[float] = []
         with GatewayClient(f"ipc://{ipc}/pub", f"ipc://{ipc}/req", timeout_s=10) as c:
             deadline = time.monotonic() + 120
             while True:  # until the gateway serves the whole seeded feature topic
@@ -155,23 +153,7 @@ def bench_live_latency(
                     raise TimeoutError(f"features/gateway did not start; see {ipc}/procs.log")
                 time.sleep(0.1)
             stream = c.stream("EUR-USD", "1m", history=1, timeout_s=10, features=features)
-            next(stream)
-
-            def producer() -> None:
-                for i in range(samples):
-                    up.call(one, i)
-                    time.sleep(interval_s)
-
-            t = threading.Thread(target=producer)
-            t.start()
-            for item in stream:
-                now = time.perf_counter_ns()
-                for ts in item.records["ts_ms"]:
-                    if int(ts) in committed:
-                        lat.append((now - committed.pop(int(ts))) / 1e6)
-                if len(lat) >= samples:
-                    break
-            t.join()
+            lat = stream_latencies(stream, up, one, committed, samples, interval_s)
         p50 = float(np.percentile(lat, 50))
         p99 = float(np.percentile(lat, 99))
         return [

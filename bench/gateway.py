@@ -34,12 +34,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import zmq
 
 from barstream.services.gateway.client import AsyncGatewayClient, GatewayClient
+from barstream.services.gateway.follower import BarUpdate
 from barstream.shared.feed_server import FeedServer
 from barstream.shared.header import StoreMeta
 from barstream.shared.record import empty
@@ -213,6 +215,38 @@ def bench_history(n: int = 500_000, repeats: int = 15) -> list[tuple[str, float,
         shutil.rmtree(data, ignore_errors=True)
 
 
+def stream_latencies(
+    stream: Iterator[BarUpdate],
+    up: Upstream,
+    one: Callable[[int], None],
+    committed: dict[int, int],
+    samples: int,
+    interval_s: float,
+) -> list[float]:
+    """ms from each bar's upstream commit (``committed``: ts_ms → perf_counter_ns, stamped
+    by ``up``) to ``stream`` yielding it, while a thread commits ``samples`` bars
+    (``one(i)`` in the upstream's loop) ``interval_s`` apart."""
+    next(stream)  # the history item
+
+    def producer() -> None:
+        for i in range(samples):
+            up.call(one, i)
+            time.sleep(interval_s)  # not a wait: the pace of the bars
+
+    lat: list[float] = []
+    t = threading.Thread(target=producer)
+    t.start()
+    for item in stream:
+        now = time.perf_counter_ns()
+        for ts in item.records["ts_ms"]:
+            if int(ts) in committed:
+                lat.append((now - committed.pop(int(ts))) / 1e6)
+        if len(lat) >= samples:
+            break
+    t.join()
+    return lat
+
+
 def bench_latency(
     tmpfs: bool, samples: int = 300, interval_s: float = 0.01
 ) -> list[tuple[str, float, str]]:
@@ -240,26 +274,9 @@ def bench_latency(
             up.stamp_key = int(rec["ts_ms"][0])
             up.stores.commit()
 
-        lat: list[float] = []
         with GatewayClient(gw.publish, gw.requests) as c:
             stream = c.stream("EUR-USD", "1m", history=1, timeout_s=10)
-            next(stream)
-
-            def producer() -> None:
-                for i in range(samples):
-                    up.call(one, i)
-                    time.sleep(interval_s)
-
-            t = threading.Thread(target=producer)
-            t.start()
-            for item in stream:
-                now = time.perf_counter_ns()
-                for ts in item.records["ts_ms"]:
-                    if int(ts) in committed:
-                        lat.append((now - committed[int(ts)]) / 1e6)
-                if len(lat) >= samples:
-                    break
-            t.join()
+            lat = stream_latencies(stream, up, one, committed, samples, interval_s)
         p50 = float(np.percentile(lat, 50))
         p99 = float(np.percentile(lat, 99))
         return [

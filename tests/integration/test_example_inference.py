@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_features_pipeline import core_features
-from tests.support.pipeline import REPO, pipeline
+from tests.support.pipeline import REPO, core_features, pipeline
 from tests.support.wait import wait_for
 
 EXAMPLE = REPO / "examples" / "features_inference.py"

@@ -10,16 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.pipeline import REPO, Pipeline, pipeline
+from tests.support.pipeline import Pipeline, core_features, pipeline
 
 START = dt.date(2026, 1, 5)
 END = dt.date(2026, 1, 9)
-
-
-def core_features() -> str:
-    """The demo's ``[[features]]`` tables (config/demo.toml), as TOML text."""
-    text = (REPO / "config" / "demo.toml").read_text()
-    return text[text.index("[[features]]") :]
 
 
 def expected_store(p: Pipeline, cfg_path: Path, key: str) -> tuple[bytes, int]:
@@ -55,12 +49,7 @@ def test_drain_run_features_equal_batch(tmp_path: Path, ipc_dir: Path) -> None:
     ) as p:
         cfg_path = p.write_config()
         p.start_fake("--start", "2026-02-01T00:00:00", "--speed", "1")
-        names = ("downloader", "transformer", "aggregator", "resampler", "features", "gateway")
-        for name in names:
-            p.start(name, "--drain")
-        for name in names:
-            rc = p.wait(name, 240)
-            assert rc == 0, f"{name} exited {rc}:\n{p.log_tail(name)}"
+        p.drain_all()
         keys = feature_keys(config.load(cfg_path))
         assert len(keys) == 6  # 2 sides x 1m, 5m, 1h
         for key in keys:

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.test_features_pipeline import core_features
-from tests.support.pipeline import REPO, pipeline
+from tests.support.pipeline import REPO, core_features, pipeline
 from tests.support.wait import wait_for
 
 
@@ -80,12 +79,7 @@ def test_tail_and_history_with_features(tmp_path: Path, ipc_dir: Path) -> None:
     ) as p:
         p.write_config()
         p.start_fake("--start", "2026-02-01T00:00:00", "--speed", "1")
-        names = ("downloader", "transformer", "aggregator", "resampler", "features", "gateway")
-        for name in names:
-            p.start(name, "--drain")
-        for name in names:
-            rc = p.wait(name, 240)
-            assert rc == 0, f"{name} exited {rc}:\n{p.log_tail(name)}"
+        p.drain_all()
         p.start("gateway")
         with GatewayClient(pub, req, timeout_s=2) as gw:
             wait_for(

@@ -25,6 +25,14 @@ from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("downloader", "transformer", "aggregator", "resampler", "gateway")
+#: Every stage, the features stage included, in start order.
+STAGES = ("downloader", "transformer", "aggregator", "resampler", "features", "gateway")
+
+
+def core_features() -> str:
+    """The demo's ``[[features]]`` tables (config/demo.toml), as TOML text."""
+    text = (REPO / "config" / "demo.toml").read_text()
+    return text[text.index("[[features]]") :]
 
 
 @dataclass
@@ -178,6 +186,21 @@ class Pipeline:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._log(service))
         self.procs[service] = proc
         return proc
+
+    def drain_all(self, names: tuple[str, ...] = STAGES, timeout_s: float = 240) -> None:
+        """Run ``names`` to completion in drain mode, each told the followers it has in this
+        run (``--drain-peers``, as ``barstream rebuild`` does: a slow starter such as the
+        features stage must not find its upstream gone); every one must exit 0."""
+        from barstream.rebuild import followers
+        from barstream.shared import config
+
+        cfg = config.load(self.config_path)
+        for name in names:
+            peers = [f for f in followers(name, cfg) if f.split(".")[0] in names]
+            self.start(name, "--drain", "--drain-peers", ",".join(peers))
+        for name in names:
+            rc = self.wait(name, timeout_s)
+            assert rc == 0, f"{name} exited {rc}:\n{self.log_tail(name)}"
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.get(name)

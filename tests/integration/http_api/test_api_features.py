@@ -35,10 +35,9 @@ import numpy as np
 import pytest
 
 from barstream.client import GatewayClient
-from tests.integration.test_features_pipeline import core_features
 from tests.support import api as h
 from tests.support.ops import free_port
-from tests.support.pipeline import REPO, Pipeline, pipeline
+from tests.support.pipeline import REPO, Pipeline, core_features, pipeline
 from tests.support.wait import wait_for
 
 SYMBOL, SIDE = "EUR-USD", "BID"
@@ -118,12 +117,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         )
         cfg.write_text(text)
         p.start_fake("--start", "2026-02-01T00:00:00", "--speed", "1")
-        names = ("downloader", "transformer", "aggregator", "resampler", "features", "gateway")
-        for name in names:
-            p.start(name, "--drain")
-        for name in names:
-            rc = p.wait(name, 240)
-            assert rc == 0, f"{name} exited {rc}:\n{p.log_tail(name)}"
+        p.drain_all()
         p.start("gateway")
         servers: list[subprocess.Popen[bytes]] = []
         try:
