@@ -37,6 +37,7 @@ import numpy as np
 import zmq
 
 from barstream.shared import config as config_mod
+from barstream.shared import memory
 from barstream.shared import protocol as p
 from barstream.shared.config import Config
 from barstream.shared.errors import (
@@ -118,7 +119,7 @@ def setup_logging(service: str, level: str = "INFO") -> None:
 
 
 class Service(abc.ABC):
-    """Base of the five services. Subclasses set ``name`` and implement ``main()``."""
+    """Base of the services. Subclasses set ``name`` and implement ``main()``."""
 
     name: ClassVar[str]
 
@@ -476,6 +477,7 @@ def main(service_cls: type[Service], argv: Sequence[str] | None = None) -> int:
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)"
     )
     args = parser.parse_args(argv)
+    memory.tune()  # before the first batch is allocated (shared/memory.py)
     setup_logging(service_cls.name, args.log_level)
     log = logging.getLogger(f"barstream.{service_cls.name}")
     config = str(args.config) if args.config else ""

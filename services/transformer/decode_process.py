@@ -118,4 +118,7 @@ def helper_main(memfd: int) -> int:
 
 
 if __name__ == "__main__":
+    from barstream.shared import memory
+
+    memory.tune()
     sys.exit(helper_main(int(sys.argv[1])))
