@@ -202,7 +202,9 @@ class FeedServer:
         self._update_peer_gauge()
         if peer is None:
             return
-        if not self._has_all(peer):
+        # One that timed out is owed even when it was *sent* everything: it went silent
+        # with batches in hand, so it may not have applied them (it comes back with its marks).
+        if not self._has_all(peer) or why.startswith("timed out"):
             self._owed.setdefault(peer.name, (time.monotonic(), why))
         else:
             self._owed.pop(peer.name, None)
