@@ -32,7 +32,7 @@ from tqdm import tqdm
 from barstream import configs, missing, paths
 from barstream.services.downloader.raw_cache import RawCache
 from barstream.shared.checkpoint import Checkpoint
-from barstream.shared.config import SERVICES, UPSTREAM_OF, Config, section
+from barstream.shared.config import FEATURES_FOLLOWER, SERVICES, UPSTREAM_OF, Config, section
 from barstream.shared.errors import CheckpointCorrupt, RebuildError
 from barstream.supervise import Supervisor, program
 from barstream.verify import plan, verify_store
@@ -58,7 +58,7 @@ def followers(name: str, cfg: Config) -> list[str]:
     upstream gone)."""
     out = [n for n, up in UPSTREAM_OF.items() if up == name]
     if name == "features" and cfg.features:
-        out.append("gateway.features")  # the gateway's second feed client
+        out.append(FEATURES_FOLLOWER)  # the gateway's second feed client
     return out
 
 

@@ -39,6 +39,8 @@ UPSTREAM_OF: Final = {
     "features": "resampler",
     "gateway": "resampler",
 }
+#: The feed client name of the gateway's second upstream (the features stage's feed).
+FEATURES_FOLLOWER: Final = "gateway.features"
 #: The configuration table of a service's settings where it is not the service's name
 #: (``[[features]]`` is the list of feature sets; the stage's own settings are
 #: ``[features_stage]``).

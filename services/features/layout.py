@@ -31,6 +31,7 @@ from numba import njit
 from barstream.services.features.engine import Features
 from barstream.services.features.spec import GROUP_VALUES, FeatureSet
 from barstream.shared.errors import BarstreamError
+from barstream.shared.inbound import bars_problem
 from barstream.shared.record import RECORD_DTYPE, RECORD_SIZE
 
 FEATURE_DTYPE: Final = np.dtype(
@@ -237,8 +238,6 @@ def feature_records_problem(
     what the store holds, bar records' dtype), or None: every bar record keeps the bar
     invariants (``shared.inbound.bars_problem``), every feature record is the group its
     offset says, written for ``fs`` (its crc), for the ``ts_ms`` of its bar."""
-    from barstream.shared.inbound import bars_problem  # local: inbound is a leaf of shared
-
     g1 = stride(fs)
     if start > len(existing):
         return f"starts at record {start}, past the store's end {len(existing)}"

@@ -150,7 +150,7 @@ class Features(Service):
     ) -> Change | None:
         key = feature_key(meta.symbol, meta.side, meta.timeframe, fs.name)
         store = self._store(key)
-        g1 = 1 + fs.n_groups
+        g1 = layout.stride(fs)
         bars = layout.bars_of(store.records, fs)
         n = len(bars)
         start = batch.start

@@ -56,6 +56,7 @@ import numpy as np
 import zmq
 
 from barstream.services.features.layout import Described
+from barstream.services.features.layout import stride as layout_stride
 from barstream.services.gateway.driver import REQUEST_TIMEOUT_S, Driver
 from barstream.services.gateway.follower import KEEP_RECORDS, BarUpdate, Follower, Position
 from barstream.services.gateway.frames import Answer, Call, HistoryPages, expect
@@ -158,23 +159,18 @@ class _Base(Generic[_Stream]):
         ``features``: a configured feature set's name — items are ``FeatureBarUpdate``s
         whose records are the bars joined with the set's outputs (``joined.joined_dtype``),
         each bar with its own features, under the same guarantees."""
-        if features is not None:
-            topic = feature_topic(symbol, side, timeframe, features)
-            return self.stream_topics(
-                [topic],
-                history,
-                closed_only,
-                timeout_s=timeout_s,
-                resume=None if resume is None else {topic: resume},
-                features=True,
-            )
-        topic = gp.topic_of(symbol, side, timeframe)
+        topic = (
+            gp.topic_of(symbol, side, timeframe)
+            if features is None
+            else feature_topic(symbol, side, timeframe, features)
+        )
         return self.stream_topics(
             [topic],
             history,
             closed_only,
             timeout_s=timeout_s,
             resume=None if resume is None else {topic: resume},
+            features=features is not None,
         )
 
     def stream_topics(
@@ -466,13 +462,13 @@ def feature_pages(
 ) -> HistoryPages:
     """The history request of a feature topic (``last`` bars: one bar's records more, as
     the newest bar may be cut)."""
-    g1 = 1 + schema.n_groups
+    g1 = layout_stride(schema)
     wanted = None if last is None else (last + 1) * g1
     return HistoryPages(symbol, f"{timeframe}.{schema.name}", start, end, side, wanted)
 
 
 def joined_history(schema: Described, records: np.ndarray, last: int | None) -> np.ndarray:
-    g1 = 1 + schema.n_groups
+    g1 = layout_stride(schema)
     lo, hi = whole_bars(records, g1)
     if last is not None:
         lo = max(lo, hi - last * g1)

@@ -93,7 +93,7 @@ class Joiner:
     def __init__(self, topic: str, schema: layout.Described, keep_records: int) -> None:
         self.topic = topic
         self.schema = schema
-        self.stride = 1 + schema.n_groups
+        self.stride = layout.stride(schema)
         self.keep = max(keep_records, 4 * self.stride)
         self._copy = np.zeros(0, RECORD_DTYPE)
         self._base = 0  # record offset of _copy[0] (a bar boundary)

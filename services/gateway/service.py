@@ -36,7 +36,7 @@ from barstream.services.resampler.service import served_timeframes
 from barstream.shared import gateway_protocol as gp
 from barstream.shared import protocol as feed_protocol
 from barstream.shared import sockets
-from barstream.shared.config import Config
+from barstream.shared.config import FEATURES_FOLLOWER, Config
 from barstream.shared.errors import UpstreamInvalid
 from barstream.shared.feed_client import FeedClient
 from barstream.shared.header import StoreMeta
@@ -178,7 +178,7 @@ class Gateway(Service):
             self.gw.features_upstream,
             self.stores.upstream,  # its keys are not the resampler's: one map holds both
             upstream.handler,
-            name=f"{self.name}.features",
+            name=FEATURES_FOLLOWER,
             metrics=self.metrics,
             on_idle=self.idle,
             names=names,

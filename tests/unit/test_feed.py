@@ -478,57 +478,31 @@ def test_upstream_age_counts_from_the_start_when_the_upstream_never_came_up(
     run(main())
 
 
+@pytest.mark.parametrize(
+    ("batches", "credit"),
+    [
+        pytest.param(3, 1, id="lacking-records"),
+        pytest.param(2, 100, id="sent-everything"),
+    ],
+)
 def test_drain_waits_for_a_downstream_that_timed_out_and_comes_back(
-    tmp_path: Path, ipc_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, ipc_dir: Path, monkeypatch: pytest.MonkeyPatch, batches: int, credit: int
 ) -> None:
     """A downstream too busy to answer for PEER_TIMEOUT_S (here 0.3 s) is dropped as a peer,
-    but in drain mode it is owed the records it lacks: the server waits for it to come back
-    and take them, instead of taking its absence for the end of the work (a rebuild whose
-    upstream exited there left the transformer 1,892 days short)."""
+    but in drain mode it is owed the records: the server waits for it to come back and take
+    them, instead of taking its absence for the end of the work (a rebuild whose upstream
+    exited there left the transformer 1,892 days short). So is one with credit for every
+    batch that was *sent* everything before it went silent: it may not have applied it."""
     from barstream.shared import feed_server
 
     monkeypatch.setattr(feed_server, "PEER_TIMEOUT_S", 0.3)
 
     async def main() -> None:
-        ctx, endpoint, up, s = upstream(tmp_path, ipc_dir, 3 * BATCH_MAX_RECORDS)
+        ctx, endpoint, up, s = upstream(tmp_path, ipc_dir, batches * BATCH_MAX_RECORDS)
         server, serving = serve(ctx, endpoint, up)
         server.done = True
         silent = raw_socket(ctx, zmq.DEALER, endpoint)
-        silent.send(p.encode(p.Hello(name="down", conn=1, credit=1)))
-        await async_wait_for(lambda: bool(server.peers), 5, what="the peer's hello")
-        drained = asyncio.create_task(server.wait_drained(timeout_s=30))
-        await async_wait_for(lambda: "down" in server.owed, 5, what="the peer to time out")
-        assert "timed out" in server.owed["down"] and not drained.done()
-        silent.close(linger=0)
-        down = Replica(ctx, endpoint, tmp_path / "down")  # back, under the same name
-        await down.client.run(until_caught_up=True)
-        assert await asyncio.wait_for(drained, 10) is True
-        assert down.bytes() == s.records.tobytes() and server.owed == {}
-        down.stores.close()
-        server.close()
-        await serving
-        up.close()
-        ctx.destroy(linger=0)
-
-    run(main())
-
-
-def test_drain_waits_for_a_downstream_that_timed_out_after_it_was_sent_everything(
-    tmp_path: Path, ipc_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A downstream with credit for every batch is *sent* everything, then goes silent (too
-    busy applying it) and is dropped: it is owed all the same — it may not have applied what
-    it was sent (a drain-mode upstream that exited there left its follower retrying)."""
-    from barstream.shared import feed_server
-
-    monkeypatch.setattr(feed_server, "PEER_TIMEOUT_S", 0.3)
-
-    async def main() -> None:
-        ctx, endpoint, up, s = upstream(tmp_path, ipc_dir, 2 * BATCH_MAX_RECORDS)
-        server, serving = serve(ctx, endpoint, up)
-        server.done = True
-        silent = raw_socket(ctx, zmq.DEALER, endpoint)
-        silent.send(p.encode(p.Hello(name="down", conn=1, credit=100)))
+        silent.send(p.encode(p.Hello(name="down", conn=1, credit=credit)))
         await async_wait_for(lambda: bool(server.peers), 5, what="the peer's hello")
         drained = asyncio.create_task(server.wait_drained(timeout_s=30))
         await async_wait_for(lambda: "down" in server.owed, 5, what="the peer to time out")
